@@ -1,0 +1,68 @@
+"""`smar`: one console script; each subcommand's code lives in its own stage package.
+
+The dispatcher imports only the module of the command being run (so `smar world` never imports Ray).
+A command module provides `add_arguments(parser)` and `run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "world": ("pretrain.world_io", "generate the synthetic search world and write it to Parquet"),
+    "import": ("pretrain.importers.cli", "convert Qilin or CrossRank files into the page contract"),
+    "pretrain": ("pretrain.train", "train single-modal rankers and the SMAR whole-page reranker"),
+    "simulate": ("agent.simulate", "run a policy through the user simulator and log feedback"),
+    "train": ("agent.train", "refine the reranker with constrained PPO (RLlib)"),
+    "serve": ("serving.cli", "run the Ray Serve endpoint; publish / rollback model versions"),
+    "online": ("agent.online", "continual online updates: traffic -> logs -> update -> gate -> publish"),
+    "demo": ("agent.demo", "the whole story end to end on the built-in default"),
+}
+BENCHES: dict[str, tuple[str, str]] = {
+    "pretrain": ("pretrain.bench", "SMAR vs merge vs full supervision, NDCG against annotation budget"),
+    "simulate": ("envs.bench", "vectorised user simulator vs the per-item reference"),
+    "agent": ("agent.bench", "random / merge / SMAR / PPO variants on held-out sessions"),
+    "serve": ("serving.bench", "model floor vs plain FastAPI vs Serve (with and without batching)"),
+}
+
+
+def _usage(table: dict[str, tuple[str, str]], prog: str) -> str:
+    width = max(len(k) for k in table)
+    rows = "\n".join(f"  {k:<{width}}  {h}" for k, (_, h) in table.items())
+    return f"usage: {prog} COMMAND [options]\n\ncommands:\n{rows}\n\n`{prog} COMMAND --help` for a command's options."
+
+
+def _dispatch(table: dict[str, tuple[str, str]], argv: list[str], prog: str) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(
+            _usage(table, prog) + ("\n  all       every benchmark in turn" if prog.endswith("bench") else "")
+        )
+        return 0
+    name, rest = argv[0], argv[1:]
+    if prog.endswith("bench") and name == "all":
+        for bench in table:
+            code = _dispatch(table, [bench, *rest], prog)
+            if code:
+                return code
+        return 0
+    if name not in table:
+        print(f"{prog}: unknown command {name!r}\n\n{_usage(table, prog)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(table[name][0])
+    parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=table[name][1])
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(rest)) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        return _dispatch(BENCHES, argv[1:], "smar bench")
+    return _dispatch(COMMANDS, argv, "smar")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Versioned, checksummed reranker checkpoints: a checkpoint trained anywhere loads anywhere.
+
+A checkpoint is a folder holding `weights.pt` (the state dict) and `manifest.json` (format, version,
+SHA-256 of the weights, the `RerankerConfig` that builds the module, and any training config/metrics
+the writer adds). It is written into a temporary sibling folder and renamed into place, so a reader
+never sees a half-written checkpoint. Loading recomputes the SHA-256 and refuses a mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pretrain.reranker import RerankerConfig, WholePageReranker
+
+FORMAT = "smar-reranker/1"
+WEIGHTS = "weights.pt"
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, malformed, or fails its checksum."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    version: str
+    sha256: str
+    config: RerankerConfig
+    manifest: dict[str, Any]
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_version(kind: str) -> str:
+    return f"{kind}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
+
+
+def save_checkpoint(
+    model: WholePageReranker,
+    path: str | Path,
+    version: str | None = None,
+    extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Checkpoint:
+    """Write `model` to the folder `path` atomically; return the written checkpoint's description."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"checkpoint {path} already exists (pass overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    version = version or make_version("reranker")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save(state, tmp / WEIGHTS)
+        digest = sha256_file(tmp / WEIGHTS)
+        manifest = {
+            "format": FORMAT,
+            "version": version,
+            "sha256": digest,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model_config": model.config.to_json(),
+            **(extra or {}),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.urandom(3).hex()}")
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Checkpoint(path, version, digest, model.config, manifest)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: no {MANIFEST} (not a checkpoint folder)") from e
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}/{MANIFEST}: not valid JSON ({e})") from e
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    for key in ("version", "sha256", "model_config"):
+        if key not in manifest:
+            raise CheckpointError(f"{path}/{MANIFEST}: missing {key!r}")
+    return manifest
+
+
+def verify_checkpoint(path: str | Path) -> Checkpoint:
+    """Check manifest and SHA-256 without building the model."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    weights = path / WEIGHTS
+    if not weights.exists():
+        raise CheckpointError(f"{path}: no {WEIGHTS}")
+    digest = sha256_file(weights)
+    if digest != manifest["sha256"]:
+        raise CheckpointError(
+            f"{path}: checksum mismatch (manifest {manifest['sha256'][:12]}…, file {digest[:12]}…)"
+        )
+    return Checkpoint(
+        path, manifest["version"], digest, RerankerConfig.from_json(manifest["model_config"]), manifest
+    )
+
+
+def load_checkpoint(path: str | Path) -> tuple[WholePageReranker, Checkpoint]:
+    """Verify and load a checkpoint; the model comes back in eval mode."""
+    ckpt = verify_checkpoint(path)
+    model = WholePageReranker(ckpt.config)
+    try:
+        state = torch.load(Path(path) / WEIGHTS, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - any load failure is a bad checkpoint
+        raise CheckpointError(f"{path}: weights do not load into the configured model ({e})") from e
+    model.eval()
+    return model, ckpt

@@ -1,0 +1,166 @@
+"""The whole-page reranker f(u, q, i): the one network pretraining, the RL policy and Serve share.
+
+Per-modality input adapters map each modality's own features (own dimension and scale) into a common
+space; a modality embedding and the query/user context are fused per item; list-level self-attention
+lets every item see the rest of the page; a head gives one score per item. Padding is masked
+throughout. Feature normalisation (signed log, then per-modality standardisation fitted on training
+pages) lives inside the module as buffers, so a checkpoint scores raw features wherever it is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from envs.pages import MODALITIES, Pages
+from pretrain.page import PageBatch
+
+PAD_SCORE = -1e9  # score of padded slots: exp(PAD_SCORE) == 0, argsort puts them last
+
+
+@dataclass(frozen=True)
+class RerankerConfig:
+    """Shape of the reranker. Saved in every checkpoint's manifest and enough to rebuild the module."""
+
+    feature_dims: dict[str, int] = field(default_factory=lambda: {m: 1 for m in MODALITIES})
+    query_dim: int = 8
+    user_dim: int = 6
+    hidden: int = 64
+    heads: int = 4
+    layers: int = 2
+    dropout: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(d: dict) -> RerankerConfig:
+        return RerankerConfig(**d)
+
+    @staticmethod
+    def for_pages(pages: Pages, **kw) -> RerankerConfig:
+        return RerankerConfig(
+            feature_dims=dict(pages.feature_dims), query_dim=pages.query_dim, user_dim=pages.user_dim, **kw
+        )
+
+
+def signed_log(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) * log1p(|x|): tames count-like heavy tails, keeps small values nearly linear."""
+    return torch.sign(x) * torch.log1p(torch.abs(x))
+
+
+class WholePageReranker(nn.Module):
+    """Scores every candidate of a page in the context of the whole page. Output [B, N]."""
+
+    def __init__(self, config: RerankerConfig) -> None:
+        super().__init__()
+        self.config = config
+        h = config.hidden
+        self.modalities = tuple(MODALITIES)
+        self.dmax = max(config.feature_dims.values())
+        n_mod = len(self.modalities)
+        # Normalisation buffers per modality over the padded feature width (identity until fitted).
+        self.register_buffer("feat_mean", torch.zeros(n_mod, self.dmax))
+        self.register_buffer("feat_std", torch.ones(n_mod, self.dmax))
+        self.register_buffer("ctx_mean", torch.zeros(config.query_dim + config.user_dim))
+        self.register_buffer("ctx_std", torch.ones(config.query_dim + config.user_dim))
+        self.adapters = nn.ModuleList(
+            [
+                nn.Sequential(nn.Linear(max(config.feature_dims[m], 1), h), nn.GELU(), nn.Linear(h, h))
+                for m in self.modalities
+            ]
+        )
+        self.modality_embedding = nn.Embedding(n_mod, h)
+        self.context = nn.Sequential(nn.Linear(config.query_dim + config.user_dim, h), nn.GELU())
+        self.fuse = nn.Sequential(nn.Linear(2 * h, h), nn.GELU(), nn.LayerNorm(h))
+        layer = nn.TransformerEncoderLayer(
+            d_model=h,
+            nhead=config.heads,
+            dim_feedforward=2 * h,
+            dropout=config.dropout,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers=config.layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.Linear(2 * h, h), nn.GELU(), nn.Linear(h, 1))
+
+    # ------------------------------------------------------------------ normalisation
+    @torch.no_grad()
+    def fit_normalizer(self, pages: Pages) -> None:
+        """Fit per-modality feature and context standardisation on training pages."""
+        feats = signed_log(torch.from_numpy(pages.features))
+        mod = torch.from_numpy(pages.modality.astype(np.int64))
+        for mid, m in enumerate(self.modalities):
+            sel = feats[mod == mid]
+            if len(sel) > 1:
+                self.feat_mean[mid] = sel.mean(0)
+                self.feat_std[mid] = sel.std(0).clamp_min(1e-3)
+        ctx = torch.from_numpy(np.concatenate([pages.query_features, pages.user_features], axis=1))
+        if len(ctx) > 1:
+            self.ctx_mean.copy_(ctx.mean(0))
+            self.ctx_std.copy_(ctx.std(0).clamp_min(1e-3))
+
+    # ------------------------------------------------------------------ forward
+    def encode_items(
+        self, features: torch.Tensor, modality: torch.Tensor, query: torch.Tensor, user: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-item embeddings before attention, [B, N, H]."""
+        x = (signed_log(features) - self.feat_mean[modality]) / self.feat_std[modality]
+        b, n, _ = x.shape
+        # Every adapter runs on every slot and the item's own modality is gathered: dense and
+        # branch-free, which is faster on CPU than boolean scatter for page-sized inputs.
+        outs = [
+            adapter(x[..., : max(self.config.feature_dims[m], 1)])
+            for m, adapter in zip(self.modalities, self.adapters)
+        ]
+        idx = modality[..., None, None].expand(b, n, 1, self.config.hidden)
+        h = torch.stack(outs, dim=-2).gather(-2, idx).squeeze(-2)
+        h = h + self.modality_embedding(modality)
+        ctx = (torch.cat([query, user], dim=-1) - self.ctx_mean) / self.ctx_std
+        c = self.context(ctx)[:, None, :].expand(b, n, -1)
+        return self.fuse(torch.cat([h, c], dim=-1))
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        modality: torch.Tensor,
+        mask: torch.Tensor,
+        query: torch.Tensor,
+        user: torch.Tensor,
+    ) -> torch.Tensor:
+        """Scores [B, N]; padded slots get PAD_SCORE."""
+        modality = modality.long().clamp(0, len(self.modalities) - 1)
+        mask = mask.bool()
+        h0 = self.encode_items(features.float(), modality, query.float(), user.float())
+        # A page with no real item would make attention NaN: let such rows attend to slot 0.
+        key_pad = ~mask
+        empty = ~mask.any(dim=1)
+        if empty.any():
+            key_pad = key_pad.clone()
+            key_pad[empty, 0] = False
+        h = self.encoder(h0, src_key_padding_mask=key_pad)
+        scores = self.head(torch.cat([h0, h], dim=-1)).squeeze(-1)
+        return scores.masked_fill(~mask, PAD_SCORE)
+
+    def score_batch(self, batch: PageBatch) -> torch.Tensor:
+        return self(batch.features, batch.modality, batch.mask, batch.query, batch.user)
+
+    @torch.no_grad()
+    def score_pages(self, pages: Pages, batch_pages: int = 256) -> np.ndarray:
+        """Per-item scores (T,) for a Pages batch, in eval mode."""
+        from pretrain.page import collate
+
+        was_training = self.training
+        self.eval()
+        out = np.zeros(pages.n_items, np.float32)
+        for start in range(0, len(pages), batch_pages):
+            part = pages.select(slice(start, start + batch_pages))
+            batch = collate(part)
+            s = self.score_batch(batch)
+            lo = int(pages.offsets[start])
+            out[lo : lo + part.n_items] = s[batch.mask].numpy()
+        self.train(was_training)
+        return out
