@@ -93,7 +93,7 @@ class WholePageReranker(nn.Module):
         """Fit per-modality feature and context standardisation on training pages."""
         feats = signed_log(torch.from_numpy(pages.features))
         mod = torch.from_numpy(pages.modality.astype(np.int64))
-        for mid, m in enumerate(self.modalities):
+        for mid in range(len(self.modalities)):
             sel = feats[mod == mid]
             if len(sel) > 1:
                 self.feat_mean[mid] = sel.mean(0)
