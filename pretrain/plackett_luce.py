@@ -71,3 +71,28 @@ def entropy_estimate(logits: torch.Tensor, k: int, samples: int = 8) -> torch.Te
 def conditional_propensities(logits: torch.Tensor, ranking: torch.Tensor) -> torch.Tensor:
     """P(item a_k is placed at position k given the items above it), [..., k] in (0, 1]."""
     return stepwise_log_probs(logits, ranking).exp()
+
+
+def kl_estimate(p_logits: torch.Tensor, q_logits: torch.Tensor, k: int, samples: int = 4) -> torch.Tensor:
+    """KL(P || Q) between two top-k Plackett-Luce distributions, [...]; always >= 0, 0 when P == Q.
+
+    Chain rule: KL(P||Q) = E_{a~P}[ sum_k KL(P(. | a_<k) || Q(. | a_<k)) ]. Each conditional KL is a
+    categorical KL over the items not yet placed, computed exactly; only the prefixes are sampled
+    (from P, without gradient). So every sample is a sum of non-negative terms: the estimate is
+    unbiased, non-negative, and exactly 0 for equal logits (for k = 1 it is the exact KL).
+    Gradients flow into both logits through the conditional KLs.
+    """
+    with torch.no_grad():
+        prefixes = sample_topk(p_logits.detach().unsqueeze(0).expand(samples, *p_logits.shape), k)
+    p = p_logits.unsqueeze(0).expand(samples, *p_logits.shape)
+    q = q_logits.unsqueeze(0).expand(samples, *q_logits.shape)
+    total = p_logits.new_zeros((samples, *p_logits.shape[:-1]))
+    for pos in range(k):
+        logp = torch.log_softmax(p, dim=-1)
+        logq = torch.log_softmax(q, dim=-1)
+        # Items masked in P (logit NEG) have probability 0 and contribute nothing.
+        total = total + (logp.exp() * (logp - logq)).sum(-1)
+        idx = prefixes[..., pos : pos + 1]
+        p = p.scatter(-1, idx, NEG)
+        q = q.scatter(-1, idx, NEG)
+    return total.mean(0)
