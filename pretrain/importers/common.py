@@ -1,0 +1,253 @@
+"""Shared plumbing for the real-data importers: source files, column checks, robust numeric
+parsing, and a streaming, validating, atomic writer of the page contract."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from envs.pages import MAX_GRADE, MODALITIES, Pages
+from pretrain.page import FEATURE_DIMS_KEY, PageValidationError, from_arrow, to_arrow
+
+
+class SourceFormatError(ValueError):
+    """A source file is missing, or lacks a required column, or holds an unparsable value."""
+
+
+def config_files(src: Path, name: str, required: bool = True) -> list[Path]:
+    """Parquet files of one dataset config: `src/name/**/*.parquet` (the Hugging Face layout,
+    sorted so shard order = row order) or a single `src/name.parquet`."""
+    folder, single = src / name, src / f"{name}.parquet"
+    files = sorted(folder.glob("**/*.parquet")) if folder.is_dir() else []
+    if not files and single.is_file():
+        files = [single]
+    if not files and required:
+        raise SourceFormatError(
+            f"{src}: no Parquet files for {name!r} (expected {folder}/*.parquet or {single})"
+        )
+    return files
+
+
+def find_file(src: Path, filename: str, required: bool = True) -> Path | None:
+    """`src/filename`, or the first match below `src` (datasets often ship in a subfolder)."""
+    if (src / filename).is_file():
+        return src / filename
+    hits = sorted(src.glob(f"**/{filename}"))
+    if hits:
+        return hits[0]
+    if required:
+        raise SourceFormatError(f"{src}: required file {filename!r} not found")
+    return None
+
+
+def schema_of(files: Sequence[Path]) -> pa.Schema:
+    return pq.read_schema(files[0])
+
+
+def require_columns(files: Sequence[Path], columns: Sequence[str]) -> pa.Schema:
+    """Every file must carry every required column; the error names the file and the column."""
+    schema = None
+    for f in files:
+        schema = pq.read_schema(f)
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise SourceFormatError(f"{f}: missing required column(s) {missing}")
+    return schema
+
+
+def require_struct_fields(file: Path, schema: pa.Schema, column: str, fields: Sequence[str]) -> None:
+    """`column` must be a list of structs carrying `fields`."""
+    t = schema.field(column).type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_struct(t.value_type):
+        raise SourceFormatError(f"{file}: column {column!r} must be a list of structs, got {t}")
+    names = [t.value_type.field(i).name for i in range(t.value_type.num_fields)]
+    missing = [f for f in fields if f not in names]
+    if missing:
+        raise SourceFormatError(f"{file}: column {column!r} lacks struct field(s) {missing}")
+
+
+def batches(files: Sequence[Path], columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Stream record batches over files in order (pyarrow.dataset; never the whole table)."""
+    for f in files:
+        for b in ds.dataset(str(f), format="parquet").to_batches(
+            columns=list(columns), batch_size=batch_rows
+        ):
+            if b.num_rows:
+                yield b
+
+
+def count_rows(files: Sequence[Path]) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+# --------------------------------------------------------------------------- numbers
+_SPLIT = re.compile(r"[\s,;]+")
+
+
+def _parse_numbers(v: object) -> list[float] | None:
+    """A number, a string of one or more numbers ("0.5", "[1, 2]", "1 2"), or a list of numbers."""
+    if v is None:
+        return None
+    if isinstance(v, bool | int | float):
+        return [float(v)]
+    if isinstance(v, str):
+        body = v.strip().strip("[]()").strip()
+        if not body:
+            return None
+        return [float(x) for x in _SPLIT.split(body) if x]
+    if isinstance(v, list | tuple):
+        return [float("nan") if x is None else float(x) for x in v]
+    raise TypeError(type(v).__name__)
+
+
+def numeric_matrix(
+    values: pa.Array | pa.ChunkedArray, file: Path | str, column: str, width: int | None = None
+):
+    """(n, k) float64 from a numeric, string or list column; nulls -> NaN rows. Returns (matrix, k).
+
+    Accepted per value: a number (int/float/bool), a string holding one or more numbers separated by
+    commas/spaces/semicolons (optionally in brackets), or a list of numbers. All non-null values of a
+    column must have the same length `k` (or `width` when given). Anything else raises
+    SourceFormatError naming the file, column and row.
+    """
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    n = len(arr)
+    if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_boolean(arr.type):
+        if pa.types.is_boolean(arr.type):
+            arr = arr.cast(pa.int8())
+        col = np.asarray(arr.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False), np.float64)
+        if width not in (None, 1):
+            raise SourceFormatError(f"{file}: column {column!r} holds scalars, expected {width} values")
+        return col.reshape(n, 1), 1
+    rows = arr.to_pylist()
+    parsed: list[list[float] | None] = []
+    for i, v in enumerate(rows):
+        try:
+            parsed.append(_parse_numbers(v))
+        except (TypeError, ValueError) as e:
+            raise SourceFormatError(
+                f"{file}: column {column!r}, row {i}: cannot parse {v!r} as numbers ({e})"
+            ) from None
+    k = width
+    if k is None:
+        k = next((len(p) for p in parsed if p is not None), 1)
+    out = np.full((n, k), np.nan, np.float64)
+    for i, p in enumerate(parsed):
+        if p is None:
+            continue
+        if len(p) != k:
+            raise SourceFormatError(f"{file}: column {column!r}, row {i}: {len(p)} values, expected {k}")
+        out[i] = p
+    return out, k
+
+
+def log1p_count(x: np.ndarray) -> np.ndarray:
+    """Heavy-tailed non-negative counts -> log1p; negatives stay negative-signed (never silently NaN)."""
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+# --------------------------------------------------------------------------- the writer
+class PageFileWriter:
+    """Writes validated page batches to one Parquet file in the page contract, atomically.
+
+    Each batch goes through the contract (`to_arrow` then `from_arrow` with the source named), so a
+    malformed value raises PageValidationError naming the source file, page and field before anything
+    reaches the output; the file appears only once complete (temp file, then rename).
+    """
+
+    def __init__(self, path: Path, feature_dims: dict[str, int]) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp")
+        self.feature_dims = {m: int(feature_dims.get(m, 0)) for m in MODALITIES}
+        self.writer: pq.ParquetWriter | None = None
+        self.pages = 0
+        self.items = {m: 0 for m in MODALITIES}
+        self.grades = {m: [0] * (MAX_GRADE + 1) for m in MODALITIES}
+        self.clicks = 0
+
+    def write(self, pages: Pages, source: str) -> None:
+        if len(pages) == 0:
+            return
+        pages.feature_dims = dict(self.feature_dims)
+        table = to_arrow(pages)
+        from_arrow(table, source, feature_dims=self.feature_dims)  # raises PageValidationError
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp, table.schema, compression="zstd")
+        self.writer.write_table(table)
+        self.pages += len(pages)
+        for mid, m in enumerate(MODALITIES):
+            sel = pages.modality == mid
+            self.items[m] += int(sel.sum())
+            rel = pages.relevance[sel]
+            for g, c in enumerate(np.bincount(rel[rel >= 0], minlength=MAX_GRADE + 1)):
+                self.grades[m][g] += int(c)
+        self.clicks += int((pages.click > 0).sum())
+
+    def close(self) -> dict | None:
+        if self.writer is None:
+            return None
+        self.writer.close()
+        self.tmp.replace(self.path)
+        return {
+            "file": self.path.name,
+            "pages": self.pages,
+            "items": {m: n for m, n in self.items.items() if n},
+            "grades": {m: g for m, g in self.grades.items() if self.items[m]},
+            "clicks": self.clicks,
+        }
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_summary(out: Path, summary: dict) -> dict:
+    """DIR/import.json: what was imported, how features and labels were made, counts per split."""
+    (Path(out) / "import.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    return summary
+
+
+def check_finite(
+    values: np.ndarray,
+    names: Sequence[str],
+    source: str,
+    page_ids: np.ndarray,
+    page_of: np.ndarray,
+    item_ids: np.ndarray,
+    field: str,
+    hint: str = "",
+) -> None:
+    """Raise PageValidationError naming page, field and the source column of the first non-finite value."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        i, j = (int(x[0]) for x in np.nonzero(bad))
+        raise PageValidationError(
+            f"{source}: page {page_ids[page_of[i]]!r}, field {field!r}: item {item_ids[i]!r} has "
+            f"{values[i, j]} in {names[j]!r}{hint}"
+        )
+
+
+__all__ = [
+    "FEATURE_DIMS_KEY",
+    "PageFileWriter",
+    "SourceFormatError",
+    "batches",
+    "check_finite",
+    "config_files",
+    "count_rows",
+    "find_file",
+    "log1p_count",
+    "numeric_matrix",
+    "require_columns",
+    "require_struct_fields",
+    "write_summary",
+]
