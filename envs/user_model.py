@@ -1,0 +1,417 @@
+"""The simulated user: examination, clicks, dwell, satisfaction and the session decision (numpy).
+
+One call simulates a batch of shown slates [B, K] (B pages, K positions). The model combines the
+click-model literature collected in REFERENCES.md:
+
+* **Examination (PBM)**: the base probability of examining position k is (1/k)^eta.
+* **Vertical attention (FCM, Chen et al. WSDM 2012; VCM, Wang et al. SIGIR 2013)**: a visually rich
+  result j (image, video, and to a lesser degree an answer box) raises the examination of itself and
+  its neighbours: exam' = exam + (1 - exam) * beta(|k - j|) * v_j with beta(d) = decay^d for
+  d <= radius. Several verticals combine as independent attention sources:
+  exam'_k = 1 - (1 - exam_k) * prod_j (1 - beta(|k - j|) * v_j), which reduces to the formula above
+  for one vertical.
+* **Clicks**: an examined result is clicked with probability min(1, scale * attractiveness).
+  Attractiveness (thumbnail, snippet, clickbait) is NOT relevance: the world draws it correlated with,
+  but distinct from, the true grade, so a click is not satisfaction.
+* **Dwell**: a click's dwell time is log-normal, log(dwell) ~ N(mu0[m] + slope[m] * grade, sigma[m]):
+  its centre rises with true relevance, differently per modality (video is watched longer, images are
+  glanced at). A click with dwell >= `satisfied_dwell_s` (30 s, the common convention) is satisfied.
+* **Good abandonment**: a relevant direct answer examined within the top `answer_max_position` slots
+  satisfies the user without a click with probability `answer_satisfy_prob[grade]`.
+* **Cascade / DBN stopping**: after a satisfying event the user stops scanning with probability
+  `stop_after_satisfied`; later positions are then never examined, so outcomes depend on earlier ones.
+* **Session decision**: a satisfied user ends the session; an unsatisfied one reformulates (sees the
+  next page of the same intent) with probability `reformulate_prob`, otherwise abandons.
+
+Vectorisation: given that the user is still scanning at position k, what happens at k depends only
+on the item at k. So every position's outcome "if reached" is drawn at once over [B, K], and the
+positions actually reached are those before the first stopping event (a cumulative OR along K).
+`simulate_reference` is the slow, obviously-correct per-item loop of the same maths; the tests and
+`smar bench simulate` check that the two agree in distribution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from envs.pages import MAX_GRADE, MODALITY_ID, N_MODALITIES
+
+ANSWER = MODALITY_ID["answer"]
+
+
+def _per_modality(name: str, values: tuple[float, ...], lo: float, hi: float) -> None:
+    if len(values) != N_MODALITIES:
+        raise ValueError(f"UserModelConfig.{name} needs {N_MODALITIES} values (doc, image, video, answer)")
+    for v in values:
+        if not lo <= v <= hi:
+            raise ValueError(f"UserModelConfig.{name} values must lie in [{lo}, {hi}], got {values}")
+
+
+@dataclass(frozen=True)
+class UserModelConfig:
+    """Parameters of the simulated user. Per-modality tuples are ordered (doc, image, video, answer)."""
+
+    # Examination: PBM (1/k)^eta; eta ~ 1 is the usual fit on web logs.
+    eta: float = 1.0
+    # Vertical attention strength v_m per modality (FCM/VCM): visual results draw the eye.
+    vertical_attention: tuple[float, ...] = (0.0, 0.35, 0.45, 0.2)
+    attention_decay: float = 0.5  # beta(d) = decay^d: a neighbour one slot away gets half the pull
+    attention_radius: int = 1  # slots either side a vertical's attention reaches (0 = only itself)
+    # Clicks: P(click | examined) = min(1, attractiveness_scale * attractiveness).
+    attractiveness_scale: float = 1.0
+    # Dwell: log(dwell_s) ~ N(dwell_mu0[m] + dwell_mu_slope[m] * grade, dwell_sigma[m]).
+    # Doc medians: grade 0 ~ 7 s, grade 2 ~ 22 s, grade 4 ~ 67 s.
+    dwell_mu0: tuple[float, ...] = (2.0, 1.8, 2.3, 1.9)
+    dwell_mu_slope: tuple[float, ...] = (0.55, 0.5, 0.6, 0.5)
+    dwell_sigma: tuple[float, ...] = (0.75, 0.7, 0.8, 0.75)
+    satisfied_dwell_s: float = 30.0  # a click with at least this dwell is satisfied
+    stop_after_satisfied: float = 0.8  # DBN-style: P(stop scanning | satisfied at this position)
+    # Good abandonment: a direct answer within the top `answer_max_position` slots satisfies without
+    # a click with this probability per true grade 0..4.
+    answer_max_position: int = 3
+    answer_satisfy_prob: tuple[float, ...] = (0.0, 0.0, 0.15, 0.5, 0.8)
+    # Session: an unsatisfied user reformulates with this probability, else abandons.
+    reformulate_prob: float = 0.6
+
+    def __post_init__(self) -> None:
+        if self.eta < 0:
+            raise ValueError(f"UserModelConfig.eta must be >= 0, got {self.eta}")
+        _per_modality("vertical_attention", self.vertical_attention, 0.0, 1.0)
+        _per_modality("dwell_mu0", self.dwell_mu0, -20.0, 20.0)
+        _per_modality("dwell_mu_slope", self.dwell_mu_slope, -5.0, 5.0)
+        _per_modality("dwell_sigma", self.dwell_sigma, 1e-6, 10.0)
+        for name in ("attention_decay", "stop_after_satisfied", "reformulate_prob"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"UserModelConfig.{name} must lie in [0, 1], got {v}")
+        if self.attention_radius < 0 or self.answer_max_position < 0:
+            raise ValueError("UserModelConfig.attention_radius and answer_max_position must be >= 0")
+        if self.attractiveness_scale < 0:
+            raise ValueError(
+                f"UserModelConfig.attractiveness_scale must be >= 0, got {self.attractiveness_scale}"
+            )
+        if self.satisfied_dwell_s <= 0:
+            raise ValueError(f"UserModelConfig.satisfied_dwell_s must be > 0, got {self.satisfied_dwell_s}")
+        if len(self.answer_satisfy_prob) != MAX_GRADE + 1 or not all(
+            0.0 <= p <= 1.0 for p in self.answer_satisfy_prob
+        ):
+            raise ValueError(
+                f"UserModelConfig.answer_satisfy_prob needs {MAX_GRADE + 1} probabilities (grades 0..4)"
+            )
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(d: dict) -> UserModelConfig:
+        return UserModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclass
+class UserOutcome:
+    """What the simulated user did on B shown slates of K positions."""
+
+    examined: np.ndarray  # [B, K] bool
+    click: np.ndarray  # [B, K] bool
+    dwell: np.ndarray  # [B, K] float32 seconds; 0.0 where not clicked
+    satisfied_click: np.ndarray  # [B, K] bool: click with dwell >= threshold
+    answer_satisfied: np.ndarray  # [B, K] bool: a direct answer satisfied without a click
+    satisfied: np.ndarray  # [B] bool: any satisfied click or answer satisfaction
+    good_abandon: np.ndarray  # [B] bool: satisfied by an answer with no click on the page
+    abandon: np.ndarray  # [B] bool: left unsatisfied and will not reformulate
+    reformulate: np.ndarray  # [B] bool: unsatisfied and issues the next query of the session
+
+    @property
+    def n_clicks(self) -> np.ndarray:
+        return self.click.sum(axis=1)
+
+
+# ---------------------------------------------------------------------------- model maths (vectorised)
+def _check_inputs(
+    relevance: np.ndarray, attractiveness: np.ndarray, modality: np.ndarray, valid: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rel = np.asarray(relevance)
+    if rel.ndim != 2:
+        raise ValueError(f"relevance must be [B, K], got shape {rel.shape}")
+    att = np.asarray(attractiveness, np.float64)
+    mod = np.asarray(modality)
+    val = np.ones(rel.shape, bool) if valid is None else np.asarray(valid, bool)
+    for name, a in (("attractiveness", att), ("modality", mod), ("valid", val)):
+        if a.shape != rel.shape:
+            raise ValueError(f"{name} has shape {a.shape}, relevance has {rel.shape}")
+    if rel.size:
+        # Padding slots may hold anything; clamp them so the lookups below stay in range.
+        rel = np.where(val, rel, 0).astype(np.int64)
+        mod = np.where(val, mod, 0).astype(np.int64)
+        if rel.min() < 0 or rel.max() > MAX_GRADE:
+            raise ValueError(f"relevance of valid items must lie in 0..{MAX_GRADE}")
+        if mod.min() < 0 or mod.max() >= N_MODALITIES:
+            raise ValueError(f"modality of valid items must lie in 0..{N_MODALITIES - 1}")
+        va = att[val]
+        if va.size and (va.min() < 0 or va.max() > 1 or np.isnan(va).any()):
+            raise ValueError("attractiveness of valid items must lie in [0, 1]")
+    return rel.astype(np.int64), np.where(val, att, 0.0), mod.astype(np.int64), val
+
+
+def examination_probabilities(modality: np.ndarray, valid: np.ndarray, config: UserModelConfig) -> np.ndarray:
+    """P(examine position k | still scanning), [B, K]: PBM (1/k)^eta raised by vertical attention."""
+    modality = np.asarray(modality, np.int64)
+    valid = np.asarray(valid, bool)
+    k = modality.shape[1]
+    base = (1.0 / np.arange(1, k + 1, dtype=np.float64)) ** config.eta
+    v = np.where(valid, np.asarray(config.vertical_attention)[modality], 0.0)  # [B, K]
+    miss = np.broadcast_to(1.0 - base, modality.shape).copy()  # P(not examined)
+    for d in range(-config.attention_radius, config.attention_radius + 1):
+        pull = 1.0 - (config.attention_decay ** abs(d)) * v  # source j's pull on j + d
+        if d >= 0:
+            miss[:, d:] *= pull[:, : k - d]
+        else:
+            miss[:, :d] *= pull[:, -d:]
+    return np.where(valid, 1.0 - miss, 0.0)
+
+
+def dwell_log_params(
+    relevance: np.ndarray, modality: np.ndarray, config: UserModelConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of log(dwell seconds) per item."""
+    modality = np.asarray(modality, np.int64)
+    mu = np.asarray(config.dwell_mu0)[modality] + np.asarray(config.dwell_mu_slope)[modality] * relevance
+    return mu, np.asarray(config.dwell_sigma)[modality]
+
+
+def satisfied_click_probability(relevance: int, modality: int, config: UserModelConfig) -> float:
+    """P(dwell >= threshold | click) = 1 - Phi((log(threshold) - mu) / sigma)."""
+    mu, sigma = dwell_log_params(np.array([relevance]), np.array([modality]), config)
+    z = (math.log(config.satisfied_dwell_s) - float(mu[0])) / float(sigma[0])
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+class UserModel:
+    """Vectorised simulated user over batches of shown slates.
+
+    Speed matters (the RL env, the traffic simulator and offline simulation all call it), so the
+    per-item parameters are looked up from small tables indexed by code = modality * 5 + grade,
+    arithmetic is float32, and dwell noise is drawn only for the clicks that happen.
+    """
+
+    PAD_CODE = N_MODALITIES * (MAX_GRADE + 1)
+    CHUNK = 2048  # pages per vectorised block
+
+    def __init__(self, config: UserModelConfig | dict | None = None) -> None:
+        if isinstance(config, dict):
+            config = UserModelConfig.from_json(config)
+        self.config = c = config or UserModelConfig()
+        n_codes = self.PAD_CODE + 1
+        mod = np.repeat(np.arange(N_MODALITIES), MAX_GRADE + 1)
+        grade = np.tile(np.arange(MAX_GRADE + 1), N_MODALITIES)
+        mu, sigma = dwell_log_params(grade, mod, c)
+
+        def table(values: np.ndarray, pad: float) -> np.ndarray:
+            return np.append(values, pad).astype(np.float32)[:n_codes]
+
+        self._pull = table(np.asarray(c.vertical_attention)[mod], 0.0)  # v_m
+        self._answer_p = table(np.where(mod == ANSWER, np.asarray(c.answer_satisfy_prob)[grade], 0.0), 0.0)
+        self._mu = table(mu, 0.0)
+        self._sigma = table(sigma, 1.0)
+        self._log_threshold = np.float32(math.log(c.satisfied_dwell_s))
+
+    def codes(self, relevance: np.ndarray, modality: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        """Validated per-item table codes [B, K] (PAD_CODE on padding)."""
+        rel = np.asarray(relevance)
+        mod = np.asarray(modality)
+        if rel.ndim != 2:
+            raise ValueError(f"relevance must be [B, K], got shape {rel.shape}")
+        if mod.shape != rel.shape:
+            raise ValueError(f"modality has shape {mod.shape}, relevance has {rel.shape}")
+        code = mod.astype(np.int16) * (MAX_GRADE + 1) + rel.astype(np.int16)
+        if valid is not None:
+            valid = np.asarray(valid, bool)
+            if valid.shape != rel.shape:
+                raise ValueError(f"valid has shape {valid.shape}, relevance has {rel.shape}")
+            code = np.where(valid, code, self.PAD_CODE)
+            rel = np.where(valid, rel, 0)
+            mod = np.where(valid, mod, 0)
+        if rel.size and (rel.min() < 0 or rel.max() > MAX_GRADE):
+            raise ValueError(f"relevance of valid items must lie in 0..{MAX_GRADE}")
+        if mod.size and (mod.min() < 0 or mod.max() >= N_MODALITIES):
+            raise ValueError(f"modality of valid items must lie in 0..{N_MODALITIES - 1}")
+        return code
+
+    def simulate(
+        self,
+        relevance: np.ndarray,
+        attractiveness: np.ndarray,
+        modality: np.ndarray,
+        valid: np.ndarray | None,
+        rng: np.random.Generator,
+    ) -> UserOutcome:
+        """Simulate one user per shown slate. Inputs [B, K] in shown order; `valid` masks padding."""
+        code = self.codes(relevance, modality, valid)
+        att = np.asarray(attractiveness, np.float32)
+        if att.shape != code.shape:
+            raise ValueError(f"attractiveness has shape {att.shape}, relevance has {code.shape}")
+        padded = valid is not None and bool((code == self.PAD_CODE).any())
+        if padded:
+            att = np.where(code != self.PAD_CODE, att, np.float32(0.0))
+        if att.size and not (att.min() >= 0.0 and att.max() <= 1.0):
+            raise ValueError("attractiveness of valid items must lie in [0, 1]")
+        b = code.shape[0]
+        if b <= self.CHUNK:
+            return self._simulate(code, att, padded, rng)
+        # Chunks keep the working set in cache (several times faster than one huge batch).
+        parts = [
+            self._simulate(code[i : i + self.CHUNK], att[i : i + self.CHUNK], padded, rng)
+            for i in range(0, b, self.CHUNK)
+        ]
+        return UserOutcome(
+            **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(UserOutcome)}
+        )
+
+    def _simulate(
+        self, code: np.ndarray, att: np.ndarray, padded: bool, rng: np.random.Generator
+    ) -> UserOutcome:
+        """One block of pages. Works in a [K, B] layout so every step along the slate is a contiguous
+        row operation; the outputs are returned as [B, K] (transposed views)."""
+        c = self.config
+        b, k = code.shape
+        code = np.ascontiguousarray(code.T)
+        att = np.ascontiguousarray(att.T)
+        # One uniform per item decides examination, answer satisfaction, click and stopping by
+        # splitting [0, 1) into bands (uniform recycling: within a band, the position of u is again
+        # uniform and independent of which band was hit):
+        #   [0, a*s) answer satisfies, stops | [a*s, a) answer satisfies, goes on
+        #   [a, a + w) click (its stop decision: (u - a) < w * s, used only if the dwell satisfies)
+        #   [a + w, e) examined, nothing     | [e, 1) not examined
+        # with e = P(examine), a = e * P(answer satisfies), w = e * (1 - P(answer)) * P(click).
+        u = rng.random((k, b), dtype=np.float32)
+        u_page = rng.random(b, dtype=np.float32)
+        # Examination if reached: P(not examined) = (1 - (1/k)^eta) * prod_j (1 - decay^|d| v_j).
+        pull = self._pull.take(code)
+        miss = np.empty((k, b), np.float32)
+        miss[:] = (1.0 - (1.0 / np.arange(1, k + 1)) ** c.eta).astype(np.float32)[:, None]
+        for d in range(min(c.attention_radius, k - 1) + 1):
+            f = 1.0 - np.float32(c.attention_decay**d) * pull  # source j's pull on j +- d
+            if d == 0:
+                miss *= f
+            else:
+                miss[d:] *= f[: k - d]
+                miss[:-d] *= f[d:]
+        e = 1.0 - miss
+        if padded:
+            e[code == self.PAD_CODE] = 0.0
+        p_ans = self._answer_p.take(code)
+        p_ans[c.answer_max_position :] = 0.0
+        p_click = att if c.attractiveness_scale == 1.0 else np.minimum(1.0, c.attractiveness_scale * att)
+        a = e * p_ans
+        w = (e - a) * p_click
+        s = np.float32(c.stop_after_satisfied)
+        ans_if = u < a
+        click_if = (u >= a) & (u < a + w)
+        # Dwell only for clicks: log(dwell) = mu + sigma * z.
+        idx = np.flatnonzero(click_if)
+        cc = code.ravel().take(idx)
+        log_d = self._mu.take(cc) + self._sigma.take(cc) * rng.standard_normal(len(idx), dtype=np.float32)
+        sat = log_d >= self._log_threshold
+        sat_click_if = np.zeros((k, b), bool)
+        sat_click_if.ravel()[idx[sat]] = True
+        stop_if = (u < a * s) | (sat_click_if & (u - a < w * s))
+        # Reached position k <=> no stop at positions < k (a running OR down the slate).
+        reached = np.ones((k, b), bool)
+        if k > 1:
+            np.logical_or.accumulate(stop_if[:-1], axis=0, out=reached[1:])
+            np.logical_not(reached[1:], out=reached[1:])
+        click = click_if & reached
+        sat_click = sat_click_if & reached
+        ans = ans_if & reached
+        dwell = np.zeros((k, b), np.float32)
+        dwell.ravel()[idx] = np.exp(log_d)
+        dwell *= click
+        ans_any = ans.any(axis=0)
+        satisfied = sat_click.any(axis=0) | ans_any
+        reformulate = ~satisfied & (u_page < np.float32(c.reformulate_prob))
+        return UserOutcome(
+            examined=((u < e) & reached).T,
+            click=click.T,
+            dwell=dwell.T,
+            satisfied_click=sat_click.T,
+            answer_satisfied=ans.T,
+            satisfied=satisfied,
+            good_abandon=ans_any & ~click.any(axis=0),
+            abandon=~satisfied & ~reformulate,
+            reformulate=reformulate,
+        )
+
+
+# ---------------------------------------------------------------------------- reference (slow, per item)
+def simulate_reference(
+    relevance: np.ndarray,
+    attractiveness: np.ndarray,
+    modality: np.ndarray,
+    valid: np.ndarray | None,
+    rng: np.random.Generator,
+    config: UserModelConfig | None = None,
+) -> UserOutcome:
+    """The same user, one page and one position at a time in plain Python (tests and benchmark only).
+
+    Written to be read against the module docstring, not to be fast: the user scans down the page,
+    and each step follows the story literally.
+    """
+    c = config or UserModelConfig()
+    rel_a, att_a, mod_a, val_a = _check_inputs(relevance, attractiveness, modality, valid)
+    rel_l, att_l, mod_l, val_l = rel_a.tolist(), att_a.tolist(), mod_a.tolist(), val_a.tolist()
+    b, k = rel_a.shape
+    out = {
+        name: np.zeros((b, k), bool) for name in ("examined", "click", "satisfied_click", "answer_satisfied")
+    }
+    dwell_out = np.zeros((b, k), np.float32)
+    page = {name: np.zeros(b, bool) for name in ("satisfied", "good_abandon", "abandon", "reformulate")}
+    for p in range(b):
+        rel, att, mod, val = rel_l[p], att_l[p], mod_l[p], val_l[p]
+        satisfied = False
+        any_click = False
+        any_answer = False
+        for pos in range(k):
+            if not val[pos]:
+                continue
+            # Examination: PBM base, then every visible vertical within reach pulls attention here.
+            not_examined = 1.0 - (1.0 / (pos + 1)) ** c.eta
+            for j in range(k):
+                dist = abs(j - pos)
+                if val[j] and dist <= c.attention_radius:
+                    not_examined *= 1.0 - (c.attention_decay**dist) * c.vertical_attention[mod[j]]
+            if rng.random() >= 1.0 - not_examined:
+                continue
+            out["examined"][p, pos] = True
+            satisfied_here = False
+            if (
+                mod[pos] == ANSWER
+                and pos < c.answer_max_position
+                and rng.random() < c.answer_satisfy_prob[rel[pos]]
+            ):
+                out["answer_satisfied"][p, pos] = True
+                any_answer = True
+                satisfied_here = True
+            elif rng.random() < min(1.0, c.attractiveness_scale * att[pos]):
+                out["click"][p, pos] = True
+                any_click = True
+                mu = c.dwell_mu0[mod[pos]] + c.dwell_mu_slope[mod[pos]] * rel[pos]
+                dwell = math.exp(mu + c.dwell_sigma[mod[pos]] * rng.standard_normal())
+                dwell_out[p, pos] = dwell
+                if dwell >= c.satisfied_dwell_s:
+                    out["satisfied_click"][p, pos] = True
+                    satisfied_here = True
+            if satisfied_here:
+                satisfied = True
+                if rng.random() < c.stop_after_satisfied:
+                    break
+        page["satisfied"][p] = satisfied
+        page["good_abandon"][p] = any_answer and not any_click
+        if not satisfied:
+            if rng.random() < c.reformulate_prob:
+                page["reformulate"][p] = True
+            else:
+                page["abandon"][p] = True
+    return UserOutcome(dwell=dwell_out, **out, **page)
