@@ -254,12 +254,17 @@ def _fill(arr: pa.Array, dtype, null) -> np.ndarray:
 
 
 def _check_unique_items(pages: Pages, source: str) -> None:
-    keys = np.char.add(pages.page_of_item.astype(str), np.char.add("\x00", pages.item_id.astype(str)))
+    # (page, item code) integer keys: a string key with a NUL separator loses the separator in numpy
+    # (trailing NULs are padding), which made page 1 item "1a" collide with page 11 item "a".
+    if pages.n_items == 0:
+        return
+    _, code = np.unique(pages.item_id.astype(str), return_inverse=True)
+    keys = pages.page_of_item * (int(code.max()) + 1) + code.astype(np.int64)
     uniq, counts = np.unique(keys, return_counts=True)
     if (counts > 1).any():
-        dup = uniq[np.argmax(counts > 1)]
-        p, item = dup.split("\x00", 1)
-        raise _fail(source, pages.page_id[int(p)], "item_id", f"duplicate item id {item!r}")
+        i = int(np.nonzero(keys == uniq[np.argmax(counts > 1)])[0][0])
+        page = pages.page_id[pages.page_of_item[i]]
+        raise _fail(source, page, "item_id", f"duplicate item id {pages.item_id[i]!r}")
 
 
 def validate(pages: Pages, source: str = "<pages>") -> Pages:
