@@ -1,0 +1,71 @@
+"""The `smar` dispatcher and `smar world` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from agent.cli import main
+from envs.world import WHOLE_PAGE_SPLITS, WorldConfig, generate_world
+from pretrain.world_io import load_world
+
+
+def test_smar_world_writes_a_loadable_world(tmp_path, capsys):
+    out = tmp_path / "world"
+    args = ["world", "--out", str(out), "--seed", "3", "--queries", "20"]
+    code = main([*args, "--candidates-per-modality", "3", "--single-modal-queries", "10"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "world (seed 3)" in printed and "single_modal/answer" in printed and str(out) in printed
+    world = load_world(out)
+    expected = generate_world(
+        WorldConfig(seed=3, queries=20, candidates_per_modality=3, single_modal_queries=10)
+    )
+    assert world.config == expected.config
+    for name in WHOLE_PAGE_SPLITS:
+        got, exp = getattr(world, name), getattr(expected, name)
+        assert got.pages.page_id.tolist() == exp.pages.page_id.tolist()
+        np.testing.assert_array_equal(got.pages.features, exp.pages.features)
+        np.testing.assert_array_equal(got.pages.relevance, exp.pages.relevance)
+        np.testing.assert_array_equal(got.truth.relevance, exp.truth.relevance)
+        np.testing.assert_allclose(got.truth.attractiveness, exp.truth.attractiveness)
+        np.testing.assert_array_equal(got.truth.preferred_modality, exp.truth.preferred_modality)
+    assert (world.pool.pages.relevance == -1).all()  # hidden labels stay hidden on disk
+    for m, split in world.single_modal.items():
+        np.testing.assert_array_equal(split.pages.relevance, expected.single_modal[m].pages.relevance)
+    meta = json.loads((out / "world.json").read_text())
+    assert meta["summary"]["splits"]["test"]["pages"] == len(expected.test.pages)
+
+
+def test_smar_world_json_summary(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "world",
+                "--out",
+                str(tmp_path / "w"),
+                "--queries",
+                "10",
+                "--single-modal-queries",
+                "4",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    summary = json.loads(text[: text.rindex("}") + 1])
+    assert set(summary["splits"]) >= {"pool", "valid", "test", "traffic"}
+
+
+def test_unknown_command_exits_2(capsys):
+    assert main(["no-such-command"]) == 2
+    assert "unknown command 'no-such-command'" in capsys.readouterr().err
+    assert main(["bench", "no-such-bench"]) == 2
+
+
+def test_help_lists_commands(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "world" in out and "import" in out
