@@ -10,10 +10,11 @@ or an explicit `candidate_idx` column: `modal`, `query_intent`, `real_title`, `a
 Output: DIR/train.parquet, DIR/test.parquet, DIR/import.json.
 
 Mapping:
-  * `modal` '0' -> doc, '1' -> video by default (`--modal-map` changes it). The release only says the
-    corpus mixes two result types; '0' is the majority, plain web-result type (title + abstract), and
-    Baidu's second whole-page result type is a rich media card, which we call `video` so that the
-    pair exercises a visual modality against documents. Any other value is an error.
+  * `modal` '0' -> doc, '1' -> video by default (`--modal-map 0=doc,1=image` etc. changes it). The
+    release does not say which result type each code is, so this default is an assumption: SMAR's
+    whole pages mix web documents with rich-media results, and we read '0' as the documents and '1'
+    as the visual type. Only the modality names change with the map, not the features (both codes
+    carry the same columns). Any other `modal` value is an error.
   * `label` (0-4 page-level grade) -> relevance; null/NaN = unannotated (-1); a non-integer or a
     value outside 0-4 raises PageValidationError naming the page and field.
   * per-impression `upstream_label` (the single-modal ranker's score) -> single_modal_score.
