@@ -156,21 +156,17 @@ def _check_inputs(
     return rel.astype(np.int64), np.where(val, att, 0.0), mod.astype(np.int64), val
 
 
-def examination_probabilities(modality: np.ndarray, valid: np.ndarray, config: UserModelConfig) -> np.ndarray:
-    """P(examine position k | still scanning), [B, K]: PBM (1/k)^eta raised by vertical attention."""
-    modality = np.asarray(modality, np.int64)
-    valid = np.asarray(valid, bool)
-    k = modality.shape[1]
-    base = (1.0 / np.arange(1, k + 1, dtype=np.float64)) ** config.eta
-    v = np.where(valid, np.asarray(config.vertical_attention)[modality], 0.0)  # [B, K]
-    miss = np.broadcast_to(1.0 - base, modality.shape).copy()  # P(not examined)
-    for d in range(-config.attention_radius, config.attention_radius + 1):
-        pull = 1.0 - (config.attention_decay ** abs(d)) * v  # source j's pull on j + d
-        if d >= 0:
-            miss[:, d:] *= pull[:, : k - d]
-        else:
-            miss[:, :d] *= pull[:, -d:]
-    return np.where(valid, 1.0 - miss, 0.0)
+def examination_probabilities(
+    modality: np.ndarray, valid: np.ndarray | None, config: UserModelConfig
+) -> np.ndarray:
+    """P(examine position k | still scanning), [B, K]: PBM (1/k)^eta raised by vertical attention.
+
+    The same code path the vectorised model uses (so golden tests on it test the model)."""
+    model = UserModel(config)
+    modality = np.asarray(modality)
+    code = model.codes(np.zeros(modality.shape, np.int8), modality, valid)
+    e = 1.0 - model._miss(np.ascontiguousarray(code.T)).T
+    return np.where(code != model.PAD_CODE, e, 0.0)
 
 
 def dwell_log_params(
@@ -270,6 +266,23 @@ class UserModel:
             **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(UserOutcome)}
         )
 
+    def _miss(self, code: np.ndarray) -> np.ndarray:
+        """P(not examined | reached), [K, B] from codes [K, B]:
+        (1 - (1/k)^eta) * prod_{|j - k| <= radius} (1 - decay^|j - k| * v_j)."""
+        c = self.config
+        k, b = code.shape
+        pull = self._pull.take(code)
+        miss = np.empty((k, b), np.float32)
+        miss[:] = (1.0 - (1.0 / np.arange(1, k + 1)) ** c.eta).astype(np.float32)[:, None]
+        for d in range(min(c.attention_radius, k - 1) + 1):
+            f = 1.0 - np.float32(c.attention_decay**d) * pull  # source j's pull on j +- d
+            if d == 0:
+                miss *= f
+            else:
+                miss[d:] *= f[: k - d]
+                miss[:-d] *= f[d:]
+        return miss
+
     def _simulate(
         self, code: np.ndarray, att: np.ndarray, padded: bool, rng: np.random.Generator
     ) -> UserOutcome:
@@ -288,17 +301,7 @@ class UserModel:
         # with e = P(examine), a = e * P(answer satisfies), w = e * (1 - P(answer)) * P(click).
         u = rng.random((k, b), dtype=np.float32)
         u_page = rng.random(b, dtype=np.float32)
-        # Examination if reached: P(not examined) = (1 - (1/k)^eta) * prod_j (1 - decay^|d| v_j).
-        pull = self._pull.take(code)
-        miss = np.empty((k, b), np.float32)
-        miss[:] = (1.0 - (1.0 / np.arange(1, k + 1)) ** c.eta).astype(np.float32)[:, None]
-        for d in range(min(c.attention_radius, k - 1) + 1):
-            f = 1.0 - np.float32(c.attention_decay**d) * pull  # source j's pull on j +- d
-            if d == 0:
-                miss *= f
-            else:
-                miss[d:] *= f[: k - d]
-                miss[:-d] *= f[d:]
+        miss = self._miss(code)
         e = 1.0 - miss
         if padded:
             e[code == self.PAD_CODE] = 0.0
