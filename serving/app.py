@@ -1,0 +1,354 @@
+"""The Ray Serve application: FastAPI ingress, dynamic batching, validation, logging, hot model swaps.
+
+    POST /rank      page -> event_id, model_version, ranking (+ propensities when exploring)
+    POST /feedback  event_id + per-item click/dwell -> accepted | duplicate (acked once durable)
+    GET  /healthz   liveness;  GET /version  model version + input contract;  GET /docs, /openapi.json
+
+`build_app(args)` is the application builder named by `serving/config.yaml` (`serve run` / `serve
+deploy`) and used by `smar serve`. The `Ranker` deployment holds the current `Scorer`; `reconfigure`
+(Serve's in-place `user_config` update) loads and verifies a registry version off the event loop and
+then swaps one reference, so in-flight batches finish on the model they started with and no replica
+restarts. A version that fails to load is refused and the old one keeps serving.
+"""
+
+import asyncio
+import os
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from pretrain.checkpoint import CheckpointError
+from serving.feedback_log import FEEDBACK, IMPRESSIONS, LogWriter, now_ms
+from serving.ledger import EventLedger, issued_s, new_event_id
+from serving.registry import Registry, RegistryError
+from serving.schemas import (
+    FeedbackRequest,
+    FeedbackResponse,
+    FieldError,
+    RankedItem,
+    RankRequest,
+    RankResponse,
+    VersionResponse,
+    check_feedback,
+    check_rank,
+)
+from serving.scoring import Prepared, Ranked, Scorer
+from serving.settings import RANKER, AppSettings, RuntimeConfig
+
+# Set by each replica's constructor; read by the body-size middleware (per replica process).
+_LIMITS = {"max_body_bytes": AppSettings().max_body_bytes}
+
+
+class BodyLimit:
+    """Pure ASGI middleware: refuse bodies over the limit with 413 before they are parsed."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = _LIMITS["max_body_bytes"]
+        for k, v in scope.get("headers", []):
+            if k == b"content-length" and v.isdigit() and int(v) > limit:
+                return await _too_large(limit, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLargeError
+            return msg
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLargeError:
+            await _too_large(limit, None, send)
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+async def _too_large(limit: int, receive, send) -> None:
+    resp = JSONResponse(
+        {"detail": [{"loc": ["body"], "msg": f"request body exceeds {limit} bytes", "type": "too_large"}]},
+        status_code=413,
+    )
+    await resp({"type": "http"}, receive, send)
+
+
+fastapi_app = FastAPI(
+    title="SMAR whole-page reranker",
+    description="Ranks a page of mixed-modality candidates; logs impressions and feedback for learning.",
+    version="1",
+)
+fastapi_app.add_middleware(BodyLimit)
+
+
+@fastapi_app.exception_handler(FieldError)
+async def _field_error(_: Request, exc: FieldError) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
+
+
+@dataclass
+class _Item:
+    """One request travelling through the batch queue with the scorer it was validated against."""
+
+    req: RankRequest
+    prepared: Prepared
+    scorer: Scorer
+
+
+def impression_row(
+    event_id: str, ts: int, replica: str, version: str, req: RankRequest, r: Ranked
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "ts": ts,
+        "model_version": version,
+        "replica": replica,
+        "page_id": req.page_id,
+        "policy": r.policy,
+        "temperature": r.temperature,
+        "slate_log_prob": r.slate_log_prob,
+        "query_features": req.query.features,
+        "user_features": req.user.features,
+        "item_id": [c.item_id for c in req.candidates],
+        "modality": [c.modality for c in req.candidates],
+        "features": [c.features for c in req.candidates],
+        "single_modal_score": [c.single_modal_score for c in req.candidates],
+        "action": r.order.tolist(),
+        "position": list(range(1, len(r.order) + 1)),
+        "score": r.scores.tolist(),
+        "pscore": r.pscore.tolist(),
+    }
+
+
+@serve.deployment(
+    name=RANKER,
+    num_replicas=1,
+    max_ongoing_requests=64,
+    max_queued_requests=512,
+    ray_actor_options={"num_cpus": 1},
+    user_config=RuntimeConfig().to_dict(),
+    health_check_period_s=5,
+    graceful_shutdown_timeout_s=20,
+)
+@serve.ingress(fastapi_app)
+class Ranker:
+    def __init__(self, ledger: DeploymentHandle, settings: dict) -> None:
+        torch.set_num_threads(1)  # a replica is sized at <= 1 CPU; more threads only contend
+        self.settings = AppSettings.from_dict(settings)
+        _LIMITS["max_body_bytes"] = self.settings.max_body_bytes
+        self.ledger = ledger
+        self.registry = Registry(self.settings.registry)
+        try:
+            self.replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - constructed outside Serve (not used in the product)
+            self.replica = f"pid{os.getpid()}"
+        self.generator = torch.Generator().manual_seed(self.settings.seed ^ zlib.crc32(self.replica.encode()))
+        logs = self.settings.logs
+        self.impressions = LogWriter(
+            self.settings.log_dir,
+            IMPRESSIONS,
+            self.replica,
+            logs.impression_max_rows,
+            logs.impression_max_age_s,
+        )
+        self.feedbacks = LogWriter(
+            self.settings.log_dir, FEEDBACK, self.replica, logs.feedback_max_rows, logs.feedback_max_age_s
+        )
+        self.runtime = RuntimeConfig()
+        self.scorer: Scorer | None = None
+        self.last_reload_error: str | None = None
+
+    # ------------------------------------------------------------------ in-place updates
+    async def reconfigure(self, user_config: dict) -> None:
+        """Apply a new user_config: load + verify the wanted version off-loop, then swap the reference.
+
+        On the first call (replica start) a failure is fatal, so a bad deploy never serves. Later a
+        failure is recorded (`/version` shows it) and the current model keeps serving.
+        """
+        runtime = RuntimeConfig.from_dict(user_config)
+        try:
+            entry = self.registry.entry(runtime.version) if runtime.version else self.registry.current()
+            if entry is None:
+                raise RegistryError(
+                    f"registry {self.registry.root} has no current version: publish a checkpoint first"
+                )
+            scorer = self.scorer
+            if scorer is None or scorer.ckpt.sha256 != entry.sha256:
+                loaded = await asyncio.to_thread(Scorer.load, entry.path)
+                if loaded.ckpt.sha256 != entry.sha256:
+                    raise CheckpointError(f"{entry.path}: checksum differs from the registry's record")
+                scorer = loaded
+        except (CheckpointError, RegistryError, OSError, ValueError) as e:
+            if self.scorer is None:
+                raise
+            self.last_reload_error = f"{type(e).__name__}: {e}"
+            return
+        self._rank_batch.set_max_batch_size(runtime.max_batch_size)
+        self._rank_batch.set_batch_wait_timeout_s(runtime.batch_wait_timeout_s)
+        self.scorer, self.runtime, self.last_reload_error = scorer, runtime, None  # the swap
+
+    def check_health(self) -> None:
+        if self.scorer is None:
+            raise RuntimeError("no model loaded")
+        for w in (self.impressions, self.feedbacks):
+            if not w.alive:
+                raise RuntimeError(f"{w.kind} log writer thread died: {w.last_error!r}")
+
+    def __del__(self) -> None:
+        """Serve calls this on graceful shutdown: flush both logs."""
+        for name in ("impressions", "feedbacks"):
+            w = getattr(self, name, None)
+            if w is not None:
+                w.close()
+
+    # ------------------------------------------------------------------ ranking
+    async def _rank_items(self, items: list[_Item]) -> list[tuple[str, str, Ranked]]:
+        """Rank a batch (grouped by the scorer each request was validated with), register the events
+        with the ledger in one call, queue the impressions. Returns (event_id, version, ranking)."""
+        runtime = self.runtime
+        out: list[tuple[str, str, Ranked] | None] = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault(id(it.scorer), []).append(i)
+        ts = now_ms()
+        rows, events = [], []
+        for idx in groups.values():
+            scorer = items[idx[0]].scorer
+            ranked = scorer.rank(
+                [items[i].prepared for i in idx], runtime.exploration, runtime.temperature, self.generator
+            )
+            for i, r in zip(idx, ranked):
+                eid = new_event_id(ts / 1000)
+                req = items[i].req
+                out[i] = (eid, scorer.version, r)
+                events.append((eid, scorer.version, [req.candidates[a].item_id for a in r.order]))
+                rows.append(impression_row(eid, ts, self.replica, scorer.version, req, r))
+        await self.ledger.register.remote(events)
+        self.impressions.append(rows)
+        return out  # type: ignore[return-value]
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _rank_batch(self, items: list[_Item]) -> list[tuple[str, str, Ranked]]:
+        return await self._rank_items(items)
+
+    @fastapi_app.post("/rank", response_model=RankResponse)
+    async def rank(self, req: RankRequest) -> RankResponse:
+        scorer = self.scorer
+        s = self.settings
+        check_rank(
+            req, scorer.feature_dims, scorer.query_dim, scorer.user_dim, s.max_candidates, s.max_item_id_len
+        )
+        item = _Item(req, scorer.prepare(req), scorer)
+        if self.runtime.batching:
+            eid, version, r = await self._rank_batch(item)
+        else:
+            eid, version, r = (await self._rank_items([item]))[0]
+        ranking = [
+            RankedItem(
+                item_id=req.candidates[a].item_id,
+                position=k + 1,
+                score=float(r.scores[k]),
+                propensity=float(r.pscore[k]) if r.explored else None,
+            )
+            for k, a in enumerate(r.order)
+        ]
+        return RankResponse(
+            event_id=eid,
+            model_version=version,
+            ranking=ranking,
+            explored=r.explored,
+            slate_log_prob=r.slate_log_prob if r.explored else None,
+        )
+
+    # ------------------------------------------------------------------ feedback
+    @fastapi_app.post(
+        "/feedback",
+        response_model=FeedbackResponse,
+        responses={404: {"description": "unknown event_id"}, 410: {"description": "expired event_id"}},
+    )
+    async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
+        check_feedback(req, self.settings.max_candidates)
+        if issued_s(req.event_id) is None:
+            raise FieldError(("body", "event_id"), "unknown event (never served by this app)", 404)
+        items = [f.item_id for f in req.feedback]
+        res = await self.ledger.claim.remote(req.event_id, items)
+        status = res["status"]
+        if status == "unknown":
+            raise FieldError(("body", "event_id"), "unknown event (never served by this app)", 404)
+        if status == "expired":
+            raise FieldError(
+                ("body", "event_id"), f"expired: issued {res['age_s']:.0f}s ago, ttl {res['ttl_s']:.0f}s", 410
+            )
+        if status == "bad_item":
+            raise FieldError(
+                ("body", "feedback", res["index"], "item_id"),
+                f"{res['item_id']!r} was not shown in this event",
+            )
+        if status == "in_progress":
+            raise FieldError(("body", "event_id"), "feedback for this event is being written; retry", 409)
+        if status == "duplicate":
+            return FeedbackResponse(
+                event_id=req.event_id, status="duplicate", model_version=res["model_version"]
+            )
+        row = {
+            "event_id": req.event_id,
+            "ts": now_ms(),
+            "model_version": res["model_version"],
+            "replica": self.replica,
+            "item_id": items,
+            "click": [f.click for f in req.feedback],
+            "dwell_s": [f.dwell_s for f in req.feedback],
+        }
+        try:
+            await asyncio.wrap_future(self.feedbacks.append([row]))  # acknowledged only once durable
+        except Exception as e:  # noqa: BLE001 - storage failure: let the client retry later
+            await self.ledger.release.remote(req.event_id)
+            return JSONResponse(
+                {"detail": [{"loc": ["body"], "msg": f"feedback log unavailable ({e}); retry"}]},
+                status_code=503,
+            )
+        await self.ledger.commit.remote(req.event_id)
+        return FeedbackResponse(event_id=req.event_id, status="accepted", model_version=res["model_version"])
+
+    # ------------------------------------------------------------------ introspection
+    @fastapi_app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "model_version": self.scorer.version if self.scorer else None}
+
+    @fastapi_app.get("/version", response_model=VersionResponse)
+    async def version(self) -> VersionResponse:
+        sc = self.scorer
+        return VersionResponse(
+            model_version=sc.version,
+            feature_dims=sc.feature_dims,
+            query_dim=sc.query_dim,
+            user_dim=sc.user_dim,
+            max_candidates=self.settings.max_candidates,
+            sha256=sc.ckpt.sha256,
+            exploration=self.runtime.exploration,
+            temperature=self.runtime.temperature,
+            batching=self.runtime.batching,
+            replica=self.replica,
+            last_reload_error=self.last_reload_error,
+        )
+
+
+def build_app(args: dict | None = None) -> serve.Application:
+    """Application builder (config.yaml `import_path: serving.app:build_app`, `args:` = AppSettings)."""
+    settings = AppSettings.from_dict(args).resolved()
+    ledger = EventLedger.bind(settings.event_ttl_s, settings.max_events)
+    return Ranker.bind(ledger, settings.to_dict())

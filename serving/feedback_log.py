@@ -1,0 +1,375 @@
+"""Logging for learning: served impressions and accepted feedback, appended to partitioned Parquet.
+
+Layout (hive partitions, so pyarrow.dataset prunes by version and hour)::
+
+    LOG_DIR/impressions/model_version=V/hour=YYYYMMDDHH/part-<ts_ms>-<replica>-<seq>.parquet
+    LOG_DIR/feedback/model_version=V/hour=YYYYMMDDHH/part-<ts_ms>-<replica>-<seq>.parquet
+
+Every writer puts its replica tag in its file names, so replicas never collide. A file is written
+under a dot-prefixed temporary name, fsynced, renamed into place and the folder fsynced: readers
+(which skip dot files) never see a partial file, and a renamed file survives a crash.
+
+Durability contract (tested in tests/serving/test_feedback_log.py):
+- Feedback is group-committed: `LogWriter.append` returns a future that resolves only after the file
+  holding those rows is durable, and the app acknowledges feedback only then. A crash loses no
+  acknowledged feedback.
+- Impressions are not waited on (ranking latency matters more): a crash of a replica loses at most
+  the impressions it served in the last `impression_max_age_s` seconds, and never more than
+  `impression_max_rows` of them. Feedback whose impression was lost is dropped by `read_logs`.
+- A graceful shutdown (`close`) flushes everything.
+
+Column names follow Open Bandit Pipeline where they map: `action` (candidate index shown at a
+position), `position` (1-based), `pscore` (propensity), `reward` (click, in `explode_positions`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import re
+import threading
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+IMPRESSIONS = "impressions"
+FEEDBACK = "feedback"
+TS = pa.timestamp("ms", tz="UTC")
+f32 = pa.float32()
+
+# Partition columns (model_version, hour) live in the paths, not in the files.
+IMPRESSION_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("ts", TS),
+        ("replica", pa.string()),
+        ("page_id", pa.string()),
+        ("policy", pa.string()),  # "greedy" | "plackett_luce"
+        ("temperature", f32),  # 0 for greedy
+        ("slate_log_prob", pa.float64()),  # log P(shown ranking); 0 for greedy
+        ("query_features", pa.list_(f32)),
+        ("user_features", pa.list_(f32)),
+        # the full candidate page, in the order the client sent it
+        ("item_id", pa.list_(pa.string())),
+        ("modality", pa.list_(pa.string())),
+        ("features", pa.list_(pa.list_(f32))),
+        ("single_modal_score", pa.list_(f32)),
+        # the shown ranking, one entry per position
+        ("action", pa.list_(pa.int32())),  # candidate index shown at each position
+        ("position", pa.list_(pa.int32())),  # 1..n
+        ("score", pa.list_(f32)),  # model score of the shown item
+        ("pscore", pa.list_(pa.float64())),  # P(item at this position | items above)
+    ]
+)
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("ts", TS),
+        ("replica", pa.string()),
+        ("item_id", pa.list_(pa.string())),
+        ("click", pa.list_(pa.bool_())),
+        ("dwell_s", pa.list_(f32)),
+    ]
+)
+SCHEMAS = {IMPRESSIONS: IMPRESSION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA}
+PARTITIONING = ds.partitioning(
+    pa.schema([("model_version", pa.string()), ("hour", pa.int32())]), flavor="hive"
+)
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def hour_of(ts_ms: int) -> int:
+    """YYYYMMDDHH (UTC) as an int: sortable, so `hour >= hour_of(since)` prunes partitions."""
+    return int(datetime.fromtimestamp(ts_ms / 1000, tz=UTC).strftime("%Y%m%d%H"))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def safe_name(s: str) -> str:
+    return _SAFE.sub("_", s)[:80] or "_"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LogWriter:
+    """Buffered, partitioned, atomic Parquet appender for one log kind in one process.
+
+    Rows are dicts with the kind's schema columns plus `model_version` (partition key) and `ts`
+    (epoch ms). A daemon thread flushes when `max_rows` rows are buffered or the oldest row is
+    `max_age_s` old. `append` returns a future resolved once the rows are durable on disk.
+    """
+
+    def __init__(self, log_dir: str | Path, kind: str, replica: str, max_rows: int, max_age_s: float) -> None:
+        if kind not in SCHEMAS:
+            raise ValueError(f"kind must be one of {sorted(SCHEMAS)}, got {kind!r}")
+        self.root = Path(log_dir) / kind
+        self.kind = kind
+        self.schema = SCHEMAS[kind]
+        self.replica = safe_name(replica)
+        self.max_rows = max(1, int(max_rows))
+        self.max_age_s = float(max_age_s)
+        self._rows: list[dict[str, Any]] = []
+        self._futures: list[cf.Future] = []
+        self._oldest = 0.0
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self.files_written = 0
+        self.rows_written = 0
+        self.last_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name=f"logwriter-{kind}", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ producer side
+    def append(self, rows: list[dict[str, Any]]) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        if not rows:
+            fut.set_result(0)
+            return fut
+        with self._cond:
+            if self._closed:
+                raise RuntimeError(f"{self.kind} log writer is closed")
+            first = not self._rows
+            if first:
+                self._oldest = time.monotonic()
+            self._rows.extend(rows)
+            self._futures.append(fut)
+            if first or len(self._rows) >= self.max_rows:
+                self._cond.notify()  # start the age timer / flush a full buffer
+        return fut
+
+    def flush(self) -> None:
+        """Write everything buffered now (from any thread) and wait for it."""
+        with self._cond:
+            rows, futs = self._take()
+        self._write(rows, futs)
+
+    def close(self) -> None:
+        """Graceful shutdown: stop the thread, flush the rest. Idempotent."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+        self.flush()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() or self._closed
+
+    # ------------------------------------------------------------------ flusher side
+    def _take(self) -> tuple[list[dict[str, Any]], list[cf.Future]]:
+        rows, futs = self._rows, self._futures
+        self._rows, self._futures = [], []
+        return rows, futs
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed:
+                    if self._rows:
+                        wait = self.max_age_s - (time.monotonic() - self._oldest)
+                        if len(self._rows) >= self.max_rows or wait <= 0:
+                            break
+                        self._cond.wait(wait)
+                    else:
+                        self._cond.wait()
+                if self._closed:
+                    return
+                rows, futs = self._take()
+            self._write(rows, futs)
+
+    def _write(self, rows: list[dict[str, Any]], futs: list[cf.Future]) -> None:
+        if not rows:
+            for f in futs:
+                f.set_result(0)
+            return
+        try:
+            groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+            for r in rows:
+                groups[(r["model_version"], hour_of(r["ts"]))].append(r)
+            for (version, hour), part in groups.items():
+                self._write_file(version, hour, part)
+            self.rows_written += len(rows)
+            for f in futs:
+                f.set_result(len(rows))
+        except BaseException as e:  # noqa: BLE001 - surfaced to every waiter; the thread keeps going
+            self.last_error = e
+            for f in futs:
+                f.set_exception(e)
+
+    def _write_file(self, version: str, hour: int, rows: list[dict[str, Any]]) -> Path:
+        folder = self.root / f"model_version={safe_name(version)}" / f"hour={hour}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self._seq += 1
+        name = f"part-{now_ms()}-{self.replica}-{os.getpid()}-{self._seq:06d}.parquet"
+        cols = {f.name: [r.get(f.name) for r in rows] for f in self.schema}
+        table = pa.Table.from_pydict(cols, schema=self.schema)
+        tmp = folder / f".{name}.tmp"
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / name)
+        _fsync_dir(folder)
+        self.files_written += 1
+        return folder / name
+
+
+# ---------------------------------------------------------------------------- reading
+def _dataset(log_dir: str | Path, kind: str) -> ds.Dataset | None:
+    root = Path(log_dir) / kind
+    if not root.exists():
+        return None
+    return ds.dataset(root, format="parquet", schema=None, partitioning=PARTITIONING)
+
+
+def _read(log_dir: str | Path, kind: str, since_ts_ms: int | None) -> pa.Table:
+    data = _dataset(log_dir, kind)
+    empty = SCHEMAS[kind].append(pa.field("model_version", pa.string())).append(pa.field("hour", pa.int32()))
+    if data is None or not data.files:
+        return empty.empty_table()
+    flt = None
+    if since_ts_ms is not None:
+        flt = (ds.field("hour") >= hour_of(since_ts_ms)) & (
+            ds.field("ts") >= pa.scalar(since_ts_ms, type=pa.int64()).cast(TS)
+        )
+    return data.to_table(filter=flt)
+
+
+def _ts_ms(since_ts: float | datetime | None) -> int | None:
+    """since_ts: epoch seconds or an aware datetime."""
+    if since_ts is None:
+        return None
+    if isinstance(since_ts, datetime):
+        return int(since_ts.timestamp() * 1000)
+    return int(float(since_ts) * 1000)
+
+
+def read_logs(
+    log_dir: str | Path, since_ts: float | datetime | None = None, since_version: str | None = None
+) -> pa.Table:
+    """Impressions joined with their feedback, one row per impression, sorted by ts.
+
+    `since_ts` (epoch seconds or aware datetime) keeps impressions served at or after that time.
+    `since_version` keeps everything served since version V went live: impressions with ts >= the
+    first impression logged under V (V itself and whatever came after it); empty if V never served.
+    Both filters combine. Feedback columns are aligned with the shown positions: `click` (int8: 1/0,
+    -1 = the feedback did not mention that item; null list = no feedback yet), `dwell_s` (float32,
+    NaN = unknown), `feedback_ts`. Duplicate feedback rows for an event (possible only after a crash
+    between writing and confirming) are collapsed to the earliest.
+    """
+    since_ms = _ts_ms(since_ts)
+    if since_version is not None:
+        imp_all = _dataset(log_dir, IMPRESSIONS)
+        if imp_all is None or not imp_all.files:
+            return _join(_read(log_dir, IMPRESSIONS, None), _read(log_dir, FEEDBACK, None))
+        first = imp_all.to_table(columns=["ts"], filter=ds.field("model_version") == since_version)["ts"]
+        if len(first) == 0:
+            return _join(_read(log_dir, IMPRESSIONS, None).slice(0, 0), _read(log_dir, FEEDBACK, None))
+        v_ms = int(pc.min(first).cast(pa.int64()).as_py())
+        since_ms = v_ms if since_ms is None else max(since_ms, v_ms)
+    imps = _read(log_dir, IMPRESSIONS, since_ms)
+    fb = _read(log_dir, FEEDBACK, since_ms)
+    return _join(imps, fb)
+
+
+def _join(imps: pa.Table, fb: pa.Table) -> pa.Table:
+    imps = imps.sort_by([("ts", "ascending"), ("event_id", "ascending")])
+    # earliest feedback per event
+    by_event: dict[str, tuple[int, dict[str, tuple[bool, float]], Any]] = {}
+    if fb.num_rows:
+        fb = fb.sort_by([("ts", "ascending")])
+        for eid, ts, items, clicks, dwells in zip(
+            fb["event_id"].to_pylist(),
+            fb["ts"].to_pylist(),
+            fb["item_id"].to_pylist(),
+            fb["click"].to_pylist(),
+            fb["dwell_s"].to_pylist(),
+        ):
+            if eid not in by_event:
+                by_event[eid] = (ts, dict(zip(items, zip(clicks, dwells))), None)
+    clicks_col, dwell_col, fts_col = [], [], []
+    for eid, items, action in zip(
+        imps["event_id"].to_pylist(), imps["item_id"].to_pylist(), imps["action"].to_pylist()
+    ):
+        got = by_event.get(eid)
+        if got is None:
+            clicks_col.append(None)
+            dwell_col.append(None)
+            fts_col.append(None)
+            continue
+        ts, fmap, _ = got
+        shown = [items[a] for a in action]
+        clicks_col.append([(1 if fmap[i][0] else 0) if i in fmap else -1 for i in shown])
+        dwell_col.append([float(fmap[i][1]) if i in fmap else float("nan") for i in shown])
+        fts_col.append(ts)
+    out = imps.append_column("click", pa.array(clicks_col, pa.list_(pa.int8())))
+    out = out.append_column("dwell_s", pa.array(dwell_col, pa.list_(f32)))
+    return out.append_column("feedback_ts", pa.array(fts_col, TS))
+
+
+def explode_positions(logs: pa.Table) -> pa.Table:
+    """OBP-style rows, one per (impression, shown position), from a `read_logs` table.
+
+    Columns: event_id, ts, model_version, policy, position, action, item_id, modality, score, pscore
+    (per-position conditional propensity), slate_log_prob, reward (click 1/0, -1 unknown), dwell_s.
+    """
+    n = np.array([len(a) for a in logs["action"].to_pylist()], np.int64)
+    rep = np.repeat(np.arange(logs.num_rows), n)
+    cols: dict[str, Any] = {}
+    for c in ("event_id", "ts", "model_version", "policy", "slate_log_prob"):
+        cols[c] = logs[c].take(pa.array(rep))
+    action = np.concatenate(
+        [np.asarray(a, np.int64) for a in logs["action"].to_pylist()] or [np.zeros(0, np.int64)]
+    )
+    cols["position"] = pa.array(
+        np.concatenate([np.arange(1, k + 1) for k in n] or [np.zeros(0, np.int64)]), pa.int32()
+    )
+    cols["action"] = pa.array(action, pa.int32())
+    items = logs["item_id"].to_pylist()
+    mods = logs["modality"].to_pylist()
+    cols["item_id"] = pa.array([items[r][a] for r, a in zip(rep, action)], pa.string())
+    cols["modality"] = pa.array([mods[r][a] for r, a in zip(rep, action)], pa.string())
+    cols["score"] = pa.array(
+        np.concatenate(
+            [np.asarray(s, np.float32) for s in logs["score"].to_pylist()] or [np.zeros(0, np.float32)]
+        )
+    )
+    cols["pscore"] = pa.array(
+        np.concatenate([np.asarray(s, np.float64) for s in logs["pscore"].to_pylist()] or [np.zeros(0)])
+    )
+    clicks = logs["click"].to_pylist()
+    dwells = logs["dwell_s"].to_pylist()
+    cols["reward"] = pa.array(
+        [(-1 if clicks[r] is None else clicks[r][k]) for r, k in zip(rep, cols["position"].to_numpy() - 1)],
+        pa.int8(),
+    )
+    cols["dwell_s"] = pa.array(
+        [
+            (float("nan") if dwells[r] is None else dwells[r][k])
+            for r, k in zip(rep, cols["position"].to_numpy() - 1)
+        ],
+        f32,
+    )
+    return pa.table(cols)
