@@ -108,3 +108,24 @@ def test_smar_simulate_rejects_bad_policy(world_dir, tmp_path):
         main(["simulate", "--policy", "nope", "--world", str(world_dir), "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="needs --run"):
         main(["simulate", "--policy", "merge", "--world", str(world_dir), "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("temperature", ["0", "2.0"])
+def test_smar_simulate_merge_and_reranker_on_a_pretrain_run(tiny_run, tmp_path, temperature, capsys):
+    """Pages, truth, merge and the SMAR reranker from a real (tiny) pretrain run; consistency is known."""
+    run_dir = str(tiny_run.root)
+    out_m, out_r = tmp_path / "merge", tmp_path / "smar"
+    common = ["--run", run_dir, "--sessions", "150", "--temperature", temperature, "--no-plots", "--json"]
+    assert main(["simulate", "--policy", "merge", "--out", str(out_m), *common]) == 0
+    assert (
+        main(["simulate", "--policy", f"checkpoint:{tiny_run.reranker_path}", "--out", str(out_r), *common])
+        == 0
+    )
+    capsys.readouterr()
+    m = pq.read_table(out_m / "feedback.parquet").to_pandas()
+    r = pq.read_table(out_r / "feedback.parquet").to_pandas()
+    assert set(m.model_version) == {"merge"} and set(r.model_version) == {tiny_run.reranker_version}
+    pages = pq.read_table(out_m / "pages.parquet").to_pandas()
+    assert pages.consistency.between(0, 1).all()  # scored pages: single-modal scores are known
+    if temperature == "0":
+        assert (pages.consistency == 1.0).all()  # greedy merge keeps every single-modal order
