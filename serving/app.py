@@ -15,7 +15,6 @@ import asyncio
 import os
 import zlib
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
@@ -24,19 +23,19 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pretrain.checkpoint import CheckpointError
-from serving.feedback_log import FEEDBACK, IMPRESSIONS, LogWriter, now_ms
+from serving.feedback_log import FEEDBACK, IMPRESSIONS, LogWriter, impression_row, now_ms
 from serving.ledger import EventLedger, issued_s, new_event_id
 from serving.registry import Registry, RegistryError
 from serving.schemas import (
     FeedbackRequest,
     FeedbackResponse,
     FieldError,
-    RankedItem,
     RankRequest,
     RankResponse,
     VersionResponse,
     check_feedback,
     check_rank,
+    rank_response,
 )
 from serving.scoring import Prepared, Ranked, Scorer
 from serving.settings import RANKER, AppSettings, RuntimeConfig
@@ -107,31 +106,6 @@ class _Item:
     req: RankRequest
     prepared: Prepared
     scorer: Scorer
-
-
-def impression_row(
-    event_id: str, ts: int, replica: str, version: str, req: RankRequest, r: Ranked
-) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "ts": ts,
-        "model_version": version,
-        "replica": replica,
-        "page_id": req.page_id,
-        "policy": r.policy,
-        "temperature": r.temperature,
-        "slate_log_prob": r.slate_log_prob,
-        "query_features": req.query.features,
-        "user_features": req.user.features,
-        "item_id": [c.item_id for c in req.candidates],
-        "modality": [c.modality for c in req.candidates],
-        "features": [c.features for c in req.candidates],
-        "single_modal_score": [c.single_modal_score for c in req.candidates],
-        "action": r.order.tolist(),
-        "position": list(range(1, len(r.order) + 1)),
-        "score": r.scores.tolist(),
-        "pscore": r.pscore.tolist(),
-    }
 
 
 @serve.deployment(
@@ -257,22 +231,7 @@ class Ranker:
             eid, version, r = await self._rank_batch(item)
         else:
             eid, version, r = (await self._rank_items([item]))[0]
-        ranking = [
-            RankedItem(
-                item_id=req.candidates[a].item_id,
-                position=k + 1,
-                score=float(r.scores[k]),
-                propensity=float(r.pscore[k]) if r.explored else None,
-            )
-            for k, a in enumerate(r.order)
-        ]
-        return RankResponse(
-            event_id=eid,
-            model_version=version,
-            ranking=ranking,
-            explored=r.explored,
-            slate_log_prob=r.slate_log_prob if r.explored else None,
-        )
+        return rank_response(req, eid, version, r)
 
     # ------------------------------------------------------------------ feedback
     @fastapi_app.post(

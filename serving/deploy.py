@@ -48,8 +48,18 @@ def deploy(config: dict[str, Any], wait: bool = True, timeout_s: float = 120.0) 
     return url
 
 
-def wait_ready(url: str, timeout_s: float = 120.0, version: str | None = None, streak: int = 1) -> dict:
-    """Poll GET /version until it answers (with `version`, `streak` times in a row). Returns the body."""
+def wait_ready(
+    url: str,
+    timeout_s: float = 120.0,
+    version: str | None = None,
+    streak: int = 1,
+    expect: dict | None = None,
+) -> dict:
+    """Poll GET /version until it answers (with `version` and the `expect`ed fields, `streak` times in a
+    row: with several replicas each answer comes from whichever replica the proxy picked). Returns it."""
+    want = dict(expect or {})
+    if version is not None:
+        want["model_version"] = version
     deadline = time.monotonic() + timeout_s
     last: Any = None
     hits = 0
@@ -60,7 +70,7 @@ def wait_ready(url: str, timeout_s: float = 120.0, version: str | None = None, s
             last = r.status_code, r.text[:300]
             if r.status_code == 200:
                 body = r.json()
-                hits = hits + 1 if version is None or body["model_version"] == version else 0
+                hits = hits + 1 if all(body.get(k) == v for k, v in want.items()) else 0
                 if hits >= streak:
                     return body
         except httpx.HTTPError as e:
@@ -118,7 +128,8 @@ def apply_version(
     ranker["user_config"] = uc
     _client().deploy_apps(ServeDeploySchema.model_validate(cfg), _blocking=False)
     if url is not None and version is not None:
-        wait_ready(url, timeout_s=timeout_s, version=version, streak=5)
+        shown = {k: uc[k] for k in ("exploration", "temperature", "batching") if k in uc}
+        wait_ready(url, timeout_s=timeout_s, version=version, streak=5, expect=shown)
     return uc
 
 

@@ -236,6 +236,30 @@ class LogWriter:
         return folder / name
 
 
+def impression_row(event_id: str, ts: int, replica: str, version: str, req: Any, r: Any) -> dict[str, Any]:
+    """An impression log row from a RankRequest and its scoring.Ranked."""
+    return {
+        "event_id": event_id,
+        "ts": ts,
+        "model_version": version,
+        "replica": replica,
+        "page_id": req.page_id,
+        "policy": r.policy,
+        "temperature": r.temperature,
+        "slate_log_prob": r.slate_log_prob,
+        "query_features": req.query.features,
+        "user_features": req.user.features,
+        "item_id": [c.item_id for c in req.candidates],
+        "modality": [c.modality for c in req.candidates],
+        "features": [c.features for c in req.candidates],
+        "single_modal_score": [c.single_modal_score for c in req.candidates],
+        "action": r.order.tolist(),
+        "position": list(range(1, len(r.order) + 1)),
+        "score": r.scores.tolist(),
+        "pscore": r.pscore.tolist(),
+    }
+
+
 # ---------------------------------------------------------------------------- reading
 def _dataset(log_dir: str | Path, kind: str) -> ds.Dataset | None:
     root = Path(log_dir) / kind

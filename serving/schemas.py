@@ -8,7 +8,7 @@ lists with FastAPI's usual 422 body, whose `loc` names the field. What depends o
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -149,3 +149,23 @@ def check_feedback(req: FeedbackRequest, max_items: int) -> None:
         if f.item_id in seen:
             raise FieldError(("body", "feedback", i, "item_id"), f"duplicate item_id {f.item_id!r}")
         seen.add(f.item_id)
+
+
+def rank_response(req: RankRequest, event_id: str, version: str, r: Any) -> RankResponse:
+    """The /rank response for a request and its `scoring.Ranked`; propensities only when exploring."""
+    ranking = [
+        RankedItem(
+            item_id=req.candidates[a].item_id,
+            position=k + 1,
+            score=float(r.scores[k]),
+            propensity=float(r.pscore[k]) if r.explored else None,
+        )
+        for k, a in enumerate(r.order)
+    ]
+    return RankResponse(
+        event_id=event_id,
+        model_version=version,
+        ranking=ranking,
+        explored=r.explored,
+        slate_log_prob=r.slate_log_prob if r.explored else None,
+    )

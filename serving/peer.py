@@ -1,0 +1,79 @@
+"""The benchmark's peer: a plain FastAPI app under uvicorn, one process, the same model in-process.
+
+It does the same per-request work as the Serve app's /rank (strict validation against the model's
+contract, one forward pass, Plackett-Luce exploration with exact propensities, an event id, the
+impression appended to the same buffered Parquet writer) but has no Ray, no proxy hop, no batching
+and no shared event ledger. `smar bench serve` runs it as `python -m serving.peer` in a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from serving.feedback_log import IMPRESSIONS, LogWriter, impression_row, now_ms
+from serving.ledger import new_event_id
+from serving.schemas import FieldError, RankRequest, RankResponse, check_rank, rank_response
+from serving.scoring import Scorer
+from serving.settings import AppSettings
+
+
+def build_peer_app(checkpoint: str, log_dir: str, seed: int = 0) -> FastAPI:
+    torch.set_num_threads(1)
+    settings = AppSettings()
+    scorer = Scorer.load(checkpoint)
+    gen = torch.Generator().manual_seed(seed)
+    writer = LogWriter(
+        log_dir, IMPRESSIONS, "peer", settings.logs.impression_max_rows, settings.logs.impression_max_age_s
+    )
+    app = FastAPI(title="plain FastAPI peer")
+
+    @app.exception_handler(FieldError)
+    async def _field_error(_: Request, exc: FieldError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
+
+    @app.post("/rank", response_model=RankResponse)
+    async def rank(req: RankRequest) -> RankResponse:
+        check_rank(
+            req,
+            scorer.feature_dims,
+            scorer.query_dim,
+            scorer.user_dim,
+            settings.max_candidates,
+            settings.max_item_id_len,
+        )
+        r = scorer.rank([scorer.prepare(req)], "plackett_luce", 1.0, gen)[0]
+        eid = new_event_id()
+        writer.append([impression_row(eid, now_ms(), "peer", scorer.version, req, r)])
+        return rank_response(req, eid, scorer.version, r)
+
+    @app.get("/version")
+    async def version() -> dict:
+        return {"model_version": scorer.version}
+
+    @app.on_event("shutdown")
+    def _flush() -> None:
+        writer.close()
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--log-dir", required=True)
+    p.add_argument("--port", type=int, default=8010)
+    a = p.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    app = build_peer_app(a.checkpoint, a.log_dir)
+    uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Serving fixtures: small reranker checkpoints built from the tiny world (no training needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def make_checkpoint(pages, path, version: str, seed: int):
+    import torch
+
+    from pretrain.checkpoint import save_checkpoint
+    from pretrain.reranker import RerankerConfig, WholePageReranker
+
+    torch.manual_seed(seed)
+    model = WholePageReranker(RerankerConfig.for_pages(pages, hidden=16, heads=2, layers=1))
+    model.fit_normalizer(pages)
+    return save_checkpoint(model, path, version=version, overwrite=True)
+
+
+@pytest.fixture(scope="session")
+def ckpt_factory():
+    """make_checkpoint(pages, path, version, seed) for tests that need one more checkpoint."""
+    return make_checkpoint
+
+
+@pytest.fixture(scope="session")
+def serving_ckpts(tiny_world, tmp_path_factory):
+    """Two valid checkpoints (versions v-a, v-b) of the same shape."""
+    root = tmp_path_factory.mktemp("serving_ckpts")
+    pages = tiny_world.traffic.pages
+    return {
+        "a": make_checkpoint(pages, root / "a", "v-a", 1),
+        "b": make_checkpoint(pages, root / "b", "v-b", 2),
+        "root": root,
+    }

@@ -1,0 +1,72 @@
+"""The event ledger's logic: unguessable ids, once-only claims, expiry vs unknown, shown items only."""
+
+from __future__ import annotations
+
+from serving.ledger import EventBook, issued_s, new_event_id
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_event_ids_are_unique_and_carry_issue_time():
+    ids = {new_event_id(1_700_000_000.0) for _ in range(1000)}
+    assert len(ids) == 1000
+    eid = next(iter(ids))
+    assert issued_s(eid) == 1_700_000_000.0
+    assert len(eid.split(".")[1]) == 24  # 18 random bytes
+    for bad in ("", "abc", "zz.", ".x", "!!.aaaaaaaaaaaaaaaaaaaaaaaa", "1." + "a" * 23):
+        assert issued_s(bad) is None
+
+
+def test_claim_once_then_duplicate_and_in_progress():
+    clock = Clock(1000.0)
+    book = EventBook(ttl_s=60, max_events=10, pending_timeout_s=5, clock=clock)
+    eid = new_event_id(1000.0)
+    book.register([(eid, "v1", ["a", "b"])])
+    assert book.claim(eid, ["a"]) == {"status": "accepted", "model_version": "v1"}
+    assert book.claim(eid, ["a"])["status"] == "in_progress"  # written but not yet committed
+    book.commit(eid)
+    assert book.claim(eid, ["a"])["status"] == "duplicate"
+
+
+def test_released_or_stale_claims_can_be_retried():
+    clock = Clock(1000.0)
+    book = EventBook(ttl_s=60, max_events=10, pending_timeout_s=5, clock=clock)
+    e1, e2 = new_event_id(1000.0), new_event_id(1000.0)
+    book.register([(e1, "v1", ["a"]), (e2, "v1", ["a"])])
+    assert book.claim(e1, [])["status"] == "accepted"
+    book.release(e1)  # the write failed
+    assert book.claim(e1, [])["status"] == "accepted"
+    assert book.claim(e2, [])["status"] == "accepted"
+    clock.t += 6  # the claiming replica died before committing
+    assert book.claim(e2, [])["status"] == "accepted"
+
+
+def test_unknown_expired_and_bad_items():
+    clock = Clock(10_000.0)
+    book = EventBook(ttl_s=60, max_events=10, clock=clock)
+    eid = new_event_id(10_000.0)
+    book.register([(eid, "v1", ["a", "b"])])
+    assert book.claim(new_event_id(10_000.0), [])["status"] == "unknown"  # well formed, never served
+    assert book.claim("forged", [])["status"] == "unknown"
+    assert book.claim(eid, ["a", "zzz"]) == {"status": "bad_item", "index": 1, "item_id": "zzz"}
+    clock.t += 61
+    assert book.claim(eid, ["a"])["status"] == "expired"
+    book.register([])  # eviction runs; the id still reads as expired from its issue time
+    assert len(book) == 0
+    assert book.claim(eid, ["a"])["status"] == "expired"
+
+
+def test_capacity_bound_evicts_oldest():
+    clock = Clock(0.0)
+    book = EventBook(ttl_s=1e9, max_events=3, clock=clock)
+    ids = [new_event_id(0.0) for _ in range(5)]
+    book.register([(e, "v", ["a"]) for e in ids])
+    assert len(book) == 3
+    assert book.claim(ids[0], [])["status"] == "unknown"
+    assert book.claim(ids[4], [])["status"] == "accepted"
