@@ -16,3 +16,21 @@ def _torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_world, tmp_path_factory):
+    """A tiny but real pretrain run (single-modal rankers, merge, SMAR reranker) on the tiny world."""
+    from dataclasses import replace
+
+    from pretrain.runtime import torch_threads
+    from pretrain.train import PretrainConfig, run_pretrain
+
+    d = PretrainConfig()
+    cfg = replace(
+        d,
+        single_modal=replace(d.single_modal, epochs=4, hidden=16),
+        train=replace(d.train, epochs=4, hidden=16, heads=2, layers=1),
+    )
+    with torch_threads(1):
+        return run_pretrain(tiny_world, tmp_path_factory.mktemp("tiny_run"), cfg, progress=False)

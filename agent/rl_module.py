@@ -1,0 +1,160 @@
+"""The RLlib policy: the SMAR whole-page reranker as a TorchRLModule (new API stack) with a value head.
+
+    obs (Dict of float32 Boxes, fixed n_max slots) --WholePageReranker--> per-item scores [B, N]
+    logits = masked_logits(scores, mask, temperature)      -> Columns.ACTION_DIST_INPUTS
+    action ~ PlackettLuce(logits), top-K                    (agent.distribution)
+    value  = small MLP on pooled, normalised page features (separate from the scoring path)
+
+The scoring network is `pretrain.reranker.WholePageReranker`, unchanged: loaded from a SMAR checkpoint
+(checksum verified by `pretrain.checkpoint.load_checkpoint`), or built fresh from a `RerankerConfig` with
+its normaliser fitted on given pages (`scratch_model_config`). The exported policy is therefore a normal
+reranker checkpoint that Serve loads.
+
+The value head does not touch the scoring path (no shared parameters, no gradient into the reranker)
+and its last layer starts at zero, so at step 0 the policy is exactly the SMAR policy and V == 0.
+
+model_config keys (a plain dict so it travels to every env runner and learner):
+  checkpoint       path of a reranker checkpoint folder, or None for a fresh network
+  reranker_config  RerankerConfig.to_json() for a fresh network (ignored with a checkpoint)
+  normalizer       {"feat_mean", "feat_std", "ctx_mean", "ctx_std"} nested lists for a fresh network
+  seed             torch seed of the fresh network / value head (identical on every worker)
+  temperature      logits = scores / temperature (exploration width; 1.0 = the reranker's own scale)
+  value_hidden     width of the value MLP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+from torch import nn
+
+from agent.distribution import plackett_luce_cls
+from envs.pages import N_MODALITIES, Pages
+from pretrain import plackett_luce as pl
+from pretrain.checkpoint import load_checkpoint
+from pretrain.reranker import RerankerConfig, WholePageReranker, signed_log
+
+OBS_KEYS = ("features", "modality", "mask", "single_modal_score", "query", "user")
+SCORES = "reranker_scores"  # extra forward_train output: raw scores (before temperature) for the learner
+NORMALIZER_BUFFERS = ("feat_mean", "feat_std", "ctx_mean", "ctx_std")
+
+
+def build_reranker(model_config: dict[str, Any]) -> WholePageReranker:
+    """The scoring network a model_config describes (checkpoint or fresh), in train mode."""
+    path = model_config.get("checkpoint")
+    if path:
+        net, _ = load_checkpoint(path)  # verifies the SHA-256
+    else:
+        cfg = model_config.get("reranker_config")
+        if cfg is None:
+            raise ValueError("model_config needs 'checkpoint' or 'reranker_config' (fresh network)")
+        with torch.random.fork_rng():  # seeded init without disturbing the worker's global RNG
+            torch.manual_seed(int(model_config.get("seed", 0)))
+            net = WholePageReranker(RerankerConfig.from_json(cfg))
+        norm = model_config.get("normalizer")
+        if norm is not None:
+            with torch.no_grad():
+                for name in NORMALIZER_BUFFERS:
+                    getattr(net, name).copy_(torch.as_tensor(np.asarray(norm[name]), dtype=torch.float32))
+    net.train()
+    return net
+
+
+def scratch_model_config(pages: Pages, seed: int = 0, **reranker_kwargs: Any) -> dict[str, Any]:
+    """model_config for a fresh reranker whose normaliser is fitted on `pages` (no SMAR pretraining)."""
+    cfg = RerankerConfig.for_pages(pages, **reranker_kwargs)
+    net = WholePageReranker(cfg)
+    net.fit_normalizer(pages)
+    return {
+        "checkpoint": None,
+        "reranker_config": cfg.to_json(),
+        "normalizer": {k: getattr(net, k).tolist() for k in NORMALIZER_BUFFERS},
+        "seed": int(seed),
+    }
+
+
+class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
+    """PPO policy + value function around the WholePageReranker. See the module docstring."""
+
+    def setup(self) -> None:
+        mc = dict(self.model_config or {})
+        self.temperature = float(mc.get("temperature", 1.0))
+        if self.temperature <= 0:
+            raise ValueError(f"model_config['temperature'] must be > 0, got {self.temperature}")
+        self.slate_size = int(len(self.action_space.nvec))
+        self.n_max = int(self.action_space.nvec[0])
+        self.reranker = build_reranker(mc)
+        obs = self.observation_space
+        if obs is not None:
+            missing = [k for k in OBS_KEYS if k not in obs.spaces]
+            if missing:
+                raise ValueError(f"observation space lacks {missing}; expected the SerpEnv Dict {OBS_KEYS}")
+            d_obs = obs["features"].shape[-1]
+            if d_obs != self.reranker.dmax:
+                raise ValueError(
+                    f"observation 'features' width {d_obs} != reranker feature width {self.reranker.dmax}"
+                )
+        cfg = self.reranker.config
+        value_in = cfg.query_dim + cfg.user_dim + N_MODALITIES * (self.reranker.dmax + 2)
+        hidden = int(mc.get("value_hidden", 64))
+        with torch.random.fork_rng():
+            torch.manual_seed(int(mc.get("seed", 0)) + 1)
+            self.value_head = nn.Sequential(
+                nn.Linear(value_in, hidden),
+                nn.Tanh(),
+                nn.Linear(hidden, hidden),
+                nn.Tanh(),
+                nn.Linear(hidden, 1),
+            )
+        nn.init.zeros_(self.value_head[-1].weight)
+        nn.init.zeros_(self.value_head[-1].bias)
+        self.action_dist_cls = plackett_luce_cls(self.slate_size)
+
+    # ------------------------------------------------------------------ policy
+    def scores(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Raw reranker scores [B, N] (PAD_SCORE on padding)."""
+        return self.reranker(obs["features"], obs["modality"], obs["mask"], obs["query"], obs["user"])
+
+    def logits(self, obs: dict[str, torch.Tensor], scores: torch.Tensor | None = None) -> torch.Tensor:
+        s = self.scores(obs) if scores is None else scores
+        return pl.masked_logits(s, obs["mask"], self.temperature)
+
+    def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        return {Columns.ACTION_DIST_INPUTS: self.logits(batch[Columns.OBS])}
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        obs = batch[Columns.OBS]
+        scores = self.scores(obs)
+        return {Columns.ACTION_DIST_INPUTS: self.logits(obs, scores), SCORES: scores}
+
+    # ------------------------------------------------------------------ value
+    def value_inputs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-modality mean of the normalised item features, counts and mean single-modal score, plus
+        the normalised query/user context: cheap (no attention) and detached from the scoring path."""
+        net = self.reranker
+        mask = obs["mask"].float()
+        mod = obs["modality"].long().clamp(0, N_MODALITIES - 1)
+        with torch.no_grad():
+            x = (signed_log(obs["features"].float()) - net.feat_mean[mod]) / net.feat_std[mod]
+            ctx = (torch.cat([obs["query"].float(), obs["user"].float()], -1) - net.ctx_mean) / net.ctx_std
+        onehot = nn.functional.one_hot(mod, N_MODALITIES).float() * mask[..., None]  # [B, N, M]
+        counts = onehot.sum(1)  # [B, M]
+        denom = counts.clamp_min(1.0)
+        pooled = torch.einsum("bnm,bnd->bmd", onehot, x) / denom[..., None]
+        sm = torch.einsum("bnm,bn->bm", onehot, obs["single_modal_score"].float()) / denom
+        frac = counts / max(self.n_max, 1)
+        return torch.cat([ctx, pooled.flatten(1), frac, sm], -1).detach()
+
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
+        return self.value_head(self.value_inputs(batch[Columns.OBS])).squeeze(-1)
+
+
+def module_spec(model_config: dict[str, Any]) -> RLModuleSpec:
+    """RLModuleSpec for `config.rl_module(rl_module_spec=...)`."""
+    return RLModuleSpec(module_class=RerankerPolicyModule, model_config=dict(model_config))

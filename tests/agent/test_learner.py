@@ -1,0 +1,179 @@
+"""The constrained PPO learner: the torch agreement matches envs.metrics, the constraint term's gradient
+moves scores toward each modality's single-modal order, and dual ascent moves the multiplier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.core.columns import Columns
+from ray.rllib.evaluation.postprocessing import Postprocessing
+
+from agent.learner import (
+    AGREEMENT,
+    MULTIPLIER,
+    ConstrainedPPOLearner,
+    ConstraintConfig,
+    topk_agreement,
+)
+from agent.rl_module import SCORES, module_spec, scratch_model_config
+from envs.metrics import shown_order_agreement, within_modality_agreement
+from envs.serp_env import SerpEnv
+from pretrain import plackett_luce as pl
+
+
+def test_torch_agreement_matches_envs_metrics():
+    rng = np.random.default_rng(0)
+    b, n, k = 20, 12, 5
+    scores = rng.normal(size=(b, n)).round(1)  # rounding creates ties in the scores (count half)
+    ref = rng.integers(0, 4, size=(b, n)).astype(float)  # ties in the reference (skipped)
+    mod = rng.integers(0, 3, size=(b, n))
+    sizes = rng.integers(6, n + 1, size=b)
+    mask = np.arange(n)[None, :] < sizes[:, None]
+    t = [torch.as_tensor(x) for x in (scores, ref, mod, mask)]
+    mass, pairs = topk_agreement(*t)
+    m_all = p_all = 0.0
+    for i in range(b):
+        a, c = within_modality_agreement(scores[i, : sizes[i]], ref[i, : sizes[i]], mod[i, : sizes[i]])
+        m_all, p_all = m_all + (a * c if c else 0.0), p_all + c
+    assert int(pairs) == p_all and float(mass) == pytest.approx(m_all)
+    mass, pairs = topk_agreement(
+        torch.as_tensor(scores + 1e-6 * np.arange(n)), *t[1:], k=k
+    )  # no ties: unique top-k
+    m_k = p_k = 0.0
+    for i in range(b):
+        s = scores[i, : sizes[i]] + 1e-6 * np.arange(sizes[i])
+        shown = np.argsort(-s, kind="stable")[:k]
+        a, c = shown_order_agreement(shown, ref[i, : sizes[i]], mod[i, : sizes[i]])
+        m_k, p_k = m_k + (a * c if c else 0.0), p_k + c
+    assert int(pairs) == p_k and float(mass) == pytest.approx(m_k)
+
+
+@pytest.fixture(scope="module")
+def env(tiny_world):
+    pages = tiny_world.traffic.pages
+    # Any fixed per-modality order will do as the "single-modal" reference for these loss tests.
+    ref = np.random.default_rng(1).normal(size=pages.n_items).astype(np.float32)
+    return SerpEnv(
+        pages.with_items(single_modal_score=ref), tiny_world.traffic.truth, {"n_max": 16, "slate_size": 5}
+    )
+
+
+def _learner(env, tiny_world, **constraint) -> ConstrainedPPOLearner:
+    mc = scratch_model_config(tiny_world.traffic.pages, seed=0, hidden=16, heads=2, layers=1)
+    cfg = (
+        PPOConfig()
+        .environment(observation_space=env.observation_space, action_space=env.action_space)
+        .rl_module(rl_module_spec=module_spec(mc))
+        .learners(
+            learner_class=ConstrainedPPOLearner, learner_config_dict=ConstraintConfig(**constraint).to_dict()
+        )
+        .training(entropy_coeff=0.0, use_kl_loss=False)
+    )
+    return cfg.build_learner(env=env)
+
+
+def _batch(env, n: int = 12):
+    obs = []
+    env.reset(seed=0)
+    for s in range(n):
+        obs.append(env.reset(options={"session": s})[0])
+    o = {k: torch.as_tensor(np.stack([x[k] for x in obs])) for k in obs[0]}
+    return o
+
+
+def _loss_inputs(learner, o):
+    """A PPO batch whose advantages are 0: the surrogate has no gradient, only the constraint acts."""
+    module = learner.module["default_policy"]
+    scores = torch.randn(o["mask"].shape, generator=torch.Generator().manual_seed(5)).requires_grad_(True)
+    logits = pl.masked_logits(scores, o["mask"], module.temperature)
+    actions = pl.greedy_topk(logits.detach(), module.slate_size)
+    b = len(scores)
+    batch = {
+        Columns.OBS: o,
+        Columns.ACTIONS: actions,
+        Columns.ACTION_DIST_INPUTS: logits.detach(),
+        Columns.ACTION_LOGP: pl.log_prob(logits.detach(), actions),
+        Postprocessing.ADVANTAGES: torch.zeros(b),
+        Postprocessing.VALUE_TARGETS: torch.zeros(b),
+    }
+    fwd = {Columns.ACTION_DIST_INPUTS: logits, SCORES: scores}
+    return scores, batch, fwd
+
+
+def _agreement(scores, o):
+    mass, pairs = topk_agreement(scores.detach(), o["single_modal_score"], o["modality"], o["mask"])
+    return float(mass) / float(pairs)
+
+
+def test_constraint_gradient_moves_scores_toward_single_modal_order(env, tiny_world):
+    learner = _learner(env, tiny_world, multiplier_init=1.0)
+    o = _batch(env)
+    scores, batch, fwd = _loss_inputs(learner, o)
+    before = _agreement(scores, o)
+    for _ in range(40):
+        scores.grad = None
+        loss = learner.compute_loss_for_module(
+            module_id="default_policy", config=learner.config, batch=batch, fwd_out=fwd
+        )
+        loss.backward()
+        with torch.no_grad():
+            scores -= 20.0 * scores.grad
+        fwd[Columns.ACTION_DIST_INPUTS] = pl.masked_logits(scores, o["mask"], 1.0)
+        fwd[SCORES] = scores
+    after = _agreement(scores, o)
+    assert before < 0.7 and after > 0.95, (before, after)
+
+    # Constraint off: the same loss puts no gradient on the scores (advantages are 0).
+    off = _learner(env, tiny_world, enabled=False, multiplier_init=1.0)
+    s2, batch2, fwd2 = _loss_inputs(off, o)
+    off.compute_loss_for_module(
+        module_id="default_policy", config=off.config, batch=batch2, fwd_out=fwd2
+    ).backward()
+    assert s2.grad is None or s2.grad.abs().max().item() < 1e-6
+
+
+def test_dual_ascent_raises_multiplier_below_target_and_lowers_it_above(env, tiny_world):
+    o = _batch(env)
+    for target, direction in ((1.0, 1), (0.0, -1)):
+        learner = _learner(env, tiny_world, target=target, multiplier_init=1.0, multiplier_lr=2.0)
+        _, batch, fwd = _loss_inputs(learner, o)
+        learner.compute_loss_for_module(
+            module_id="default_policy", config=learner.config, batch=batch, fwd_out=fwd
+        )
+        learner.after_gradient_based_update(timesteps={})
+        lam = learner.multipliers["default_policy"]
+        assert (lam - 1.0) * direction > 0, (target, lam)
+        assert learner.metrics.peek(("default_policy", MULTIPLIER)) == pytest.approx(lam)
+        assert 0.0 <= learner.metrics.peek(("default_policy", AGREEMENT)) <= 1.0
+        state = learner.get_state()
+        assert state["constraint"]["multipliers"]["default_policy"] == lam
+
+
+def test_reference_kl_is_kept_outside_the_trained_module(env, tiny_world, tmp_path):
+    from agent.rl_module import build_reranker
+    from pretrain.checkpoint import save_checkpoint
+
+    mc = scratch_model_config(tiny_world.traffic.pages, seed=0, hidden=16, heads=2, layers=1)
+    save_checkpoint(build_reranker(mc), tmp_path / "smar")
+    learner = _learner(env, tiny_world, reference_checkpoint=str(tmp_path / "smar"), reference_kl_coeff=0.5)
+    trained = {id(p) for p in learner.module["default_policy"].parameters()}
+    assert learner._reference is not None
+    assert not trained & {id(p) for p in learner._reference.parameters()}
+    assert not any(p.requires_grad for p in learner._reference.parameters())
+    o = _batch(env)
+    _, batch, fwd = _loss_inputs(learner, o)
+    learner.compute_loss_for_module(
+        module_id="default_policy", config=learner.config, batch=batch, fwd_out=fwd
+    )
+    assert learner.metrics.peek(("default_policy", "reference_kl")) > 0
+
+
+def test_constraint_config_validates():
+    with pytest.raises(ValueError, match="target"):
+        ConstraintConfig(target=1.5)
+    with pytest.raises(ValueError, match="reference_checkpoint"):
+        ConstraintConfig(reference_kl_coeff=0.1)
+    with pytest.raises(ValueError, match="unknown"):
+        ConstraintConfig.from_dict({"lagrange": 1.0})

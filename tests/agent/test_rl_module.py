@@ -1,0 +1,101 @@
+"""The RLModule: SMAR checkpoint in, exact SMAR policy at step 0, value head outside the scoring path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ray.rllib.core.columns import Columns
+
+from agent.distribution import PlackettLuceTopK
+from agent.rl_module import SCORES, RerankerPolicyModule, scratch_model_config
+from envs.serp_env import SerpEnv
+from pretrain import plackett_luce as pl
+from pretrain.checkpoint import CheckpointError, save_checkpoint
+from pretrain.reranker import RerankerConfig, WholePageReranker
+
+
+@pytest.fixture(scope="module")
+def env(tiny_world):
+    return SerpEnv(tiny_world.traffic.pages, tiny_world.traffic.truth, {"n_max": 16, "slate_size": 5})
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_world, tmp_path_factory):
+    torch.manual_seed(0)
+    net = WholePageReranker(RerankerConfig.for_pages(tiny_world.traffic.pages, hidden=16, heads=2, layers=1))
+    net.fit_normalizer(tiny_world.traffic.pages)
+    path = tmp_path_factory.mktemp("ck") / "reranker"
+    save_checkpoint(net, path)
+    return path, net.eval()
+
+
+def _module(env, model_config) -> RerankerPolicyModule:
+    return RerankerPolicyModule(
+        observation_space=env.observation_space, action_space=env.action_space, model_config=model_config
+    )
+
+
+def _batch(env, n: int = 6) -> dict:
+    obs = []
+    env.reset(seed=0)
+    for s in range(n):
+        o, _ = env.reset(options={"session": s})
+        obs.append(o)
+    return {Columns.OBS: {k: torch.as_tensor(np.stack([o[k] for o in obs])) for k in obs[0]}}
+
+
+def test_initial_policy_is_exactly_the_checkpoint(env, checkpoint):
+    path, net = checkpoint
+    module = _module(env, {"checkpoint": str(path), "temperature": 0.5})
+    batch = _batch(env)
+    o = batch[Columns.OBS]
+    out = module.forward_inference(batch)
+    logits = out[Columns.ACTION_DIST_INPUTS]
+    with torch.no_grad():
+        expected = net(o["features"], o["modality"], o["mask"], o["query"], o["user"]) / 0.5
+    real = o["mask"].bool()
+    torch.testing.assert_close(logits[real], expected[real])
+    assert (logits[~real] == pl.NEG).all()
+    assert isinstance(module.get_inference_action_dist_cls().from_logits(logits), PlackettLuceTopK)
+    # The value head starts at exactly zero.
+    assert (module.compute_values(batch) == 0).all()
+    # Deterministic action = top-K real slots by score.
+    det = module.get_inference_action_dist_cls().from_logits(logits).to_deterministic().sample()
+    assert det.shape == (6, 5) and bool(real.gather(1, det).all())
+
+
+def test_value_head_is_outside_the_scoring_path(env, checkpoint):
+    module = _module(env, {"checkpoint": str(checkpoint[0])})
+    rer = {id(p) for p in module.reranker.parameters()}
+    assert not rer & {id(p) for p in module.value_head.parameters()}
+    batch = _batch(env)
+    module.compute_values(batch).pow(2).sum().add(module.value_head[-1].bias.sum()).backward()
+    assert all(p.grad is None for p in module.reranker.parameters())
+    out = module.forward_train(batch)
+    assert SCORES in out and out[SCORES].requires_grad
+
+
+def test_scratch_modules_are_identical_on_every_worker(env, tiny_world):
+    mc = scratch_model_config(tiny_world.traffic.pages, seed=3, hidden=16, heads=2, layers=1)
+    a, b = _module(env, mc), _module(env, mc)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+    ref = WholePageReranker(RerankerConfig.from_json(mc["reranker_config"]))
+    ref.fit_normalizer(tiny_world.traffic.pages)
+    torch.testing.assert_close(a.reranker.feat_std, ref.feat_std)
+    c = _module(env, {**mc, "seed": 4})
+    assert not torch.equal(a.reranker.head[0].weight, c.reranker.head[0].weight)
+
+
+def test_bad_configs_fail_clearly(env, checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="checkpoint"):
+        _module(env, {})
+    with pytest.raises(ValueError, match="temperature"):
+        _module(env, {"checkpoint": str(checkpoint[0]), "temperature": 0})
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text((checkpoint[0] / "manifest.json").read_text())
+    (bad / "weights.pt").write_bytes(b"tampered")
+    with pytest.raises(CheckpointError, match="checksum"):
+        _module(env, {"checkpoint": str(bad)})
