@@ -6,7 +6,7 @@ decides whether to stop, reformulate (the next page of the same intent) or aband
 step needs is precomputed once at construction as padded per-page arrays, so a step costs one user
 model call and a few array lookups (RL runs many thousands of steps).
 
-Contract (shared with the RL helper): /tmp/env_contract.md, summarised in `SerpEnv`'s docstring.
+The observation/action/info contract is stated in `SerpEnv`'s docstring; the RL stage codes against it.
 """
 
 from __future__ import annotations
@@ -115,6 +115,11 @@ class SerpEnv(gym.Env):
     the user is satisfied or abandons, truncated after `max_queries` pages (or when the session's pages
     run out). info: clicks, dwell, satisfied_clicks, abandoned, satisfied, good_abandonment,
     reformulated, ndcg@10, ndcg@k, consistency, page_id, query_index.
+
+    `consistency` (within-modality agreement of the shown list with the single-modal scores) is NaN
+    when the pages carry no single-modal scores (the built-in default world). gymnasium's `check_env`
+    compares infos with `==`, so it passes on scored pages (a pretrain run's splits) but reports
+    NaN != NaN on unscored ones.
     """
 
     metadata = {"render_modes": ["ansi"]}

@@ -224,6 +224,7 @@ def simulate(
 
         bar = tqdm(total=cfg.sessions, desc=f"simulate {policy.name}", unit="session")
     for t in range(cfg.max_queries):
+        n_before = len(active)
         active = active[[t < len(sessions[chosen[s]]) for s in active]]
         if len(active) == 0:
             break
@@ -301,10 +302,11 @@ def simulate(
             for name, v in pcols.items():
                 page_rows.setdefault(name, []).append(v)
             still[lo : lo + len(sess)] = out.reformulate
+        active = active[still] if t < cfg.max_queries - 1 else active[:0]
         if bar is not None:
-            bar.update(int((~still).sum()) if t < cfg.max_queries - 1 else len(active))
-        active = active[still]
+            bar.update(n_before - len(active))
     if bar is not None:
+        bar.update(bar.total - bar.n)  # sessions whose pages ran out
         bar.close()
     feedback = pa.table({name: _arrow(np.concatenate(v)) for name, v in rows.items()})
     page_table = pa.table({name: _arrow(np.concatenate(v)) for name, v in page_rows.items()})
