@@ -27,13 +27,17 @@ from envs.world import ItemTruth, WorldConfig, WorldGenerator
 @dataclass(frozen=True)
 class RewardConfig:
     """Reward = click * clicks + satisfied_click * satisfied clicks + answer_satisfaction * answers that
-    satisfied without a click. Clicks alone are cheap to game with attractive-but-irrelevant items, so
-    the default puts most weight on dwell-based satisfaction. Every term is per shown item, so the
-    page reward is the sum of per-position rewards (what the offline logs record)."""
+    satisfied without a click - examination_cost * results examined. Clicks alone are cheap to game
+    with attractive-but-irrelevant items, so the default puts most weight on dwell-based satisfaction.
+    The optional examination cost (user effort, as in economic / C/W/L models of search) rewards rankings
+    that satisfy early: with the default user most sessions end after one satisfying result, so without
+    it good and mediocre rankings earn similar rewards. Every term is per shown item, so the page reward
+    is the sum of per-position rewards (what the offline logs record)."""
 
     click: float = 0.1
     satisfied_click: float = 1.0
     answer_satisfaction: float = 1.0
+    examination_cost: float = 0.0
 
     def item_rewards(self, outcome: UserOutcome) -> np.ndarray:
         """Per-position reward [B, K] (float32)."""
@@ -41,6 +45,7 @@ class RewardConfig:
             self.click * outcome.click
             + self.satisfied_click * outcome.satisfied_click
             + self.answer_satisfaction * outcome.answer_satisfied
+            - self.examination_cost * outcome.examined
         ).astype(np.float32)
 
 
@@ -113,7 +118,7 @@ class SerpEnv(gym.Env):
     Action: MultiDiscrete([n_max] * K), slot indices for positions 1..K; repeats or masked slots raise
     ValueError. Episode: the reformulation pages of one query_id, drawn by the env RNG; terminated when
     the user is satisfied or abandons, truncated after `max_queries` pages (or when the session's pages
-    run out). info: clicks, dwell, satisfied_clicks, abandoned, satisfied, good_abandonment,
+    run out). info: clicks, examined, dwell, satisfied_clicks, abandoned, satisfied, good_abandonment,
     reformulated, ndcg@10, ndcg@k, consistency, page_id, query_index.
 
     `consistency` (within-modality agreement of the shown list with the single-modal scores) is NaN
@@ -269,6 +274,7 @@ class SerpEnv(gym.Env):
             "page_id": str(self.pages.page_id[p]),
             "query_index": self._t - 1,
             "clicks": int(out.click.sum()),
+            "examined": int(out.examined.sum()),
             "dwell": float(out.dwell.sum()),
             "satisfied_clicks": int(out.satisfied_click.sum()),
             "good_abandonment": bool(out.good_abandon[0]),

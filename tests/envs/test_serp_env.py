@@ -173,3 +173,13 @@ def test_reward_weights(scored):
         assert r == info["clicks"]
         if term or trunc:
             env.reset()
+    cfg["reward"] = {
+        "click": 0.0,
+        "satisfied_click": 0.0,
+        "answer_satisfaction": 0.0,
+        "examination_cost": 0.25,
+    }
+    env = gym.make("smar/Serp-v0", pages=pages, truth=truth, config=cfg)
+    env.reset(seed=0)
+    _, r, *_, info = env.step(env.action_space.sample())
+    assert info["examined"] >= 1 and r == -0.25 * info["examined"]
