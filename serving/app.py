@@ -17,12 +17,13 @@ import zlib
 from dataclasses import dataclass
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pretrain.checkpoint import CheckpointError
+from serving.errors import install_error_handlers
 from serving.feedback_log import FEEDBACK, IMPRESSIONS, LogWriter, impression_row, now_ms
 from serving.ledger import EventLedger, issued_s, new_event_id
 from serving.registry import Registry, RegistryError
@@ -94,9 +95,7 @@ fastapi_app = FastAPI(
 fastapi_app.add_middleware(BodyLimit)
 
 
-@fastapi_app.exception_handler(FieldError)
-async def _field_error(_: Request, exc: FieldError) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
+install_error_handlers(fastapi_app)
 
 
 @dataclass

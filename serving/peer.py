@@ -12,12 +12,12 @@ import argparse
 import os
 
 import torch
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
+from serving.errors import install_error_handlers
 from serving.feedback_log import IMPRESSIONS, LogWriter, impression_row, now_ms
 from serving.ledger import new_event_id
-from serving.schemas import FieldError, RankRequest, RankResponse, check_rank, rank_response
+from serving.schemas import RankRequest, RankResponse, check_rank, rank_response
 from serving.scoring import Scorer
 from serving.settings import AppSettings
 
@@ -32,9 +32,7 @@ def build_peer_app(checkpoint: str, log_dir: str, seed: int = 0) -> FastAPI:
     )
     app = FastAPI(title="plain FastAPI peer")
 
-    @app.exception_handler(FieldError)
-    async def _field_error(_: Request, exc: FieldError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
+    install_error_handlers(app)
 
     @app.post("/rank", response_model=RankResponse)
     async def rank(req: RankRequest) -> RankResponse:

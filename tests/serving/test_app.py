@@ -1,0 +1,367 @@
+"""The Serve app for real: a local Ray (the session's), Serve over loopback HTTP, two Ranker replicas.
+
+One deployment for the whole module (start-up dominates the budget). Every successful /rank and every
+accepted /feedback is recorded, and the last test shuts the app down gracefully and checks that the
+logs hold exactly those events (so it also checks the shutdown flush: impressions use a flush age far
+longer than the module's run time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import socket
+import threading
+import time
+from types import SimpleNamespace
+
+import httpx
+import pyarrow.dataset as ds
+import pytest
+
+from serving import deploy
+from serving.client import page_request
+from serving.feedback_log import read_logs
+from serving.ledger import new_event_id
+from serving.registry import Registry
+from serving.settings import APP_NAME, load_config, with_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(ray_session, serving_ckpts, tiny_world, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve_app")
+    reg = Registry(root / "registry")
+    reg.publish(serving_ckpts["a"].path)
+    log_dir = root / "logs"
+    cfg = with_overrides(
+        load_config(),
+        port=_free_port(),
+        replicas=2,
+        num_cpus=0.5,
+        args={
+            "registry": str(reg.root),
+            "log_dir": str(log_dir),
+            "max_candidates": 20,
+            "logs": {"impression_max_rows": 100_000, "impression_max_age_s": 3600.0},
+        },
+    )
+    url = deploy.deploy(cfg, timeout_s=150)
+    state = SimpleNamespace(
+        url=url,
+        reg=reg,
+        log_dir=log_dir,
+        root=root,
+        pages=tiny_world.traffic.pages,
+        served={},  # event_id -> (model_version, shown item ids)
+        accepted={},  # event_id -> {item_id: click}
+        http=httpx.Client(base_url=url, timeout=30),
+        lock=threading.Lock(),
+    )
+    yield state
+    state.http.close()
+    from ray import serve
+
+    serve.shutdown()
+
+
+def rank(app, body, client=None) -> httpx.Response:
+    r = (client or app.http).post("/rank", json=body)
+    if r.status_code == 200:
+        out = r.json()
+        with app.lock:
+            app.served[out["event_id"]] = (out["model_version"], [x["item_id"] for x in out["ranking"]])
+    return r
+
+
+def feedback(app, event_id, items) -> httpx.Response:
+    r = app.http.post("/feedback", json={"event_id": event_id, "feedback": items})
+    if r.status_code == 200 and r.json()["status"] == "accepted":
+        app.accepted[event_id] = {i["item_id"]: i["click"] for i in items}
+    return r
+
+
+def detail_text(r: httpx.Response) -> str:
+    return json.dumps(r.json()["detail"])
+
+
+# ---------------------------------------------------------------------------- ranking
+def test_rank_round_trip_greedy_and_explore(app):
+    body = page_request(app.pages, 0)
+    r = rank(app, body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["model_version"] == "v-a" and not out["explored"]
+    ids = [c["item_id"] for c in body["candidates"]]
+    assert sorted(x["item_id"] for x in out["ranking"]) == sorted(ids)
+    assert [x["position"] for x in out["ranking"]] == list(range(1, len(ids) + 1))
+    scores = [x["score"] for x in out["ranking"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(x["propensity"] is None for x in out["ranking"])
+
+    r = rank(app, page_request(app.pages, 1, explore=True))
+    out = r.json()
+    assert r.status_code == 200 and out["explored"]
+    props = [x["propensity"] for x in out["ranking"]]
+    assert all(0 < p <= 1 for p in props) and abs(props[-1] - 1) < 1e-9
+    assert abs(sum(map(__import__("math").log, props)) - out["slate_log_prob"]) < 1e-6
+
+
+def test_version_healthz_openapi(app, serving_ckpts):
+    v = app.http.get("/version").json()
+    cfg = serving_ckpts["a"].config
+    assert v["model_version"] == "v-a"
+    assert v["feature_dims"] == cfg.feature_dims
+    assert (v["query_dim"], v["user_dim"], v["max_candidates"]) == (cfg.query_dim, cfg.user_dim, 20)
+    assert app.http.get("/healthz").json()["status"] == "ok"
+    spec = app.http.get("/openapi.json").json()
+    assert {"/rank", "/feedback", "/version", "/healthz"} <= set(spec["paths"])
+
+
+def _mut(f):
+    """A case that edits a copy of a valid body in place."""
+
+    def apply(body):
+        body = copy.deepcopy(body)
+        f(body)
+        return body
+
+    return apply
+
+
+def _raw(text_fn):
+    return lambda body: text_fn(json.dumps(body)).encode()
+
+
+BAD = {
+    "features_not_a_list": (
+        _mut(lambda b: b["candidates"][0].__setitem__("features", "abc")),
+        422,
+        "features",
+    ),
+    "bool_features": (
+        _mut(lambda b: b["candidates"][0].__setitem__("features", [True] * 24)),
+        422,
+        "features",
+    ),
+    "item_id_not_str": (_mut(lambda b: b["candidates"][1].__setitem__("item_id", 5)), 422, "item_id"),
+    "explore_not_bool": (_mut(lambda b: b.__setitem__("explore", "yes")), 422, "explore"),
+    "unknown_modality": (
+        _mut(lambda b: b["candidates"][0].__setitem__("modality", "podcast")),
+        422,
+        "modality",
+    ),
+    "wrong_feature_length": (_mut(lambda b: b["candidates"][2]["features"].append(1.0)), 422, "features"),
+    "nan": (_raw(lambda s: s.replace('"features": [', '"features": [NaN, ', 1)), 422, "features"),
+    "infinity": (_raw(lambda s: s.replace('"features": [', '"features": [-Infinity, ', 1)), 422, "features"),
+    "overflow_to_inf": (
+        _raw(lambda s: s.replace('"features": [', '"features": [1e999, ', 1)),
+        422,
+        "features",
+    ),
+    "nan_score": (
+        _raw(lambda s: s.replace('"single_modal_score": ', '"single_modal_score": NaN, "x": ', 1)),
+        422,
+        "single_modal_score",
+    ),
+    "empty_candidates": (_mut(lambda b: b.__setitem__("candidates", [])), 422, "candidates"),
+    "oversized_candidates": (
+        _mut(
+            lambda b: b.__setitem__(
+                "candidates", [dict(b["candidates"][0], item_id=f"x{i}") for i in range(21)]
+            )
+        ),
+        422,
+        "candidates",
+    ),
+    "duplicate_item_ids": (
+        _mut(lambda b: b["candidates"][1].__setitem__("item_id", b["candidates"][0]["item_id"])),
+        422,
+        "item_id",
+    ),
+    "query_length": (
+        _mut(lambda b: b["query"].__setitem__("features", b["query"]["features"][:-1])),
+        422,
+        "query",
+    ),
+    "missing_user": (_mut(lambda b: b.__delitem__("user")), 422, "user"),
+    "not_json": (lambda b: b"{this is not json", 422, "body"),
+    "not_an_object": (lambda b: b"[1, 2, 3]", 422, "body"),
+    "huge_body": (lambda b: json.dumps({**b, "pad": "x" * (2 << 20)}).encode(), 413, "body"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_4xx_naming_the_field(app, case):
+    make, status, field = BAD[case]
+    payload = make(page_request(app.pages, 2))
+    if isinstance(payload, bytes):
+        r = app.http.post("/rank", content=payload, headers={"content-type": "application/json"})
+    else:
+        r = app.http.post("/rank", json=payload)
+    assert r.status_code == status, r.text[:500]
+    assert field in detail_text(r)
+
+
+def test_app_still_serves_after_bad_inputs(app):
+    r = rank(app, page_request(app.pages, 3, explore=True))
+    assert r.status_code == 200
+    assert app.http.get("/healthz").json()["status"] == "ok"
+
+
+# ---------------------------------------------------------------------------- feedback
+def test_feedback_accepted_once_durably_then_idempotent(app):
+    events = []
+    for p in range(4, 14):
+        out = rank(app, page_request(app.pages, p, explore=p % 2 == 0)).json()
+        top = out["ranking"][0]["item_id"]
+        items = [
+            {"item_id": top, "click": True, "dwell_s": 31.0},
+            {"item_id": out["ranking"][1]["item_id"], "click": False, "dwell_s": 0.0},
+        ]
+        r = feedback(app, out["event_id"], items)
+        assert r.status_code == 200 and r.json()["status"] == "accepted", r.text
+        assert r.json()["model_version"] == out["model_version"]
+        events.append((out["event_id"], items))
+    # acknowledged only once durable: already in a Parquet file, before any shutdown flush
+    on_disk = set(
+        ds.dataset(app.log_dir / "feedback", partitioning="hive").to_table()["event_id"].to_pylist()
+    )
+    assert {e for e, _ in events} <= on_disk
+    for eid, items in events:  # repeats (on any replica) are acknowledged but not counted again
+        r = feedback(app, eid, items)
+        assert r.status_code == 200 and r.json()["status"] == "duplicate"
+
+
+def test_forged_unknown_expired_and_unshown_items_rejected(app):
+    out = rank(app, page_request(app.pages, 14)).json()
+    ok_item = out["ranking"][0]["item_id"]
+    one = [{"item_id": ok_item, "click": True, "dwell_s": 1.0}]
+    for forged in (
+        "nope",
+        new_event_id(),
+        out["event_id"][:-1] + ("A" if out["event_id"][-1] != "A" else "B"),
+    ):
+        r = feedback(app, forged, one)
+        assert r.status_code == 404 and "event_id" in detail_text(r), (forged, r.text)
+    r = feedback(app, new_event_id(time.time() - 7200), one)
+    assert r.status_code == 410 and "expired" in detail_text(r)
+    r = feedback(app, "x" * 200, one)
+    assert r.status_code == 422 and "event_id" in detail_text(r)
+    r = feedback(app, out["event_id"], [{"item_id": "never-shown", "click": True, "dwell_s": 1.0}])
+    assert r.status_code == 422 and "item_id" in detail_text(r)
+    r = feedback(app, out["event_id"], [{"item_id": ok_item, "click": True, "dwell_s": -1.0}])
+    assert r.status_code == 422 and "dwell_s" in detail_text(r)
+    r = feedback(app, out["event_id"], [{"item_id": ok_item, "click": "yes", "dwell_s": 1.0}])
+    assert r.status_code == 422 and "click" in detail_text(r)
+    # none of the refusals consumed the event
+    r = feedback(app, out["event_id"], one)
+    assert r.status_code == 200 and r.json()["status"] == "accepted"
+
+
+# ---------------------------------------------------------------------------- model versions
+def _replicas(app, n=30) -> set[str]:
+    return {app.http.get("/version").json()["replica"] for _ in range(n)}
+
+
+def test_publish_swaps_in_place_with_no_failed_request(app, serving_ckpts):
+    from serving import cli
+
+    before = _replicas(app)
+    stop = threading.Event()
+    seen: list[tuple[int, str | None]] = []
+
+    def hammer(k: int) -> None:
+        with httpx.Client(base_url=app.url, timeout=30) as c:
+            i = 0
+            while not stop.is_set():
+                r = rank(app, page_request(app.pages, (k * 7 + i) % len(app.pages), explore=bool(i % 2)), c)
+                seen.append(
+                    (r.status_code, r.json().get("model_version") if r.status_code == 200 else r.text)
+                )
+                i += 1
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    assert (
+        cli.run(p.parse_args(["publish", str(serving_ckpts["b"].path), "--registry", str(app.reg.root)])) == 0
+    )
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    codes = [c for c, _ in seen]
+    assert codes and all(c == 200 for c in codes), [s for s in seen if s[0] != 200][:3]
+    versions = [v for _, v in seen]
+    assert "v-a" in versions and versions[-1] == "v-b"
+    assert app.http.get("/version").json()["model_version"] == "v-b"
+    assert _replicas(app) == before  # same replicas: reconfigured, not restarted
+
+    assert app.reg.rollback() == "v-a"
+    deploy.apply_version("v-a", url=app.url)
+    assert rank(app, page_request(app.pages, 0)).json()["model_version"] == "v-a"
+
+
+def test_corrupted_checkpoint_refused_old_keeps_serving(app, serving_ckpts):
+    from pretrain.checkpoint import CheckpointError
+
+    bad = app.root / "bad"
+    shutil.copytree(serving_ckpts["b"].path, bad)
+    w = bad / "weights.pt"
+    w.write_bytes(w.read_bytes()[:-7] + b"garbage")
+    with pytest.raises(CheckpointError):
+        app.reg.publish(bad)
+    assert app.reg.current().version == "v-a"
+    # a version corrupted inside the registry after publishing: the replicas refuse it
+    shutil.copytree(bad, app.reg.versions_dir / "v-bad")
+    deploy.apply_version("v-bad")
+    body = deploy.wait_ready(app.url, timeout_s=60, streak=6, expect={"model_version": "v-a"})
+    deadline = time.monotonic() + 60
+    while body["last_reload_error"] is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        body = app.http.get("/version").json()
+    assert body["model_version"] == "v-a" and "checksum" in body["last_reload_error"]
+    r = rank(app, page_request(app.pages, 5))
+    assert r.status_code == 200 and r.json()["model_version"] == "v-a"
+    deploy.apply_version("v-a")  # the pointer again: every replica clears its error
+    deploy.wait_ready(
+        app.url, timeout_s=60, streak=6, expect={"model_version": "v-a", "last_reload_error": None}
+    )
+
+
+# ---------------------------------------------------------------------------- logs (last: shuts down)
+def test_logs_hold_exactly_served_and_accepted_after_graceful_shutdown(app):
+    from ray import serve
+
+    served = dict(app.served)
+    assert len(served) > 20
+    serve.delete(APP_NAME)  # graceful: replicas flush their writers in __del__
+    t = read_logs(app.log_dir)
+    ids = t["event_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == len(served)
+    assert set(ids) == set(served)
+    for row in t.to_pylist():
+        version, shown = served[row["event_id"]]
+        assert row["model_version"] == version
+        assert [row["item_id"][a] for a in row["action"]] == shown
+        fb = app.accepted.get(row["event_id"])
+        if fb is None:
+            assert row["click"] is None
+        else:
+            got = {shown[k]: c for k, c in enumerate(row["click"]) if c != -1}
+            assert got == {i: int(c) for i, c in fb.items()}
+    with_feedback = {r["event_id"] for r in t.to_pylist() if r["click"] is not None}
+    assert with_feedback == set(app.accepted)
