@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_side_by_side({policy.name: summary}))
         print("\n".join(property_checks(summary)))
-    for name, path in paths.items():
-        print(f"{name}: {Path(path)}")
+    for name, path in paths.items():  # on stderr with --json, so stdout stays parseable
+        print(f"{name}: {Path(path)}", file=sys.stderr if args.json else sys.stdout)
     return 0
