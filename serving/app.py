@@ -13,12 +13,13 @@ restarts. A version that fails to load is refused and the old one keeps serving.
 
 import asyncio
 import os
+import threading
 import zlib
 from dataclasses import dataclass
 
 import torch
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -129,6 +130,7 @@ class Ranker:
             self.replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 - constructed outside Serve (not used in the product)
             self.replica = f"pid{os.getpid()}"
+        self._compute = threading.Lock()
         self.generator = torch.Generator().manual_seed(self.settings.seed ^ zlib.crc32(self.replica.encode()))
         logs = self.settings.logs
         self.impressions = LogWriter(
@@ -190,28 +192,48 @@ class Ranker:
 
     # ------------------------------------------------------------------ ranking
     async def _rank_items(self, items: list[_Item]) -> list[tuple[str, str, Ranked]]:
-        """Rank a batch (grouped by the scorer each request was validated with), register the events
-        with the ledger in one call, queue the impressions. Returns (event_id, version, ranking)."""
+        """Rank a batch, register its events with the ledger, queue its impressions.
+
+        The ledger call (one per batch) runs while the forward pass runs in a worker thread (torch
+        releases the GIL), so the replica's event loop keeps parsing incoming requests meanwhile.
+        A page's shown items are all its candidates, so the ledger entry is known before ranking.
+        Returns (event_id, model_version, ranking) per item.
+        """
         runtime = self.runtime
-        out: list[tuple[str, str, Ranked] | None] = [None] * len(items)
+        ts = now_ms()
+        eids = [new_event_id(ts / 1000) for _ in items]
+        events = [
+            (eid, it.scorer.version, [c.item_id for c in it.req.candidates]) for eid, it in zip(eids, items)
+        ]
+        registered = asyncio.ensure_future(self._register(events))
+        try:
+            ranked = await asyncio.to_thread(self._rank_sync, items, runtime)
+        finally:
+            await registered
+        rows = [
+            impression_row(eid, ts, self.replica, it.scorer.version, it.req, r)
+            for eid, it, r in zip(eids, items, ranked)
+        ]
+        self.impressions.append(rows)
+        return [(eid, it.scorer.version, r) for eid, it, r in zip(eids, items, ranked)]
+
+    async def _register(self, events: list[tuple[str, str, list[str]]]) -> None:
+        await self.ledger.register.remote(events)
+
+    def _rank_sync(self, items: list[_Item], runtime: RuntimeConfig) -> list[Ranked]:
+        """Group by the scorer each request was validated with (a swap may land mid-batch)."""
+        out: list[Ranked | None] = [None] * len(items)
         groups: dict[int, list[int]] = {}
         for i, it in enumerate(items):
             groups.setdefault(id(it.scorer), []).append(i)
-        ts = now_ms()
-        rows, events = [], []
         for idx in groups.values():
             scorer = items[idx[0]].scorer
-            ranked = scorer.rank(
-                [items[i].prepared for i in idx], runtime.exploration, runtime.temperature, self.generator
-            )
+            with self._compute:  # one forward at a time per replica; the generator is not thread-safe
+                ranked = scorer.rank(
+                    [items[i].prepared for i in idx], runtime.exploration, runtime.temperature, self.generator
+                )
             for i, r in zip(idx, ranked):
-                eid = new_event_id(ts / 1000)
-                req = items[i].req
-                out[i] = (eid, scorer.version, r)
-                events.append((eid, scorer.version, [req.candidates[a].item_id for a in r.order]))
-                rows.append(impression_row(eid, ts, self.replica, scorer.version, req, r))
-        await self.ledger.register.remote(events)
-        self.impressions.append(rows)
+                out[i] = r
         return out  # type: ignore[return-value]
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
@@ -219,7 +241,7 @@ class Ranker:
         return await self._rank_items(items)
 
     @fastapi_app.post("/rank", response_model=RankResponse)
-    async def rank(self, req: RankRequest) -> RankResponse:
+    async def rank(self, req: RankRequest) -> Response:
         scorer = self.scorer
         s = self.settings
         check_rank(
@@ -230,7 +252,9 @@ class Ranker:
             eid, version, r = await self._rank_batch(item)
         else:
             eid, version, r = (await self._rank_items([item]))[0]
-        return rank_response(req, eid, version, r)
+        # Serialised here (pydantic-core) and returned as a Response, so FastAPI does not validate the
+        # response model a second time; `response_model` still documents the shape in OpenAPI.
+        return Response(rank_response(req, eid, version, r).model_dump_json(), media_type="application/json")
 
     # ------------------------------------------------------------------ feedback
     @fastapi_app.post(

@@ -12,7 +12,7 @@ import argparse
 import os
 
 import torch
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 
 from serving.errors import install_error_handlers
 from serving.feedback_log import IMPRESSIONS, LogWriter, impression_row, now_ms
@@ -35,7 +35,7 @@ def build_peer_app(checkpoint: str, log_dir: str, seed: int = 0) -> FastAPI:
     install_error_handlers(app)
 
     @app.post("/rank", response_model=RankResponse)
-    async def rank(req: RankRequest) -> RankResponse:
+    async def rank(req: RankRequest) -> Response:
         check_rank(
             req,
             scorer.feature_dims,
@@ -47,16 +47,15 @@ def build_peer_app(checkpoint: str, log_dir: str, seed: int = 0) -> FastAPI:
         r = scorer.rank([scorer.prepare(req)], "plackett_luce", 1.0, gen)[0]
         eid = new_event_id()
         writer.append([impression_row(eid, now_ms(), "peer", scorer.version, req, r)])
-        return rank_response(req, eid, scorer.version, r)
+        return Response(
+            rank_response(req, eid, scorer.version, r).model_dump_json(), media_type="application/json"
+        )
 
     @app.get("/version")
     async def version() -> dict:
         return {"model_version": scorer.version}
 
-    @app.on_event("shutdown")
-    def _flush() -> None:
-        writer.close()
-
+    app.state.log_writer = writer  # main() closes it after uvicorn returns (graceful shutdown)
     return app
 
 
@@ -70,7 +69,10 @@ def main() -> None:
     a = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     app = build_peer_app(a.checkpoint, a.log_dir)
-    uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning", access_log=False)
+    try:
+        uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning", access_log=False)
+    finally:
+        app.state.log_writer.close()
 
 
 if __name__ == "__main__":
