@@ -1,0 +1,67 @@
+"""Test-split evaluation of any scorer: NDCG@10, NDCG@5, MRR@10 and single-modal consistency.
+
+Metrics come from `envs.metrics` (one implementation for every stage). Consistency is the mean over
+pages of the within-modality pairwise agreement between the scorer's order and the single-modal
+rankers' (Kendall-tau style, in [0, 1]): how much of each single-modal order a method keeps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from envs.metrics import mrr_at_k, ndcg_of_scores, within_modality_agreement
+from envs.pages import Pages
+
+METRICS = ("ndcg@10", "ndcg@5", "mrr@10", "consistency")
+
+
+def evaluate_scores(scores: np.ndarray, pages: Pages, relevance: np.ndarray) -> dict[str, float]:
+    """Mean per-page metrics of ranking each page by `scores` (T,) against `relevance` (T,).
+
+    Consistency uses `pages.single_modal_score` as the reference (NaN if it is not filled).
+    """
+    scores = np.asarray(scores, np.float64)
+    if scores.shape != (pages.n_items,):
+        raise ValueError(f"scores have shape {scores.shape}, pages hold {pages.n_items} items")
+    if (np.asarray(relevance) < 0).any():
+        raise ValueError("evaluation needs a grade for every item; field 'relevance' has -1")
+    ref = pages.single_modal_score
+    has_ref = not np.isnan(ref).any()
+    n10, n5, mrr, cons = [], [], [], []
+    for p in range(len(pages)):
+        sl = pages.item_slice(p)
+        s, r = scores[sl], np.asarray(relevance[sl])
+        n10.append(ndcg_of_scores(s, r, 10))
+        n5.append(ndcg_of_scores(s, r, 5))
+        order = np.argsort(-s, kind="stable")
+        mrr.append(mrr_at_k(r[order], 10))
+        if has_ref:
+            agree, n = within_modality_agreement(s, ref[sl], pages.modality[sl])
+            if n:
+                cons.append(agree)
+    return {
+        "ndcg@10": float(np.mean(n10)),
+        "ndcg@5": float(np.mean(n5)),
+        "mrr@10": float(np.mean(mrr)),
+        "consistency": float(np.mean(cons)) if cons else float("nan"),
+    }
+
+
+def format_table(rows: dict[str, dict], title: str = "") -> str:
+    """A fixed-width table: rows name -> {"annotation_fraction": f, metric: float or {"mean","std"}}."""
+    head = f"{'method':<26}{'annot.':>8}" + "".join(f"{m:>18}" for m in METRICS)
+    lines = [title] if title else []
+    lines += [head, "-" * len(head)]
+    for name, row in rows.items():
+        cells = []
+        for m in METRICS:
+            v = row.get(m)
+            if isinstance(v, dict):
+                cells.append(f"{v['mean']:.4f} ± {v['std']:.4f}".rjust(18))
+            elif v is None:
+                cells.append("-".rjust(18))
+            else:
+                cells.append(f"{v:.4f}".rjust(18))
+        frac = row.get("annotation_fraction", 0.0)
+        lines.append(f"{name:<26}{frac:>8.1%}" + "".join(cells))
+    return "\n".join(lines)
