@@ -1,0 +1,288 @@
+"""`smar bench agent`: random / merge / SMAR / PPO variants, side by side on the same held-out sessions.
+
+    smar bench agent [--seeds N] [--out DIR] [--run RUN] [--iterations I] [--train-batch B]
+
+For each seed, every method is evaluated as a deterministic policy (top-K by score) on the held-out
+`test` sessions of the pretrain run with the same simulator seed and repeats (`agent.evaluation`):
+  random             uniform random slates
+  merge              single-modal scores merged by calibration (no page labels; pretrain.merge)
+  smar               the pretrained SMAR reranker, no RL
+  ppo_scratch        PPO from a fresh network of the same shape, constraint on
+  ppo_unconstrained  PPO from SMAR, constraint off
+  ppo_constrained    PPO from SMAR, consistency constraint on (Lagrangian, target 0.97 x SMAR's)
+Every RL method gets the same env-step budget (iterations x train batch). Two simulator-truth
+references are reported apart from the methods, as ceilings of what any ranking can earn here:
+`oracle_relevance` (sort by true grade, attractiveness as tie-break) and `greedy_oracle` (per page,
+positions filled greedily by Monte-Carlo expected page reward under the true user model).
+
+Writes DIR/report.json ({"methods": {NAME: {metric: {"mean", "std"}, "env_steps": n}}, ...}, std over
+seeds), DIR/learning_curves.png (evaluation reward and consistency against env steps for the RL
+methods, mean and min-max spread over seeds) and DIR/runs/{method}/seed{s}/ (each run's `smar train` folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from agent.evaluation import METRICS, evaluate_policy, random_scorer
+from agent.train import DEFAULT_RUN, TrainConfig, serp_config_for, train_policy
+
+RL_METHODS = ("ppo_scratch", "ppo_unconstrained", "ppo_constrained")
+BASELINES = ("random", "merge", "smar")
+EVAL_REPEATS = 10  # plays of each held-out session per method and seed (200 sessions -> 2000 episodes)
+
+
+def ensure_run(path: str | Path, progress: bool = True):
+    """Open the pretrain run at `path`, training the default one there first if it is missing."""
+    from pretrain.run import PretrainRun
+
+    try:
+        return PretrainRun.open(path)
+    except FileNotFoundError:
+        from pretrain.runtime import torch_threads
+        from pretrain.train import run_pretrain
+
+        print(f"no pretrain run at {path}: training the default world's SMAR run there (smar pretrain)")
+        with torch_threads(1):
+            return run_pretrain(None, path, progress=progress)
+
+
+def greedy_oracle_scorer(truth, serp, samples: int = 48, seed: int = 0):
+    """Ceiling reference (uses simulator truth): per page, fill positions 1..K greedily with the item
+    maximising the Monte-Carlo expected page reward under the true user model, given the items above."""
+    from envs.user_model import UserModel
+
+    um = UserModel(serp.user)
+    k = serp.slate_size
+
+    def score(pages) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        out = np.zeros(pages.n_items, np.float32)
+        for p in range(len(pages)):
+            sl = pages.item_slice(p)
+            rel = truth.relevance[sl].astype(np.int64)
+            att, mod = truth.attractiveness[sl], pages.modality[sl].astype(np.int64)
+            chosen: list[int] = []
+            for _ in range(min(k, len(rel))):
+                cands = np.array([c for c in range(len(rel)) if c not in chosen])
+                slates = np.repeat(np.array([[*chosen, c] for c in cands]), samples, axis=0)
+                res = um.simulate(rel[slates], att[slates], mod[slates], None, rng)
+                gain = serp.reward.item_rewards(res).sum(1).reshape(len(cands), samples).mean(1)
+                chosen.append(int(cands[int(np.argmax(gain))]))
+            s = np.zeros(len(rel), np.float32)
+            s[chosen] = np.arange(len(chosen), 0, -1)
+            out[sl] = s
+        return out
+
+    return score
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std()), "per_seed": [float(x) for x in a]}
+
+
+def _train_config(method: str, seed: int, args, out: Path) -> TrainConfig:
+    return TrainConfig(
+        out=str(out / "runs" / method / f"seed{seed}"),
+        run=args.run,
+        scratch=method == "ppo_scratch",
+        constraint=method != "ppo_unconstrained",
+        iterations=args.iterations,
+        train_batch=args.train_batch,
+        epochs=args.epochs,
+        lr=args.lr,
+        temperature=args.temperature,
+        seed=seed,
+        eval_every=args.eval_every,
+        eval_repeats=2,
+        final_eval_repeats=2,
+        checkpoint_every=0,
+        progress=False,
+    )
+
+
+def plot_curves(histories: dict[str, list[list[dict]]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for method, runs in histories.items():
+        for ax, key in zip(axes, ("eval_reward", "eval_consistency")):
+            rows = [[r for r in h if not np.isnan(r[key])] for h in runs]
+            n = min(len(r) for r in rows)
+            if n == 0:
+                continue
+            steps = np.mean([[r["env_steps"] for r in h[:n]] for h in rows], axis=0)
+            vals = np.array([[r[key] for r in h[:n]] for h in rows])
+            (line,) = ax.plot(steps, vals.mean(0), "o-", ms=3, label=method)
+            ax.fill_between(steps, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.2)
+    axes[0].set_ylabel("session reward (held-out, deterministic)")
+    axes[1].set_ylabel("within-modality consistency")
+    for ax in axes:
+        ax.set_xlabel("env steps (pages)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("PPO learning curves: mean and min-max over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def checks(methods: dict) -> dict[str, dict]:
+    """The issue's done-when criteria, each with the figures it compares."""
+    m = {k: {x: methods[k][x]["mean"] for x in ("reward", "consistency")} for k in methods}
+    c, s, u, sc = m["ppo_constrained"], m["smar"], m["ppo_unconstrained"], m["ppo_scratch"]
+    return {
+        "constrained_reward_ge_1.10x_smar": {
+            "pass": c["reward"] >= 1.10 * s["reward"],
+            "ratio": c["reward"] / s["reward"],
+        },
+        "constrained_consistency_ge_0.95x_smar": {
+            "pass": c["consistency"] >= 0.95 * s["consistency"],
+            "ratio": c["consistency"] / s["consistency"],
+        },
+        "unconstrained_consistency_lt_constrained": {
+            "pass": u["consistency"] < c["consistency"],
+            "unconstrained": u["consistency"],
+            "constrained": c["consistency"],
+        },
+        "scratch_reward_lt_constrained": {
+            "pass": sc["reward"] < c["reward"],
+            "scratch": sc["reward"],
+            "constrained": c["reward"],
+        },
+    }
+
+
+def run_bench(args) -> dict:
+    import ray
+
+    t0 = time.time()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = ensure_run(args.run)
+    test = run.split("test")
+    serp = serp_config_for([run.scored_pages("traffic"), test.pages])
+    smar, _ = run.reranker()
+    per_seed: dict[str, list[dict]] = {m: [] for m in (*BASELINES, *RL_METHODS)}
+    env_steps: dict[str, list[int]] = {m: [] for m in RL_METHODS}
+    histories: dict[str, list[list[dict]]] = {m: [] for m in RL_METHODS}
+    timings: dict[str, list[float]] = {m: [] for m in RL_METHODS}
+    started = not ray.is_initialized()
+    if started:  # one Ray for every run of the bench
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        for seed in range(args.seeds):
+            eval_seed = 1_000 + seed
+
+            def ev(policy, _eval_seed=eval_seed):
+                return evaluate_policy(
+                    policy, test.pages, test.truth, seed=_eval_seed, repeats=args.eval_repeats, serp=serp
+                )
+
+            for name, policy in (("random", random_scorer(seed)), ("merge", run.merge()), ("smar", smar)):
+                per_seed[name].append(ev(policy))
+            for method in RL_METHODS:
+                t = time.time()
+                res = train_policy(_train_config(method, seed, args, out))
+                timings[method].append(time.time() - t)
+                per_seed[method].append(ev(res.policy_path))
+                env_steps[method].append(res.env_steps)
+                histories[method].append(res.history)
+                r = per_seed[method][-1]
+                print(
+                    f"seed {seed} {method:<18} reward {r['reward']:.4f} consistency {r['consistency']:.4f} "
+                    f"({res.env_steps} env steps, {timings[method][-1]:.0f} s)",
+                    flush=True,
+                )
+    finally:
+        if started:
+            ray.shutdown()
+
+    methods = {}
+    for name, evals in per_seed.items():
+        methods[name] = {k: _stats([e[k] for e in evals]) for k in METRICS}
+        methods[name]["env_steps"] = int(np.mean(env_steps[name])) if name in env_steps else 0
+        if name in timings:
+            methods[name]["train_seconds"] = _stats(timings[name])
+    oracle_scores = test.truth.relevance.astype(np.float32) + test.truth.attractiveness
+    ceilings = {
+        "oracle_relevance": evaluate_policy(
+            lambda _p: oracle_scores, test.pages, test.truth, seed=1_000, repeats=args.eval_repeats, serp=serp
+        ),
+        "greedy_oracle": evaluate_policy(
+            greedy_oracle_scorer(test.truth, serp),
+            test.pages,
+            test.truth,
+            seed=1_000,
+            repeats=args.eval_repeats,
+            serp=serp,
+        ),
+    }
+    report = {
+        "methods": methods,
+        "ceilings_using_simulator_truth": ceilings,
+        "checks": checks(methods),
+        "setup": {
+            "run": str(run.root),
+            "seeds": args.seeds,
+            "eval": {
+                "split": "test",
+                "sessions": int(len(np.unique(test.pages.query_id))),
+                "repeats": args.eval_repeats,
+            },
+            "rl_budget_env_steps": args.iterations * args.train_batch,
+            "train_config": _train_config("ppo_constrained", 0, args, out).to_json(),
+            "serp": serp.to_json(),
+            "seconds": round(time.time() - t0, 1),
+        },
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    plot_curves(histories, out / "learning_curves.png")
+    return report
+
+
+def format_report(report: dict) -> str:
+    cols = ("reward", "ctr", "satisfied_click_rate", "ndcg@10", "consistency")
+    head = f"{'method':<20}" + "".join(f"{c:>24}" for c in cols) + f"{'env steps':>11}"
+    lines = [head, "-" * len(head)]
+    for name, m in report["methods"].items():
+        cells = "".join(f"{m[c]['mean']:>15.4f} ± {m[c]['std']:<6.4f}" for c in cols)
+        lines.append(f"{name:<20}{cells}{m['env_steps']:>11}")
+    for name, m in report["ceilings_using_simulator_truth"].items():
+        cells = "".join(f"{m[c]:>15.4f}{'':9}" for c in cols)
+        lines.append(f"{name + ' (truth)':<20}{cells}{'-':>11}")
+    lines.append("")
+    for name, c in report["checks"].items():
+        figs = ", ".join(f"{k}={v:.4f}" for k, v in c.items() if k != "pass")
+        lines.append(f"{'PASS' if c['pass'] else 'FAIL'}  {name}  ({figs})")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", default="results/agent")
+    p.add_argument("--run", default=DEFAULT_RUN, help="pretrain run (trained with defaults if missing)")
+    p.add_argument("--iterations", type=int, default=8, help="PPO iterations per RL run")
+    p.add_argument("--train-batch", type=int, default=1024, help="env steps per PPO iteration")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--temperature", type=float, default=0.5)
+    p.add_argument("--eval-every", type=int, default=2)
+    p.add_argument("--eval-repeats", type=int, default=EVAL_REPEATS)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = run_bench(args)
+    print(format_report(report))
+    print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'learning_curves.png'}")
+    return 0
