@@ -178,7 +178,9 @@ def modality_orders(pages: Pages, p: int) -> dict[int, np.ndarray]:
     sl = pages.item_slice(p)
     score = pages.single_modal_score[sl]
     if np.isnan(score).any():
-        raise ValueError(f"page {pages.page_id[p]!r}: field 'single_modal_score' is missing; run the rankers first")
+        raise ValueError(
+            f"page {pages.page_id[p]!r}: field 'single_modal_score' is missing; run the rankers first"
+        )
     mod = pages.modality[sl]
     out = {}
     for mid in np.unique(mod):
@@ -300,4 +302,3 @@ def annotate_all(pages: Pages, oracle: AnnotatorOracle) -> Annotation:
         ledger=oracle.ledger,
         band_pages=len(pages),
     )
-

@@ -1,0 +1,250 @@
+"""`smar bench pretrain`: merge vs SFT on all page labels vs SMAR at 10% / 30% budgets, plus ablations.
+
+Protocol (default world, test split): the single-modal rankers and the merge calibration are trained
+once (they stand for the production rankers every method starts from; `merge` is then deterministic
+and its std is 0). Each seed re-draws what varies with the method: which pages are annotated, the
+reranker's initialisation and batch order. Every reranker method selects its epoch on a held-out part
+of its own annotations (no labels beyond its budget). Jobs run in `--workers` spawned processes,
+each single-threaded (faster than intra-op threads on 2 shared cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from envs.pages import MODALITIES
+from envs.world import WorldConfig, generate_world
+from pretrain.evaluate import METRICS, evaluate_scores, format_table
+from pretrain.merge import MergeScorer
+from pretrain.train import Prepared, PretrainConfig, annotate_pool, consistency_pages, prepare, train_reranker
+
+RERANKER_METHODS = ("sft_full", "smar_p10", "smar_p30", "smar_p10_no_consistency", "smar_p10_no_anchors")
+ALL_METHODS = ("merge", *RERANKER_METHODS)
+
+
+def method_config(name: str, base: PretrainConfig) -> PretrainConfig:
+    """The PretrainConfig of a benchmark method (every method shares `base` otherwise)."""
+    a, loss = base.annotation, base.loss
+    table = {
+        "sft_full": replace(base, method="sft"),
+        "smar_p10": replace(base, annotation=replace(a, budget=0.1)),
+        "smar_p30": replace(base, annotation=replace(a, budget=0.3)),
+        "smar_p10_no_consistency": replace(
+            base, annotation=replace(a, budget=0.1), loss=replace(loss, consistency_weight=0.0)
+        ),
+        "smar_p10_no_anchors": replace(base, annotation=replace(a, budget=0.1, anchors=False)),
+    }
+    if name not in table:
+        raise ValueError(f"unknown method {name!r}; expected one of {RERANKER_METHODS}")
+    return table[name]
+
+
+_PREP: Prepared | None = None
+
+
+def _init_worker(prep_path: str) -> None:
+    global _PREP
+    import torch
+
+    torch.set_num_threads(1)
+    with open(prep_path, "rb") as f:
+        _PREP = pickle.load(f)
+
+
+def run_job(name: str, seed: int, base: PretrainConfig, prep: Prepared | None = None) -> dict:
+    """Train and evaluate one (method, seed) on the test split."""
+    prep = prep or _PREP
+    cfg = method_config(name, base).with_seed(seed)
+    t0 = time.perf_counter()
+    annotation = annotate_pool(prep.scored["pool"], cfg)
+    model, info = train_reranker(
+        annotation,
+        prep.scored["valid"].pages,
+        cfg,
+        progress=False,
+        desc=name,
+        single_modal=consistency_pages(prep, cfg),
+    )
+    test = prep.scored["test"]
+    metrics = evaluate_scores(model.score_pages(test.pages), test.pages, test.truth.relevance)
+    return {
+        "method": name,
+        "seed": seed,
+        "annotation_fraction": annotation.ledger.fraction,
+        "annotation": annotation.summary(),
+        "best_epoch": info["best_epoch"],
+        "seconds": time.perf_counter() - t0,
+        **metrics,
+    }
+
+
+def _aggregate(results: list[dict], merge_metrics: dict) -> dict:
+    methods: dict[str, dict] = {
+        "merge": {"annotation_fraction": 0.0, **{m: {"mean": merge_metrics[m], "std": 0.0} for m in METRICS}}
+    }
+    for name in RERANKER_METHODS:
+        rows = [r for r in results if r["method"] == name]
+        if not rows:
+            continue
+        methods[name] = {"annotation_fraction": float(np.mean([r["annotation_fraction"] for r in rows]))}
+        for m in METRICS:
+            v = np.array([r[m] for r in rows], np.float64)
+            methods[name][m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+    return methods
+
+
+def plot(methods: dict, path: Path) -> Path:
+    """NDCG@10 against annotation fraction: SMAR budgets as a line, ablations, SFT and merge lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    smar = [n for n in ("smar_p10", "smar_p30") if n in methods]
+    if smar:
+        ax.errorbar(
+            [methods[n]["annotation_fraction"] for n in smar],
+            [methods[n]["ndcg@10"]["mean"] for n in smar],
+            yerr=[methods[n]["ndcg@10"]["std"] for n in smar],
+            marker="o",
+            capsize=4,
+            label="SMAR",
+        )
+    for n, mk, dx in (("smar_p10_no_consistency", "s", -0.008), ("smar_p10_no_anchors", "^", 0.008)):
+        if n in methods:
+            ax.errorbar(
+                methods[n]["annotation_fraction"] + dx,
+                methods[n]["ndcg@10"]["mean"],
+                yerr=methods[n]["ndcg@10"]["std"],
+                marker=mk,
+                capsize=4,
+                linestyle="none",
+                label=n.replace("smar_p10_", "SMAR 10%, "),
+            )
+    if "sft_full" in methods:
+        m, s = methods["sft_full"]["ndcg@10"]["mean"], methods["sft_full"]["ndcg@10"]["std"]
+        ax.axhline(m, color="k", linestyle="--", label="SFT, 100% of page labels")
+        ax.axhspan(m - s, m + s, color="k", alpha=0.1)
+        ax.errorbar(
+            [methods["sft_full"]["annotation_fraction"]], [m], yerr=[s], color="k", marker="D", capsize=4
+        )
+    if "merge" in methods:
+        ax.axhline(
+            methods["merge"]["ndcg@10"]["mean"], color="gray", linestyle=":", label="merge (no page labels)"
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("annotation fraction of pool items (log)")
+    ax.set_ylabel("test NDCG@10")
+    ax.set_title("Whole-page reranking vs annotation budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def bench(
+    seeds: int = 3,
+    out: str | Path = "results/pretrain",
+    world_config: WorldConfig | None = None,
+    base: PretrainConfig | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> dict:
+    """Run the benchmark, write report.json and ndcg_vs_budget.png into `out`, return the report."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = base or PretrainConfig()
+    t0 = time.perf_counter()
+    world = generate_world(world_config or WorldConfig())
+    prep = prepare(world, base, progress)
+    test = prep.scored["test"]
+    merge_metrics = evaluate_scores(
+        MergeScorer(prep.merge).score(test.pages), test.pages, test.truth.relevance
+    )
+    jobs = [(name, seed) for seed in range(seeds) for name in RERANKER_METHODS]
+    results: list[dict] = []
+    bar = tqdm(total=len(jobs), desc="bench pretrain", disable=not progress)
+    if workers <= 1:
+        for name, seed in jobs:
+            results.append(run_job(name, seed, base, prep))
+            bar.update()
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            prep_path = os.path.join(tmp, "prep.pkl")
+            with open(prep_path, "wb") as f:
+                pickle.dump(prep, f)
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(workers, mp.get_context("spawn"), _init_worker, (prep_path,)) as ex:
+                futures = [ex.submit(run_job, name, seed, base) for name, seed in jobs]
+                for fut in futures:
+                    results.append(fut.result())
+                    bar.update()
+    bar.close()
+    methods = _aggregate(results, merge_metrics)
+    report = {
+        "methods": methods,
+        "meta": {
+            "seeds": seeds,
+            "world": world.config.to_json(),
+            "config": base.to_json(),
+            "single_modal_test_within_modality_ndcg@10": {
+                m: prep.ranker_metrics[m]["test_within_modality_ndcg@10"]
+                for m in MODALITIES
+                if m in prep.ranker_metrics
+            },
+            "runs": results,
+            "seconds": time.perf_counter() - t0,
+        },
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    plot(methods, out / "ndcg_vs_budget.png")
+    return report
+
+
+def format_report(report: dict) -> str:
+    meta = report["meta"]
+    lines = [
+        format_table(
+            report["methods"],
+            title=f"pretrain benchmark: test split, mean ± std over {meta['seeds']} seed(s)",
+        )
+    ]
+    sm = meta["single_modal_test_within_modality_ndcg@10"]
+    lines.append(
+        "single-modal rankers, within-modality NDCG@10 on test pages: "
+        + ", ".join(f"{m} {v:.4f}" for m, v in sm.items())
+    )
+    lines.append(f"total {meta['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", default="results/pretrain")
+    p.add_argument("--workers", type=int, default=2, help="parallel training processes")
+    p.add_argument("--quiet", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be >= 1")
+    report = bench(args.seeds, args.out, workers=args.workers, progress=not args.quiet)
+    print(format_report(report))
+    print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'ndcg_vs_budget.png'}")
+    return 0
