@@ -18,13 +18,13 @@ import zlib
 from dataclasses import dataclass
 
 import torch
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pretrain.checkpoint import CheckpointError
-from serving.errors import install_error_handlers
+from serving.errors import document_body, install_error_handlers, parse_body
 from serving.feedback_log import FEEDBACK, IMPRESSIONS, LogWriter, impression_row, now_ms
 from serving.ledger import EventLedger, issued_s, new_event_id
 from serving.registry import Registry, RegistryError
@@ -97,6 +97,7 @@ fastapi_app.add_middleware(BodyLimit)
 
 
 install_error_handlers(fastapi_app)
+document_body(fastapi_app, "/rank", RankRequest)
 
 
 @dataclass
@@ -241,7 +242,8 @@ class Ranker:
         return await self._rank_items(items)
 
     @fastapi_app.post("/rank", response_model=RankResponse)
-    async def rank(self, req: RankRequest) -> Response:
+    async def rank(self, request: Request) -> Response:
+        req = parse_body(RankRequest, await request.body())
         scorer = self.scorer
         s = self.settings
         check_rank(

@@ -106,10 +106,12 @@ async def _load(url: str, bodies: list[dict], concurrency: int, n: int) -> dict:
                 else:
                     errors += 1
 
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return _stats(lat, errors, wall)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    out = _stats(lat, errors, wall)
+    out["client_cpu_ms_per_request"] = 1000 * cpu / max(1, n)  # the load generator shares the cores
+    return out
 
 
 def _http_runs(url: str, bodies: list[dict], base_n: int, name: str) -> dict:

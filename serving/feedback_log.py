@@ -132,6 +132,7 @@ class LogWriter:
         self._oldest = 0.0
         self._seq = 0
         self._cond = threading.Condition()
+        self._write_lock = threading.Lock()  # `flush()` from another thread vs the flusher thread
         self._closed = False
         self.files_written = 0
         self.rows_written = 0
@@ -200,6 +201,10 @@ class LogWriter:
             self._write(rows, futs)
 
     def _write(self, rows: list[dict[str, Any]], futs: list[cf.Future]) -> None:
+        with self._write_lock:
+            self._write_locked(rows, futs)
+
+    def _write_locked(self, rows: list[dict[str, Any]], futs: list[cf.Future]) -> None:
         if not rows:
             for f in futs:
                 f.set_result(0)

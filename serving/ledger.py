@@ -18,6 +18,7 @@ The ledger is in memory: if its replica restarts, earlier events become unknown 
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from collections import OrderedDict
@@ -54,11 +55,31 @@ def issued_s(event_id: str) -> float | None:
         return None
 
 
+def item_digest(item_ids: list[str]) -> bytes:
+    """Shown item ids as sorted 8-byte BLAKE2b hashes: ~8 bytes per item held, not the strings."""
+    return b"".join(sorted(hashlib.blake2b(i.encode(), digest_size=8).digest() for i in item_ids))
+
+
+def _contains(digest: bytes, item_id: str) -> bool:
+    h = hashlib.blake2b(item_id.encode(), digest_size=8).digest()
+    lo, hi = 0, len(digest) // 8
+    while lo < hi:  # binary search over the sorted 8-byte records
+        mid = (lo + hi) // 2
+        rec = digest[mid * 8 : mid * 8 + 8]
+        if rec == h:
+            return True
+        if rec < h:
+            lo = mid + 1
+        else:
+            hi = mid
+    return False
+
+
 @dataclass
 class _Event:
     issued: float
     model_version: str
-    items: frozenset[str]
+    items: bytes  # item_digest of the shown items
     state: str = "open"  # open | pending | done
     claimed_at: float = 0.0
 
@@ -90,7 +111,7 @@ class EventBook:
         for eid, version, items in events:
             issued = issued_s(eid)
             self._events[eid] = _Event(
-                issued if issued is not None else self.clock(), version, frozenset(items)
+                issued if issued is not None else self.clock(), version, item_digest(items)
             )
         self._evict()
         return len(events)
@@ -111,7 +132,7 @@ class EventBook:
         if ev.state == "pending" and now - ev.claimed_at < self.pending_timeout_s:
             return {"status": "in_progress", "model_version": ev.model_version}
         for i, item in enumerate(item_ids):
-            if item not in ev.items:
+            if not _contains(ev.items, item):
                 return {"status": "bad_item", "index": i, "item_id": item}
         ev.state, ev.claimed_at = "pending", now
         return {"status": "accepted", "model_version": ev.model_version}

@@ -12,9 +12,9 @@ import argparse
 import os
 
 import torch
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 
-from serving.errors import install_error_handlers
+from serving.errors import install_error_handlers, parse_body
 from serving.feedback_log import IMPRESSIONS, LogWriter, impression_row, now_ms
 from serving.ledger import new_event_id
 from serving.schemas import RankRequest, RankResponse, check_rank, rank_response
@@ -35,7 +35,8 @@ def build_peer_app(checkpoint: str, log_dir: str, seed: int = 0) -> FastAPI:
     install_error_handlers(app)
 
     @app.post("/rank", response_model=RankResponse)
-    async def rank(req: RankRequest) -> Response:
+    async def rank(request: Request) -> Response:
+        req = parse_body(RankRequest, await request.body())
         check_rank(
             req,
             scorer.feature_dims,

@@ -125,6 +125,9 @@ def test_version_healthz_openapi(app, serving_ckpts):
     assert app.http.get("/healthz").json()["status"] == "ok"
     spec = app.http.get("/openapi.json").json()
     assert {"/rank", "/feedback", "/version", "/healthz"} <= set(spec["paths"])
+    body = spec["paths"]["/rank"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/RankRequest"}
+    assert {"RankRequest", "Candidate", "Context", "RankResponse"} <= set(spec["components"]["schemas"])
 
 
 def _mut(f):

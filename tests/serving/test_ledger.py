@@ -70,3 +70,14 @@ def test_capacity_bound_evicts_oldest():
     assert len(book) == 3
     assert book.claim(ids[0], [])["status"] == "unknown"
     assert book.claim(ids[4], [])["status"] == "accepted"
+
+
+def test_item_digest_membership():
+    from serving.ledger import _contains, item_digest
+
+    ids = [f"page-{i}-doc{i % 7}" for i in range(50)]
+    d = item_digest(ids)
+    assert len(d) == 8 * 50
+    assert all(_contains(d, i) for i in ids)
+    assert not any(_contains(d, f"other-{i}") for i in range(200))
+    assert not _contains(item_digest([]), "x")
