@@ -400,7 +400,7 @@ def run_pretrain(
         "history": train_info["history"],
         "test": rows,
     }
-    version = make_version(f"smar-{cfg.method}")
+    version = make_version(f"reranker-{cfg.method}")
     if (out / RERANKER_DIR).exists():
         shutil.rmtree(out / RERANKER_DIR)
     save_checkpoint(
