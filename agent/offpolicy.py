@@ -1,0 +1,248 @@
+"""Learning from logged feedback: read Serve's impression/feedback logs, improve the policy off-policy.
+
+Why not RLlib's offline API: its BC and MARWIL fit logged actions but ignore the logged propensities,
+and its importance-sampling evaluation samples new actions instead of scoring the logged ones. The
+endpoint logs the exact Plackett-Luce conditional propensity of every shown position, so the update
+is PPO's clipped surrogate applied to the logged rankings, treating each position as one decision
+(state = page + items above, action = the item placed there):
+
+    ratio_k = pi_theta(a_k | a_<k) / pi_0(a_k | a_<k)       (pi_0: the logged serving policy)
+    L_ppo   = - mean_k min(ratio_k A_k, clip(ratio_k, 1 - eps, 1 + eps) A_k)
+    A_k     = reward-to-go from position k minus its per-position mean (cascade: position k's choice
+              affects what is seen below it), normalised
+
+plus the same constraint as `smar train` (agent.learner): the SMAR pairwise hinge against each
+modality's single-modal order, weighted by a Lagrange multiplier raised by dual ascent while the
+measured within-modality agreement of the top-K is below its target, and a KL to the serving policy
+(kept outside the trained parameters) so one round cannot move far from what was logged.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from agent.learner import topk_agreement
+from envs.pages import Pages
+from envs.serp_env import RewardConfig
+from pretrain import plackett_luce as pl
+from pretrain.losses import pairwise_consistency
+from pretrain.page import PageBatch, collate, from_arrow
+from pretrain.reranker import WholePageReranker
+
+SATISFIED_DWELL_S = 30.0  # the user model's satisfied-click threshold (UserModelConfig.satisfied_dwell_s)
+
+
+@dataclass
+class LoggedBatch:
+    """Explored impressions that received feedback, aligned row by row."""
+
+    pages: Pages  # one page per impression (the full candidate list as served)
+    ranking: np.ndarray  # [n, K] candidate index shown at positions 1..K
+    logged_logp: np.ndarray  # [n, K] log pi_0(a_k | a_<k)
+    reward: np.ndarray  # [n, K] observed reward per position
+    temperature: np.ndarray  # [n] the serving temperature
+    event_id: np.ndarray  # [n]
+    model_version: np.ndarray  # [n]
+    ts_ms: np.ndarray  # [n]
+
+    def __len__(self) -> int:
+        return len(self.ranking)
+
+    def subset(self, idx: np.ndarray) -> LoggedBatch:
+        idx = np.asarray(idx, np.int64)
+        return LoggedBatch(
+            self.pages.select(idx),
+            self.ranking[idx],
+            self.logged_logp[idx],
+            self.reward[idx],
+            self.temperature[idx],
+            self.event_id[idx],
+            self.model_version[idx],
+            self.ts_ms[idx],
+        )
+
+    def split_holdout(self, fraction: float, seed: int) -> tuple[LoggedBatch, LoggedBatch]:
+        """(train, holdout) split by event, seeded: the gate judges on impressions the update never saw."""
+        rng = np.random.default_rng(seed)
+        held = rng.random(len(self)) < fraction
+        return self.subset(np.flatnonzero(~held)), self.subset(np.flatnonzero(held))
+
+
+def observed_reward(click: np.ndarray, dwell: np.ndarray, reward: RewardConfig) -> np.ndarray:
+    """Per-position reward from logged click/dwell (what a production log can see)."""
+    click = np.clip(click, 0, 1).astype(np.float64)
+    satisfied = click * (np.nan_to_num(dwell, nan=0.0) >= SATISFIED_DWELL_S)
+    return reward.click * click + reward.satisfied_click * satisfied
+
+
+def logged_batch(
+    logs: pa.Table, feature_dims: dict[str, int], slate_size: int, reward: RewardConfig | None = None
+) -> LoggedBatch:
+    """A `serving.feedback_log.read_logs` table -> the explored impressions that got feedback."""
+    reward = reward or RewardConfig()
+    keep = [
+        i
+        for i, (policy, click) in enumerate(zip(logs["policy"].to_pylist(), logs["click"].to_pylist()))
+        if policy == "plackett_luce" and click is not None
+    ]
+    t = logs.take(pa.array(keep, pa.int64()))
+    k = slate_size
+    if t.num_rows and min(len(a) for a in t["action"].to_pylist()) < k:
+        raise ValueError(f"some logged rankings are shorter than the slate size {k}")
+    page_cols = {
+        "page_id": t["page_id"],
+        "query_id": t["event_id"],
+        "query_features": t["query_features"],
+        "user_features": t["user_features"],
+        "item_id": t["item_id"],
+        "modality": t["modality"],
+        "features": t["features"],
+        "single_modal_score": t["single_modal_score"],
+    }
+    pages = from_arrow(pa.table(page_cols), "serve logs", feature_dims=feature_dims)
+    ranking = np.array([a[:k] for a in t["action"].to_pylist()], np.int64).reshape(-1, k)
+    pscore = np.array([p[:k] for p in t["pscore"].to_pylist()], np.float64).reshape(-1, k)
+    click = np.array([c[:k] for c in t["click"].to_pylist()], np.float64).reshape(-1, k)
+    dwell = np.array([d[:k] for d in t["dwell_s"].to_pylist()], np.float64).reshape(-1, k)
+    return LoggedBatch(
+        pages=pages,
+        ranking=ranking,
+        logged_logp=np.log(np.clip(pscore, 1e-300, 1.0)),
+        reward=observed_reward(click, dwell, reward),
+        temperature=np.asarray(t["temperature"].to_numpy(zero_copy_only=False), np.float64),
+        event_id=np.asarray(t["event_id"].to_pylist(), dtype=object),
+        model_version=np.asarray(t["model_version"].to_pylist(), dtype=object),
+        ts_ms=np.asarray(t["ts"].cast(pa.int64()).to_numpy(zero_copy_only=False), np.int64),
+    )
+
+
+# --------------------------------------------------------------------------- the update
+@dataclass(frozen=True)
+class UpdateConfig:
+    """Off-policy constrained PPO on logged rankings."""
+
+    epochs: int = 4
+    minibatch: int = 128
+    lr: float = 1e-4
+    clip: float = 0.2
+    grad_clip: float = 1.0
+    kl_coeff: float = 0.05  # KL(pi_serving || pi_theta), serving policy frozen
+    kl_samples: int = 2
+    margin: float = 1.0  # SMAR hinge margin
+    multiplier_init: float = 0.0
+    multiplier_lr: float = 20.0
+    multiplier_max: float = 50.0
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _advantages(reward: np.ndarray) -> np.ndarray:
+    togo = np.cumsum(reward[:, ::-1], axis=1)[:, ::-1]
+    adv = togo - togo.mean(0, keepdims=True)
+    return adv / (adv.std() + 1e-8)
+
+
+def _tensors(batch: LoggedBatch) -> tuple[PageBatch, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    n_max = int(batch.pages.sizes.max())
+    pb = collate(batch.pages, n_max)
+    return (
+        pb,
+        torch.from_numpy(batch.ranking),
+        torch.from_numpy(batch.logged_logp).float(),
+        torch.from_numpy(_advantages(batch.reward)).float(),
+        torch.from_numpy(batch.temperature).float()[:, None],
+    )
+
+
+def offpolicy_update(
+    model: WholePageReranker, batch: LoggedBatch, target_agreement: float, cfg: UpdateConfig | None = None
+) -> tuple[WholePageReranker, dict[str, float]]:
+    """A candidate policy trained from `model` on logged `batch`; `model` itself is left untouched."""
+    cfg = cfg or UpdateConfig()
+    if len(batch) == 0:
+        raise ValueError("no explored impressions with feedback to learn from")
+    torch.manual_seed(cfg.seed)
+    serving = copy.deepcopy(model).eval()
+    for p in serving.parameters():
+        p.requires_grad_(False)
+    cand = copy.deepcopy(model).train()
+    opt = torch.optim.Adam(cand.parameters(), lr=cfg.lr)
+    pb, ranking, logged_logp, adv, temp = _tensors(batch)
+    k = ranking.shape[1]
+    lam = cfg.multiplier_init
+    rng = np.random.default_rng(cfg.seed)
+    history: dict[str, list[float]] = {"ppo": [], "hinge": [], "kl": [], "agreement": [], "multiplier": []}
+    for _ in range(cfg.epochs):
+        mass = pairs = 0.0
+        for idx in np.array_split(rng.permutation(len(batch)), max(len(batch) // cfg.minibatch, 1)):
+            i = torch.from_numpy(idx)
+            mask = pb.mask[i]
+            scores = cand(pb.features[i], pb.modality[i], mask, pb.query[i], pb.user[i])
+            logits = pl.masked_logits(scores, mask) / temp[i]
+            logp = pl.stepwise_log_probs(logits, ranking[i])
+            ratio = torch.exp(logp - logged_logp[i])
+            a = adv[i]
+            ppo = -torch.minimum(ratio * a, torch.clamp(ratio, 1 - cfg.clip, 1 + cfg.clip) * a).mean()
+            sm = pb.single_modal_score[i]
+            known = mask & pb.has_score[i]
+            hinge = pairwise_consistency(scores, sm, pb.modality[i], known, margin=cfg.margin)
+            with torch.no_grad():
+                ref_logits = (
+                    pl.masked_logits(
+                        serving(pb.features[i], pb.modality[i], mask, pb.query[i], pb.user[i]), mask
+                    )
+                    / temp[i]
+                )
+                m, c = topk_agreement(scores, sm, pb.modality[i], known, k)
+            kl = pl.kl_estimate(ref_logits, logits, k, cfg.kl_samples).mean()
+            loss = ppo + lam * hinge + cfg.kl_coeff * kl
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(cand.parameters(), cfg.grad_clip)
+            opt.step()
+            mass, pairs = mass + float(m), pairs + float(c)
+            history["ppo"].append(ppo.item())
+            history["hinge"].append(hinge.item())
+            history["kl"].append(kl.item())
+        agreement = mass / max(pairs, 1.0)
+        lam = min(max(lam + cfg.multiplier_lr * (target_agreement - agreement), 0.0), cfg.multiplier_max)
+        history["agreement"].append(agreement)
+        history["multiplier"].append(lam)
+    cand.eval()
+    stats = {
+        "impressions": len(batch),
+        "ppo_loss": float(np.mean(history["ppo"][-10:])),
+        "hinge": float(np.mean(history["hinge"][-10:])),
+        "kl_to_serving": float(np.mean(history["kl"][-10:])),
+        "train_agreement": history["agreement"][-1],
+        "multiplier": lam,
+    }
+    return cand, stats
+
+
+@torch.no_grad()
+def topk_consistency(model: WholePageReranker, pages: Pages, k: int) -> float:
+    """Within-modality agreement of the model's deterministic top-K with the single-modal scores."""
+    model.eval()
+    mass = pairs = 0.0
+    for start in range(0, len(pages), 512):
+        part = pages.select(slice(start, start + 512))
+        pb = collate(part)
+        scores = model.score_batch(pb)
+        m, c = topk_agreement(scores, pb.single_modal_score, pb.modality, pb.mask & pb.has_score, k)
+        mass, pairs = mass + float(m), pairs + float(c)
+    return mass / pairs if pairs else float("nan")
+
+
+def save_candidate(model: WholePageReranker, path: str | Path, version: str, extra: dict) -> Path:
+    from pretrain.checkpoint import save_checkpoint
+
+    return save_checkpoint(model, path, version=version, extra=extra, overwrite=True).path

@@ -1,0 +1,141 @@
+"""Simulated live traffic against the Serve endpoint: users request rankings over HTTP and send feedback.
+
+The users are the same model as the SERP environment (`envs.user_model.UserModel`): each session is a
+query's reformulation pages; for each page the user looks at the top-K of the ranking the endpoint
+actually returned, clicks and dwells, and the client posts that feedback. An unsatisfied user
+reformulates (next page of the session) or abandons, as in the environment.
+
+Two rewards are reported per impression:
+  observed  what the logs can see and the online learner optimises: click and dwell-based satisfaction
+            (`RewardConfig.click`, `.satisfied_click`); an answer that satisfies without a click is invisible.
+  env       the environment's full reward (adds answer satisfaction), for comparison with `smar train`.
+Every failed request (transport error or HTTP status >= 400) is counted, never retried silently.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from agent.evaluation import session_page_lists
+from envs.serp_env import RewardConfig
+from envs.user_model import UserModel, UserModelConfig
+from envs.world import Split
+
+
+@dataclass
+class TrafficStats:
+    impressions: int = 0
+    sessions: int = 0
+    failed_requests: int = 0
+    observed_reward: float = 0.0  # mean per impression
+    env_reward: float = 0.0  # mean per impression
+    clicks: int = 0
+    satisfied_clicks: int = 0
+    versions: dict[str, int] = field(default_factory=dict)  # impressions served per model version
+    errors: list[str] = field(default_factory=list)  # first few failure messages
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def run_traffic(
+    url: str,
+    split: Split,
+    n_impressions: int,
+    seed: int,
+    slate_size: int = 10,
+    concurrency: int = 4,
+    reward: RewardConfig | None = None,
+    user: UserModelConfig | None = None,
+    explore: bool = True,
+    stop: threading.Event | None = None,
+) -> TrafficStats:
+    """Drive `n_impressions` page requests (whole sessions, so a few more) through the endpoint at `url`."""
+    from serving.client import RerankerClient, page_request
+
+    reward = reward or RewardConfig()
+    model = UserModel(user or UserModelConfig())
+    pages, truth = split.pages, split.truth
+    sessions = session_page_lists(pages)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(sessions))
+    # Each worker claims the next session; a session's RNG depends only on (seed, session number).
+    lock = threading.Lock()
+    state = {"next": 0, "impressions": 0}
+    totals = Counter()
+    stats = TrafficStats()
+
+    def claim() -> int | None:
+        with lock:
+            if state["impressions"] >= n_impressions or (stop is not None and stop.is_set()):
+                return None
+            s = state["next"]
+            state["next"] += 1
+            return s
+
+    def fail(msg: str) -> None:
+        with lock:
+            stats.failed_requests += 1
+            if len(stats.errors) < 5:
+                stats.errors.append(msg)
+
+    def worker() -> None:
+        with RerankerClient(url) as client:
+            while (s := claim()) is not None:
+                srng = np.random.default_rng([seed, s])
+                session = sessions[order[s % len(sessions)]]
+                with lock:
+                    stats.sessions += 1
+                for p in session:
+                    try:
+                        res = client.rank(page_request(pages, int(p), explore=explore))
+                    except Exception as e:  # noqa: BLE001 - every failure is counted and reported
+                        fail(f"rank: {e}")
+                        break
+                    sl = pages.item_slice(int(p))
+                    index = {str(pages.item_id[t]): t for t in range(sl.start, sl.stop)}
+                    shown_ids = [r["item_id"] for r in res["ranking"][:slate_size]]
+                    shown = np.array([index[i] for i in shown_ids])
+                    out = model.simulate(
+                        truth.relevance[shown][None],
+                        truth.attractiveness[shown][None],
+                        pages.modality[shown].astype(np.int64)[None],
+                        None,
+                        srng,
+                    )
+                    items = [
+                        {"item_id": i, "click": bool(out.click[0, k]), "dwell_s": float(out.dwell[0, k])}
+                        for k, i in enumerate(shown_ids)
+                    ]
+                    try:
+                        client.feedback(res["event_id"], items)
+                    except Exception as e:  # noqa: BLE001
+                        fail(f"feedback: {e}")
+                    observed = float(
+                        reward.click * out.click.sum() + reward.satisfied_click * out.satisfied_click.sum()
+                    )
+                    with lock:
+                        state["impressions"] += 1
+                        totals["observed"] += observed
+                        totals["env"] += float(reward.item_rewards(out).sum())
+                        totals["clicks"] += int(out.click.sum())
+                        totals["satisfied"] += int(out.satisfied_click.sum())
+                        stats.versions[res["model_version"]] = stats.versions.get(res["model_version"], 0) + 1
+                    if out.satisfied[0] or out.abandon[0]:
+                        break
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for f in [pool.submit(worker) for _ in range(concurrency)]:
+            f.result()
+    n = max(state["impressions"], 1)
+    stats.impressions = state["impressions"]
+    stats.observed_reward = totals["observed"] / n
+    stats.env_reward = totals["env"] / n
+    stats.clicks = totals["clicks"]
+    stats.satisfied_clicks = totals["satisfied"]
+    return stats
