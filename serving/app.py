@@ -132,6 +132,9 @@ class Ranker:
         except Exception:  # noqa: BLE001 - constructed outside Serve (not used in the product)
             self.replica = f"pid{os.getpid()}"
         self._compute = threading.Lock()
+        self._background: set[asyncio.Task] = set()
+        self.register_errors = 0
+        self.last_register_error: str | None = None
         self.generator = torch.Generator().manual_seed(self.settings.seed ^ zlib.crc32(self.replica.encode()))
         logs = self.settings.logs
         self.impressions = LogWriter(
@@ -195,9 +198,10 @@ class Ranker:
     async def _rank_items(self, items: list[_Item]) -> list[tuple[str, str, Ranked]]:
         """Rank a batch, register its events with the ledger, queue its impressions.
 
-        The ledger call (one per batch) runs while the forward pass runs in a worker thread (torch
-        releases the GIL), so the replica's event loop keeps parsing incoming requests meanwhile.
-        A page's shown items are all its candidates, so the ledger entry is known before ranking.
+        The forward pass runs in a worker thread (torch releases the GIL), so the replica's event loop
+        keeps parsing incoming requests meanwhile; the ledger registration (one call per batch, not
+        waited for) goes out first. A page's shown items are all its candidates, so the ledger entry
+        is known before ranking.
         Returns (event_id, model_version, ranking) per item.
         """
         runtime = self.runtime
@@ -206,11 +210,11 @@ class Ranker:
         events = [
             (eid, it.scorer.version, [c.item_id for c in it.req.candidates]) for eid, it in zip(eids, items)
         ]
-        registered = asyncio.ensure_future(self._register(events))
-        try:
-            ranked = await asyncio.to_thread(self._rank_sync, items, runtime)
-        finally:
-            await registered
+        # Registration is sent now (before the response) but not waited for: see serving.ledger.
+        task = asyncio.ensure_future(self._register(events))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        ranked = await asyncio.to_thread(self._rank_sync, items, runtime)
         rows = [
             impression_row(eid, ts, self.replica, it.scorer.version, it.req, r)
             for eid, it, r in zip(eids, items, ranked)
@@ -219,7 +223,11 @@ class Ranker:
         return [(eid, it.scorer.version, r) for eid, it, r in zip(eids, items, ranked)]
 
     async def _register(self, events: list[tuple[str, str, list[str]]]) -> None:
-        await self.ledger.register.remote(events)
+        try:
+            await self.ledger.register.remote(events)
+        except Exception as e:  # noqa: BLE001 - their feedback will be refused as unknown (404)
+            self.register_errors += 1
+            self.last_register_error = f"{type(e).__name__}: {e}"
 
     def _rank_sync(self, items: list[_Item], runtime: RuntimeConfig) -> list[Ranked]:
         """Group by the scorer each request was validated with (a swap may land mid-batch)."""

@@ -7,7 +7,9 @@ requests per cell:
 - `fastapi`: `serving.peer` under uvicorn in a subprocess (same validation, model, exploration, logging).
 - `serve`: our Serve app, one Ranker replica at 1 CPU, `batching: false`.
 - `serve_batched`: the same running app after an in-place `reconfigure` to `batching: true`.
-The load generator is this process (httpx, asyncio), so it shares the two cores with the servers.
+The three HTTP targets run interleaved, round by round at each concurrency, so a shared machine's
+changing background load hits them alike. The load generator is this process (httpx, asyncio): it
+shares the cores with the servers, and its CPU per request is reported.
 Writes OUT/report.json {"runs": {NAME: {"concurrency": {C: {p50_ms, p99_ms, rps, errors}}}}, "ratios": ...}
 and OUT/serve_bench.png.
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 CONCURRENCY = (1, 8, 32)
+HTTP_RUNS = ("fastapi", "serve", "serve_batched")
 N_CANDIDATES = 50
 
 
@@ -37,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--requests", type=int, default=300, help="requests per cell at concurrency 1 (x2 at 8, x4 at 32)"
     )
     p.add_argument("--port", type=int, default=8765, help="Serve HTTP port (the peer uses port+1)")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds per concurrency (split the requests)"
+    )
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -78,6 +84,7 @@ def _stats(lat_s: list[float], errors: int, wall_s: float) -> dict:
 
 
 async def _load(url: str, bodies: list[dict], concurrency: int, n: int) -> dict:
+    """n requests at `concurrency` against url/rank: raw latencies, errors, wall and client CPU time."""
     import httpx
 
     payloads = [json.dumps(b).encode() for b in bodies]
@@ -109,18 +116,17 @@ async def _load(url: str, bodies: list[dict], concurrency: int, n: int) -> dict:
         t0, cpu0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    out = _stats(lat, errors, wall)
-    out["client_cpu_ms_per_request"] = 1000 * cpu / max(1, n)  # the load generator shares the cores
-    return out
+    return {"lat": lat, "errors": errors, "wall": wall, "cpu": cpu, "n": n}
 
 
-def _http_runs(url: str, bodies: list[dict], base_n: int, name: str) -> dict:
-    from tqdm import tqdm
-
-    out = {}
-    for c in tqdm(CONCURRENCY, desc=name, leave=False):
-        out[str(c)] = asyncio.run(_load(url, bodies, c, base_n * {1: 1, 8: 2, 32: 4}[c]))
-        print(f"  {name:<14} c={c:<3} {_fmt(out[str(c)])}", flush=True)
+def _merge(parts: list[dict]) -> dict:
+    """Cell statistics over several rounds: pooled latencies, rps = requests / summed wall time."""
+    lat = [x for p in parts for x in p["lat"]]
+    out = _stats(lat, sum(p["errors"] for p in parts), sum(p["wall"] for p in parts))
+    # the load generator shares the cores with the servers: its CPU per request, for the record
+    out["client_cpu_ms_per_request"] = (
+        1000 * sum(p["cpu"] for p in parts) / max(1, sum(p["n"] for p in parts))
+    )
     return out
 
 
@@ -160,37 +166,43 @@ def _model_runs(checkpoint: str, bodies: list[dict], base_n: int) -> dict:
     return out
 
 
-def _peer_runs(checkpoint: str, bodies: list[dict], base_n: int, port: int, out: Path) -> dict:
-    import httpx
+class _Peer:
+    """`python -m serving.peer` in a subprocess (started and stopped by this benchmark)."""
 
-    log_dir = out / "peer_logs"
-    shutil.rmtree(log_dir, ignore_errors=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "serving.peer", "--checkpoint", checkpoint, "--log-dir", str(log_dir)]
-    proc = subprocess.Popen([*cmd, "--port", str(port)], env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    def __init__(self, checkpoint: str, port: int, log_dir: Path) -> None:
+        import httpx
+
+        shutil.rmtree(log_dir, ignore_errors=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "serving.peer", "--checkpoint", checkpoint, "--log-dir", str(log_dir)]
+        self.proc = subprocess.Popen([*cmd, "--port", str(port)], env=env)
+        self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"{url}/version", timeout=2).status_code == 200:
-                    break
+                if httpx.get(f"{self.url}/version", timeout=2).status_code == 200:
+                    return
             except httpx.HTTPError:
                 pass
-            if time.monotonic() > deadline or proc.poll() is not None:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError("the FastAPI peer did not start")
             time.sleep(0.2)
-        return _http_runs(url, bodies, base_n, "fastapi")
-    finally:
-        proc.terminate()
+
+    def stop(self) -> None:
+        self.proc.terminate()
         try:
-            proc.wait(timeout=20)
+            self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self.proc.kill()
 
 
-def _serve_runs(checkpoint: str, bodies: list[dict], base_n: int, port: int, out: Path) -> dict:
+def _http_runs(checkpoint: str, bodies: list[dict], base_n: int, port: int, out: Path, rounds: int) -> dict:
+    """fastapi / serve / serve_batched, interleaved round by round at each concurrency, so that all
+    three see the same background load on a shared machine. The Serve app switches batching in place
+    (reconfigure) between its two runs."""
     import ray
+    from tqdm import tqdm
 
     from serving import deploy
     from serving.registry import Registry
@@ -209,15 +221,34 @@ def _serve_runs(checkpoint: str, bodies: list[dict], base_n: int, port: int, out
         user_config={"batching": False},
     )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    runs = {}
+    peer = None
+    parts: dict[str, dict[str, list[dict]]] = {n: {str(c): [] for c in CONCURRENCY} for n in HTTP_RUNS}
     try:
         url = deploy.deploy(cfg)
-        runs["serve"] = _http_runs(url, bodies, base_n, "serve")
-        deploy.apply_version(version, url=url, user_config={"batching": True})
-        runs["serve_batched"] = _http_runs(url, bodies, base_n, "serve_batched")
+        peer = _Peer(checkpoint, port + 1, out / "peer_logs")
+        batching = False
+        steps = [(c, r) for c in CONCURRENCY for r in range(rounds)]
+        for c, _ in tqdm(steps, desc="http rounds", leave=False):
+            n = max(1, base_n * {1: 1, 8: 2, 32: 4}[c] // rounds)
+            for name in HTTP_RUNS:
+                if name == "fastapi":
+                    target = peer.url
+                else:
+                    want = name == "serve_batched"
+                    if want != batching:
+                        deploy.apply_version(version, url=url, user_config={"batching": want})
+                        batching = want
+                    target = url
+                parts[name][str(c)].append(asyncio.run(_load(target, bodies, c, n)))
     finally:
+        if peer is not None:
+            peer.stop()
         deploy.shutdown()
         ray.shutdown()
+    runs = {name: {c: _merge(p) for c, p in cells.items()} for name, cells in parts.items()}
+    for name, cells in runs.items():
+        for c, st in cells.items():
+            print(f"  {name:<14} c={c:<3} {_fmt(st)}", flush=True)
     return runs
 
 
@@ -272,15 +303,14 @@ def run(args: argparse.Namespace) -> int:
             "checkpoint": checkpoint,
             "cpu_count": os.cpu_count(),
             "explore": True,
+            "rounds": args.rounds,
         },
         "runs": {},
     }
     report["runs"]["model"] = {"concurrency": _model_runs(checkpoint, bodies, args.requests)}
-    report["runs"]["fastapi"] = {
-        "concurrency": _peer_runs(checkpoint, bodies, args.requests, args.port + 1, out)
-    }
-    for name, cells in _serve_runs(checkpoint, bodies, args.requests, args.port, out).items():
-        report["runs"][name] = {"concurrency": cells}
+    http = _http_runs(checkpoint, bodies, args.requests, args.port, out, args.rounds)
+    for name in HTTP_RUNS:
+        report["runs"][name] = {"concurrency": http[name]}
     report["ratios"] = ratios(report)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     _plot(report, out / "serve_bench.png")

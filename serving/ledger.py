@@ -5,7 +5,7 @@ each Ranker replica or purely signed ids: feedback for an event served by replic
 B, and "accepted once" needs one place that knows an event's feedback was already taken. The ledger
 also remembers the shown item ids (so feedback naming an item that was never shown is refused) and
 the model version (so feedback rows land in the right version partition). Ranker replicas register a
-whole `@serve.batch` batch in one call, so the cost is one hop per batch.
+whole `@serve.batch` batch in one call that /rank does not wait for (see `EventLedger`).
 
 Event ids are `<issued ms, base 36>.<secrets.token_urlsafe(18)>`: 144 random bits make them
 unguessable; the visible issue time lets an expired id be told apart from a forged one even after
@@ -18,6 +18,7 @@ The ledger is in memory: if its replica restarts, earlier events become unknown 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
@@ -151,16 +152,44 @@ class EventBook:
 @serve.deployment(name=LEDGER, num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
 class EventLedger:
     """One replica by design (it is the shared state). Async methods run on the replica's event loop,
-    one at a time between awaits, so the book needs no lock."""
+    one at a time between awaits, so the book needs no lock.
 
-    def __init__(self, ttl_s: float = 3600.0, max_events: int = 200_000) -> None:
+    Rankers register a batch's events without waiting for the ledger (the hop stays off /rank's
+    latency); the registration is sent before the response, so feedback can only overtake it by
+    milliseconds. A claim for a well-formed id issued within the last `grace_s` that is not yet
+    registered therefore waits (up to `grace_s`) for its registration; a forged fresh id gets its
+    404 after that wait, an old or malformed one at once.
+    """
+
+    def __init__(self, ttl_s: float = 3600.0, max_events: int = 200_000, grace_s: float = 2.0) -> None:
         self.book = EventBook(ttl_s, max_events)
+        self.grace_s = float(grace_s)
+        self._waiting: dict[str, asyncio.Event] = {}
 
     async def register(self, events: list[tuple[str, str, list[str]]]) -> int:
-        return self.book.register(events)
+        n = self.book.register(events)
+        for eid, _, _ in events:
+            ev = self._waiting.pop(eid, None)
+            if ev is not None:
+                ev.set()
+        return n
 
     async def claim(self, event_id: str, item_ids: list[str]) -> dict:
-        return self.book.claim(event_id, item_ids)
+        res = self.book.claim(event_id, item_ids)
+        issued = issued_s(event_id)
+        now = self.book.clock()
+        if (
+            res["status"] == "unknown"
+            and issued is not None
+            and -self.grace_s <= now - issued <= self.grace_s
+        ):
+            ev = self._waiting.setdefault(event_id, asyncio.Event())
+            try:
+                await asyncio.wait_for(ev.wait(), timeout=self.grace_s)
+            except TimeoutError:
+                self._waiting.pop(event_id, None)
+            res = self.book.claim(event_id, item_ids)
+        return res
 
     async def commit(self, event_id: str) -> None:
         self.book.commit(event_id)

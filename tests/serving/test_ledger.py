@@ -81,3 +81,29 @@ def test_item_digest_membership():
     assert all(_contains(d, i) for i in ids)
     assert not any(_contains(d, f"other-{i}") for i in range(200))
     assert not _contains(item_digest([]), "x")
+
+
+def test_ledger_claim_waits_for_an_in_flight_registration():
+    import asyncio
+    import time
+
+    from serving.ledger import EventLedger
+
+    ledger = EventLedger.func_or_class(ttl_s=60, max_events=10, grace_s=0.5)
+
+    async def scenario():
+        eid = new_event_id()
+        claim = asyncio.ensure_future(ledger.claim(eid, ["a"]))  # feedback overtakes the registration
+        await asyncio.sleep(0.05)
+        await ledger.register([(eid, "v1", ["a", "b"])])
+        assert (await claim)["status"] == "accepted"
+        t0 = time.monotonic()
+        assert (await ledger.claim(new_event_id(), []))["status"] == "unknown"  # forged, fresh: after grace
+        assert 0.4 < time.monotonic() - t0 < 2.0
+        t0 = time.monotonic()
+        assert (await ledger.claim(new_event_id(time.time() - 30), []))["status"] == "unknown"  # old: at once
+        assert (await ledger.claim("garbage", []))["status"] == "unknown"
+        assert time.monotonic() - t0 < 0.2
+        assert not ledger._waiting
+
+    asyncio.run(scenario())
