@@ -112,17 +112,15 @@ def ensure_policy(cfg: OnlineConfig) -> Path:
     return train_policy(TrainConfig(out=cfg.train_out, run=cfg.run, seed=cfg.seed)).policy_path
 
 
-def _wait_for_logs(log_dir: Path, since_ms: int, expected: int, timeout_s: float = 30.0):
-    """Impressions are flushed on a time bound: wait until this round's are all readable with feedback."""
-    from serving.feedback_log import read_logs
+def _settle_logs() -> None:
+    """Wait out the endpoint's impression flush bound, so everything served so far is readable.
 
-    deadline = time.monotonic() + timeout_s
-    while True:
-        logs = read_logs(log_dir, since_ts=since_ms / 1000.0)
-        with_fb = sum(c is not None for c in logs["click"].to_pylist())
-        if with_fb >= expected or time.monotonic() > deadline:
-            return logs
-        time.sleep(0.5)
+    Feedback is durable before it is acknowledged; impressions are flushed within
+    `LogSettings.impression_max_age_s` (serving.feedback_log's durability contract).
+    """
+    from serving.settings import LogSettings
+
+    time.sleep(LogSettings().impression_max_age_s + 0.5)
 
 
 def plot_rounds(rounds: list[dict], path: Path) -> Path:
@@ -232,6 +230,7 @@ class OnlineLoop:
         if self.owns_app:
             from serving import deploy
 
+            _settle_logs()  # the last swap probe's impressions reach disk before the replicas stop
             deploy.shutdown()
 
     # ------------------------------------------------------------------ one round
@@ -249,6 +248,7 @@ class OnlineLoop:
         from agent.traffic import run_traffic
         from pretrain.checkpoint import make_version
         from serving import deploy
+        from serving.feedback_log import read_logs
         from serving.registry import Registry
 
         cfg = self.cfg
@@ -263,8 +263,8 @@ class OnlineLoop:
             concurrency=cfg.concurrency,
         )
         t_traffic = time.time() - t0
-        expected = traffic.impressions + self.state.get("probe_impressions", 0)
-        logs = _wait_for_logs(self.log_dir, self.state["cursor_ms"], expected)
+        _settle_logs()
+        logs = read_logs(self.log_dir, since_ts=self.state["cursor_ms"] / 1000.0)
         batch = logged_batch(logs, model.config.feature_dims, cfg.slate_size)
         train, holdout = batch.split_holdout(cfg.holdout_fraction, seed=cfg.seed * 1000 + r)
         target = self.state["consistency_target"]
@@ -336,7 +336,6 @@ class OnlineLoop:
         self.state["rounds"].append(rec)
         self.state["round"] = r + 1
         self.state["cursor_ms"] = cursor
-        self.state["probe_impressions"] = probe_n  # logged after the cursor: the next round reads them
         _atomic_json(self.state_path, self.state)
         _atomic_json(self.report_path, {"rounds": self.state["rounds"], "config": self.state["config"]})
         return rec
