@@ -275,7 +275,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=8, help="PPO iterations per RL run")
     p.add_argument("--train-batch", type=int, default=1024, help="env steps per PPO iteration")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--eval-every", type=int, default=2)
     p.add_argument("--eval-repeats", type=int, default=EVAL_REPEATS)

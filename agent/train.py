@@ -296,10 +296,13 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def read_csv(path: Path) -> list[dict[str, float]]:
     with open(path, newline="") as f:
-        return [
+        rows = [
             {k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()}
             for r in csv.DictReader(f)
         ]
+    for r in rows:  # integer columns stay integers when the file is rewritten after --resume
+        r["iteration"], r["env_steps"] = int(r["iteration"]), int(r["env_steps"])
+    return rows
 
 
 def plot_learning_curves(rows: list[dict], path: Path, title: str = "") -> Path:

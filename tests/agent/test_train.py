@@ -74,6 +74,7 @@ def test_resume_continues_from_the_latest_checkpoint(trained, tiny_run):
     rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
     assert [int(float(r["iteration"])) for r in rows] == [0, 1, 2, 3]
     assert more.env_steps > res.env_steps
+    assert rows[0]["iteration"] == "0"  # integers stay integers across the rewrite
 
 
 def test_export_loads_in_a_fresh_process_with_identical_scores(trained, tiny_run, tmp_path):
