@@ -1,11 +1,15 @@
 """`smar demo`: the whole story end to end on the built-in default world.
 
-Stages so far: generate the default world and print its summary.
+world -> single-modal rankers -> SMAR reranker -> offline simulation (merge vs SMAR) -> constrained PPO
+-> Ray Serve (HTTP rank + feedback) -> continual online rounds -> a closing table on held-out sessions.
+Every artefact lands under --out; the plots' paths are printed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
 from pathlib import Path
 
 from envs.world import WorldConfig, format_summary, generate_world
@@ -15,13 +19,115 @@ from pretrain.world_io import save_world
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for every artefact of the demo")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--simulate-sessions", type=int, default=1000)
+    p.add_argument("--train-iterations", type=int, default=8)
+    p.add_argument("--online-rounds", type=int, default=3)
+    p.add_argument("--impressions-per-round", type=int, default=1000)
+
+
+def _stage(title: str, t0: float) -> None:
+    print(f"\n== {title}  (t = {time.time() - t0:.0f} s)", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(1)
     out = Path(args.out)
-    print("== 1. world")
+    t0 = time.time()
+    plots: dict[str, str] = {}
+
+    _stage("1. world", t0)
     world = generate_world(WorldConfig(seed=args.seed))
     save_world(world, out / "world")
     print(format_summary(world.summary()))
-    print(f"world written to {out / 'world'}")
+
+    _stage("2. SMAR pretraining (single-modal rankers, budgeted annotation, whole-page reranker)", t0)
+    from pretrain.run import PretrainRun
+    from pretrain.train import PretrainConfig, run_pretrain, run_table
+
+    if (out / "pretrain" / "run.json").exists():
+        run_ = PretrainRun.open(out / "pretrain")
+        print(f"reusing {run_.root}")
+    else:
+        run_ = run_pretrain(out / "world", out / "pretrain", PretrainConfig(seed=args.seed))
+    print(run_table(run_))
+
+    _stage("3. offline simulation: merge vs SMAR (greedy) on the traffic split", t0)
+    from agent.simulate import score_policy
+    from envs.simulation import SimulationConfig, format_side_by_side, simulate
+
+    traffic = run_.split("traffic")
+    smar_model, smar_ckpt = run_.reranker()
+    sim_cfg = SimulationConfig(sessions=args.simulate_sessions, seed=args.seed)
+    summaries = {}
+    for name, scorer in (("merge", run_.merge().score), ("SMAR", smar_model.score_pages)):
+        log = simulate(score_policy(name, scorer, 0.0), traffic.pages, traffic.truth, sim_cfg)
+        summaries[name] = log.summary()
+        for kind, path in log.write(out / "simulate" / name).items():
+            if str(path).endswith(".png"):
+                plots[f"simulate/{name}/{kind}"] = str(path)
+    print(format_side_by_side(summaries))
+
+    _stage("4. constrained PPO fine-tuning from the SMAR reranker (RLlib)", t0)
+    from agent.train import TrainConfig, train_policy
+
+    train = train_policy(
+        TrainConfig(
+            out=str(out / "train"), run=str(run_.root), iterations=args.train_iterations, seed=args.seed
+        )
+    )
+    before, after = train.initial_eval, train.final_eval
+    print(f"{'held-out sessions':<22}{'reward':>9}{'ndcg@10':>9}{'consistency':>13}")
+    for label, e in (("before (SMAR)", before), ("after (PPO)", after)):
+        print(f"{label:<22}{e['reward']:>9.4f}{e['ndcg@10']:>9.4f}{e['consistency']:>13.4f}")
+    plots["train/learning_curves"] = str(out / "train" / "learning_curves.png")
+
+    _stage("5. Ray Serve: rank simulator pages over HTTP, send feedback, shut down", t0)
+    from serving.demo import serving_demo
+
+    serving_demo(train.policy_path, traffic, out / "serve", n_pages=8, seed=args.seed)
+
+    _stage("6. continual online updates (traffic -> logs -> update -> gate -> publish)", t0)
+    from agent.online import OnlineConfig, OnlineLoop
+
+    online = OnlineLoop(
+        OnlineConfig(
+            out=str(out / "online"),
+            run=str(run_.root),
+            policy=str(train.policy_path),
+            rounds=args.online_rounds,
+            impressions_per_round=args.impressions_per_round,
+            seed=args.seed,
+        )
+    ).run_all()
+    plots["online/rounds"] = online["plot"]
+
+    _stage("7. closing table: held-out test sessions, deterministic top-10", t0)
+    from agent.evaluation import evaluate_policy
+    from serving.registry import Registry
+
+    test = run_.split("test")
+    final = Registry(out / "online" / "registry").current()
+    rows = {
+        "merge": run_.merge(),
+        f"SMAR ({smar_ckpt.version})": smar_model,
+        f"RL ({train.version})": str(train.policy_path),
+        f"online ({final.version})": str(final.path),
+    }
+    table = {
+        name: evaluate_policy(policy, test.pages, test.truth, seed=args.seed, repeats=3)
+        for name, policy in rows.items()
+    }
+    width = max(len(n) for n in table) + 2
+    print(f"{'policy':<{width}}{'reward':>9}{'ndcg@10':>9}{'consistency':>13}{'ctr':>8}")
+    for name, e in table.items():
+        print(
+            f"{name:<{width}}{e['reward']:>9.4f}{e['ndcg@10']:>9.4f}{e['consistency']:>13.4f}{e['ctr']:>8.4f}"
+        )
+    (out / "summary.json").write_text(json.dumps({"closing_table": table, "plots": plots}, indent=2))
+    print("\nplots:")
+    for name, path in plots.items():
+        print(f"  {name:<28} {path}")
+    print(f"summary: {out / 'summary.json'}   total time {time.time() - t0:.0f} s")
     return 0
