@@ -158,20 +158,10 @@ class Ranker:
         On the first call (replica start) a failure is fatal, so a bad deploy never serves. Later a
         failure is recorded (`/version` shows it) and the current model keeps serving.
         """
-        runtime = RuntimeConfig.from_dict(user_config)
         try:
-            entry = self.registry.entry(runtime.version) if runtime.version else self.registry.current()
-            if entry is None:
-                raise RegistryError(
-                    f"registry {self.registry.root} has no current version: publish a checkpoint first"
-                )
-            scorer = self.scorer
-            if scorer is None or scorer.ckpt.sha256 != entry.sha256:
-                loaded = await asyncio.to_thread(Scorer.load, entry.path)
-                if loaded.ckpt.sha256 != entry.sha256:
-                    raise CheckpointError(f"{entry.path}: checksum differs from the registry's record")
-                scorer = loaded
-        except (CheckpointError, RegistryError, OSError, ValueError) as e:
+            runtime = RuntimeConfig.from_dict(user_config)
+            scorer = await asyncio.to_thread(self._resolve, runtime)  # file I/O and hashing off the loop
+        except (CheckpointError, RegistryError, OSError, ValueError, TypeError) as e:
             if self.scorer is None:
                 raise
             self.last_reload_error = f"{type(e).__name__}: {e}"
@@ -179,6 +169,22 @@ class Ranker:
         self._rank_batch.set_max_batch_size(runtime.max_batch_size)
         self._rank_batch.set_batch_wait_timeout_s(runtime.batch_wait_timeout_s)
         self.scorer, self.runtime, self.last_reload_error = scorer, runtime, None  # the swap
+
+    def _resolve(self, runtime: RuntimeConfig) -> Scorer:
+        """The scorer for `runtime.version` (or the registry pointer): the current one if unchanged,
+        else loaded and verified against the checksum the registry recorded."""
+        entry = self.registry.entry(runtime.version) if runtime.version else self.registry.current()
+        if entry is None:
+            raise RegistryError(
+                f"registry {self.registry.root} has no current version: publish a checkpoint first"
+            )
+        scorer = self.scorer
+        if scorer is not None and scorer.ckpt.sha256 == entry.sha256:
+            return scorer
+        loaded = Scorer.load(entry.path)
+        if loaded.ckpt.sha256 != entry.sha256:
+            raise CheckpointError(f"{entry.path}: checksum differs from the registry's record")
+        return loaded
 
     def check_health(self) -> None:
         if self.scorer is None:
