@@ -56,6 +56,9 @@ class OnlineConfig:
     temperature: float = 0.5  # exploration temperature of the endpoint
     concurrency: int = 4
     holdout_fraction: float = 0.3
+    # Common random numbers: every round replays the same simulated sessions and user randomness, so
+    # round-to-round changes in live reward come from the policy, not from which users arrived.
+    common_traffic: bool = True
     consistency_fraction: float = 0.95  # target = this x the SMAR reranker's top-K agreement
     url: str | None = None
     registry: str | None = None
@@ -258,7 +261,7 @@ class OnlineLoop:
             self.url,
             self.split,
             cfg.impressions_per_round,
-            seed=cfg.seed * 1000 + r,
+            seed=cfg.seed * 1000 + (0 if cfg.common_traffic else r),
             slate_size=cfg.slate_size,
             concurrency=cfg.concurrency,
         )
@@ -381,6 +384,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-dir", default=None, help="log folder of the app at --url")
     p.add_argument("--address", default=None, help="Ray address of the app at --url")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--lr", type=float, default=None, help="learning rate of the off-policy update")
+    p.add_argument("--epochs", type=int, default=None, help="passes over each round's logs")
+    p.add_argument("--fresh-traffic", action="store_true", help="new simulated sessions every round")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -398,6 +404,8 @@ def run(args: argparse.Namespace) -> int:
         log_dir=args.log_dir,
         address=args.address,
         seed=args.seed,
+        common_traffic=not args.fresh_traffic,
+        update={k: v for k, v in (("lr", args.lr), ("epochs", args.epochs)) if v is not None},
     )
     res = OnlineLoop(cfg).run_all()
     rounds = res["rounds"]
