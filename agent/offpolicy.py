@@ -138,26 +138,39 @@ class UpdateConfig:
     multiplier_init: float = 0.0
     multiplier_lr: float = 20.0
     multiplier_max: float = 50.0
+    advantage: str = "reward_to_go"  # or "immediate"
     seed: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def _advantages(reward: np.ndarray) -> np.ndarray:
-    togo = np.cumsum(reward[:, ::-1], axis=1)[:, ::-1]
-    adv = togo - togo.mean(0, keepdims=True)
+def _advantages(reward: np.ndarray, kind: str) -> np.ndarray:
+    """Per-position advantages, baseline = the position's mean, normalised.
+
+    "reward_to_go": credit position k with everything at and below it (its choice decides whether the
+    user stops); "immediate": only its own reward (lower variance, ignores the effect on what follows).
+    """
+    if kind == "reward_to_go":
+        ret = np.cumsum(reward[:, ::-1], axis=1)[:, ::-1]
+    elif kind == "immediate":
+        ret = reward
+    else:
+        raise ValueError(f"advantage must be 'reward_to_go' or 'immediate', got {kind!r}")
+    adv = ret - ret.mean(0, keepdims=True)
     return adv / (adv.std() + 1e-8)
 
 
-def _tensors(batch: LoggedBatch) -> tuple[PageBatch, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _tensors(
+    batch: LoggedBatch, advantage: str
+) -> tuple[PageBatch, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     n_max = int(batch.pages.sizes.max())
     pb = collate(batch.pages, n_max)
     return (
         pb,
         torch.from_numpy(batch.ranking),
         torch.from_numpy(batch.logged_logp).float(),
-        torch.from_numpy(_advantages(batch.reward)).float(),
+        torch.from_numpy(_advantages(batch.reward, advantage)).float(),
         torch.from_numpy(batch.temperature).float()[:, None],
     )
 
@@ -175,7 +188,7 @@ def offpolicy_update(
         p.requires_grad_(False)
     cand = copy.deepcopy(model).train()
     opt = torch.optim.Adam(cand.parameters(), lr=cfg.lr)
-    pb, ranking, logged_logp, adv, temp = _tensors(batch)
+    pb, ranking, logged_logp, adv, temp = _tensors(batch, cfg.advantage)
     k = ranking.shape[1]
     lam = cfg.multiplier_init
     rng = np.random.default_rng(cfg.seed)

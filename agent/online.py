@@ -386,6 +386,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--lr", type=float, default=None, help="learning rate of the off-policy update")
     p.add_argument("--epochs", type=int, default=None, help="passes over each round's logs")
+    p.add_argument("--advantage", choices=("reward_to_go", "immediate"), default=None)
     p.add_argument("--fresh-traffic", action="store_true", help="new simulated sessions every round")
 
 
@@ -405,7 +406,11 @@ def run(args: argparse.Namespace) -> int:
         address=args.address,
         seed=args.seed,
         common_traffic=not args.fresh_traffic,
-        update={k: v for k, v in (("lr", args.lr), ("epochs", args.epochs)) if v is not None},
+        update={
+            k: v
+            for k, v in (("lr", args.lr), ("epochs", args.epochs), ("advantage", args.advantage))
+            if v is not None
+        },
     )
     res = OnlineLoop(cfg).run_all()
     rounds = res["rounds"]
