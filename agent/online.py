@@ -208,8 +208,9 @@ class OnlineLoop:
             print(f"publishing the initial policy {policy}")
             registry.publish(policy)
         if not ray.is_initialized():
+            # Driving a running app (--url) means joining its Ray cluster, for the in-place swap.
             ray.init(
-                address=self.cfg.address,
+                address=self.cfg.address or ("auto" if self.cfg.url else None),
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,
