@@ -52,31 +52,30 @@ def make_version(kind: str) -> str:
     return f"{kind}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
 
 
-def save_checkpoint(
-    model: WholePageReranker,
+def write_model_folder(
+    state: dict[str, torch.Tensor],
     path: str | Path,
-    version: str | None = None,
-    extra: dict[str, Any] | None = None,
+    manifest: dict[str, Any],
+    fmt: str = FORMAT,
     overwrite: bool = False,
-) -> Checkpoint:
-    """Write `model` to the folder `path` atomically; return the written checkpoint's description."""
+) -> dict[str, Any]:
+    """Write weights + manifest (format, SHA-256, creation time added) to the folder `path` atomically.
+
+    The folder is built under a temporary sibling name and renamed into place, so a reader never sees a
+    half-written model. Returns the manifest as written.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise CheckpointError(f"checkpoint {path} already exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    version = version or make_version("reranker")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        torch.save(state, tmp / WEIGHTS)
-        digest = sha256_file(tmp / WEIGHTS)
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp / WEIGHTS)
         manifest = {
-            "format": FORMAT,
-            "version": version,
-            "sha256": digest,
+            "format": fmt,
+            "sha256": sha256_file(tmp / WEIGHTS),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "model_config": model.config.to_json(),
-            **(extra or {}),
+            **manifest,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
         if path.exists():
@@ -89,10 +88,11 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Checkpoint(path, version, digest, model.config, manifest)
+    return manifest
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
+def read_verified_manifest(path: str | Path, fmt: str = FORMAT) -> dict[str, Any]:
+    """The manifest of a model folder, after checking its format, fields and the weights' SHA-256."""
     path = Path(path)
     try:
         manifest = json.loads((path / MANIFEST).read_text())
@@ -100,18 +100,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no {MANIFEST} (not a checkpoint folder)") from e
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}/{MANIFEST}: not valid JSON ({e})") from e
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("format") != fmt:
+        raise CheckpointError(f"{path}: format {manifest.get('format')!r}, expected {fmt!r}")
     for key in ("version", "sha256", "model_config"):
         if key not in manifest:
             raise CheckpointError(f"{path}/{MANIFEST}: missing {key!r}")
-    return manifest
-
-
-def verify_checkpoint(path: str | Path) -> Checkpoint:
-    """Check manifest and SHA-256 without building the model."""
-    path = Path(path)
-    manifest = read_manifest(path)
     weights = path / WEIGHTS
     if not weights.exists():
         raise CheckpointError(f"{path}: no {WEIGHTS}")
@@ -120,19 +113,51 @@ def verify_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(
             f"{path}: checksum mismatch (manifest {manifest['sha256'][:12]}…, file {digest[:12]}…)"
         )
-    return Checkpoint(
-        path, manifest["version"], digest, RerankerConfig.from_json(manifest["model_config"]), manifest
+    return manifest
+
+
+def load_weights(module: torch.nn.Module, path: str | Path) -> None:
+    """Load a verified folder's weights into `module`; any failure is a bad checkpoint."""
+    try:
+        module.load_state_dict(torch.load(Path(path) / WEIGHTS, map_location="cpu", weights_only=True))
+    except Exception as e:  # noqa: BLE001 - any load failure is a bad checkpoint
+        raise CheckpointError(f"{path}: weights do not load into the configured model ({e})") from e
+
+
+def save_checkpoint(
+    model: WholePageReranker,
+    path: str | Path,
+    version: str | None = None,
+    extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Checkpoint:
+    """Write `model` to the folder `path` atomically; return the written checkpoint's description."""
+    version = version or make_version("reranker")
+    manifest = write_model_folder(
+        model.state_dict(),
+        path,
+        {"version": version, "model_config": model.config.to_json(), **(extra or {})},
+        overwrite=overwrite,
     )
+    return Checkpoint(Path(path), version, manifest["sha256"], model.config, manifest)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a reranker checkpoint, checksum verified."""
+    return read_verified_manifest(path)
+
+
+def verify_checkpoint(path: str | Path) -> Checkpoint:
+    """Check manifest and SHA-256 without building the model."""
+    manifest = read_verified_manifest(path)
+    config = RerankerConfig.from_json(manifest["model_config"])
+    return Checkpoint(Path(path), manifest["version"], manifest["sha256"], config, manifest)
 
 
 def load_checkpoint(path: str | Path) -> tuple[WholePageReranker, Checkpoint]:
     """Verify and load a checkpoint; the model comes back in eval mode."""
     ckpt = verify_checkpoint(path)
     model = WholePageReranker(ckpt.config)
-    try:
-        state = torch.load(Path(path) / WEIGHTS, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as e:  # noqa: BLE001 - any load failure is a bad checkpoint
-        raise CheckpointError(f"{path}: weights do not load into the configured model ({e})") from e
+    load_weights(model, path)
     model.eval()
     return model, ckpt

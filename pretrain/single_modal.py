@@ -16,11 +16,6 @@ SHA-256), written atomically like `pretrain.checkpoint`, whose hashing helpers t
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,14 +26,12 @@ from tqdm.auto import tqdm
 
 from envs.metrics import ndcg_of_scores
 from envs.pages import MODALITIES, MODALITY_ID, Pages, pad_items
-from pretrain.checkpoint import CheckpointError, make_version, sha256_file
+from pretrain.checkpoint import load_weights, make_version, read_verified_manifest, write_model_folder
 from pretrain.losses import listmle
 from pretrain.reranker import signed_log
 from pretrain.runtime import torch_threads
 
 FORMAT = "smar-single-modal/1"
-WEIGHTS = "weights.pt"
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -102,55 +95,21 @@ class SingleModalRanker(nn.Module):
 # ----------------------------------------------------------------------------- checkpoints
 def save_ranker(ranker: SingleModalRanker, path: str | Path, extra: dict | None = None) -> Path:
     """Write a ranker folder atomically (temp sibling, then rename); replaces an existing one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        torch.save({k: v.detach().cpu() for k, v in ranker.state_dict().items()}, tmp / WEIGHTS)
-        manifest = {
-            "format": FORMAT,
-            "version": make_version(f"single-modal-{ranker.modality}"),
-            "sha256": sha256_file(tmp / WEIGHTS),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "model_config": ranker.model_config(),
-            **(extra or {}),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.urandom(3).hex()}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    manifest = {
+        "version": make_version(f"single-modal-{ranker.modality}"),
+        "model_config": ranker.model_config(),
+        **(extra or {}),
+    }
+    write_model_folder(ranker.state_dict(), path, manifest, fmt=FORMAT, overwrite=True)
+    return Path(path)
 
 
 def load_ranker(path: str | Path) -> tuple[SingleModalRanker, dict]:
     """Verify the SHA-256 and load a ranker folder; returns (ranker in eval mode, manifest)."""
-    path = Path(path)
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path}: no {MANIFEST} (not a single-modal ranker folder)") from e
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}/{MANIFEST}: not valid JSON ({e})") from e
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    if not (path / WEIGHTS).exists():
-        raise CheckpointError(f"{path}: no {WEIGHTS}")
-    digest = sha256_file(path / WEIGHTS)
-    if digest != manifest.get("sha256"):
-        raise CheckpointError(f"{path}: checksum mismatch (manifest {str(manifest.get('sha256'))[:12]}…)")
+    manifest = read_verified_manifest(path, fmt=FORMAT)
     cfg = manifest["model_config"]
     ranker = SingleModalRanker(cfg["modality"], cfg["feature_dim"], cfg["hidden"])
-    try:
-        ranker.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
-    except Exception as e:  # noqa: BLE001 - any load failure is a bad checkpoint
-        raise CheckpointError(f"{path}: weights do not load ({e})") from e
+    load_weights(ranker, path)
     ranker.eval()
     return ranker, manifest
 
