@@ -21,8 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--simulate-sessions", type=int, default=1000)
     p.add_argument("--train-iterations", type=int, default=8)
-    p.add_argument("--online-rounds", type=int, default=3)
-    p.add_argument("--impressions-per-round", type=int, default=1000)
+    p.add_argument("--online-rounds", type=int, default=4)
+    p.add_argument("--impressions-per-round", type=int, default=1500)
 
 
 def _stage(title: str, t0: float) -> None:
