@@ -94,25 +94,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_policy(cfg: OnlineConfig) -> Path:
-    """The initial policy: --policy, else the default trained policy (pretraining/training it if missing)."""
-    if cfg.policy:
-        return Path(cfg.policy)
-    policy = Path(cfg.train_out) / "policy"
-    if (policy / "manifest.json").exists():
-        return policy
-    from pretrain.run import PretrainRun
-
+def ensure_run(cfg: OnlineConfig) -> Path:
+    """The pretrain run: --run, pretrained on the default world first if it does not exist."""
     if not (Path(cfg.run) / "run.json").exists():
         from pretrain.train import run_pretrain
 
         print(f"no pretrain run at {cfg.run}: pretraining the default one")
         run_pretrain(None, cfg.run)
-    PretrainRun.open(cfg.run)
+    return Path(cfg.run)
+
+
+def ensure_policy(cfg: OnlineConfig) -> Path:
+    """The initial policy: --policy, else the default trained policy (trained first if missing)."""
+    if cfg.policy:
+        return Path(cfg.policy)
+    policy = Path(cfg.train_out) / "policy"
+    if (policy / "manifest.json").exists():
+        return policy
     from agent.train import TrainConfig, train_policy
 
     print(f"no trained policy at {policy}: training the default constrained policy")
-    return train_policy(TrainConfig(out=cfg.train_out, run=cfg.run, seed=cfg.seed)).policy_path
+    return train_policy(TrainConfig(out=cfg.train_out, run=str(ensure_run(cfg)), seed=cfg.seed)).policy_path
 
 
 def _settle_logs() -> None:
@@ -169,7 +171,7 @@ class OnlineLoop:
         self.out.mkdir(parents=True, exist_ok=True)
         self.update_cfg = UpdateConfig(**cfg.update)
         self.gate_cfg = GateConfig(**cfg.gate)
-        self.run = PretrainRun.open(cfg.run)
+        self.run = PretrainRun.open(ensure_run(cfg))
         self.split = self.run.split("traffic")
         self.registry_dir = Path(cfg.registry or self.out / "registry")
         self.log_dir = Path(cfg.log_dir or self.out / "logs")
