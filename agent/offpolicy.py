@@ -67,6 +67,27 @@ class LoggedBatch:
             self.ts_ms[idx],
         )
 
+    @staticmethod
+    def concat(parts: list[LoggedBatch]) -> LoggedBatch:
+        parts = [b for b in parts if len(b)]
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        return LoggedBatch(
+            Pages.concat([b.pages for b in parts]),
+            *(
+                np.concatenate([getattr(b, f) for b in parts])
+                for f in (
+                    "ranking",
+                    "logged_logp",
+                    "reward",
+                    "temperature",
+                    "event_id",
+                    "model_version",
+                    "ts_ms",
+                )
+            ),
+        )
+
     def split_holdout(self, fraction: float, seed: int) -> tuple[LoggedBatch, LoggedBatch]:
         """(train, holdout) split by event, seeded: the gate judges on impressions the update never saw."""
         rng = np.random.default_rng(seed)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 DEFAULT_OUT = "runs/online"
 DEFAULT_RUN = "runs/pretrain"
@@ -56,6 +57,9 @@ class OnlineConfig:
     temperature: float = 0.5  # exploration temperature of the endpoint
     concurrency: int = 4
     holdout_fraction: float = 0.3
+    # The update also replays the logs of up to this many previous rounds (each impression keeps its own
+    # logging propensities, so old data stays valid off-policy; PPO's clip down-weights stale policies).
+    replay_rounds: int = 3
     # Common random numbers: every round replays the same simulated sessions and user randomness, so
     # round-to-round changes in live reward come from the policy, not from which users arrived.
     common_traffic: bool = True
@@ -136,13 +140,16 @@ def plot_rounds(rounds: list[dict], path: Path) -> Path:
 
     x = [r["round"] for r in rounds]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax[0].plot(x, [r["live_reward"] for r in rounds], "o-", label="live reward (observed)")
+    se = [1.96 * r.get("live_reward_se", 0.0) for r in rounds]
+    ax[0].errorbar(
+        x, [r["live_reward"] for r in rounds], yerr=se, fmt="o-", capsize=3, label="live reward ±95%"
+    )
     for r in rounds:
         if r["published"]:
             ax[0].axvline(r["round"] + 0.5, color="tab:green", alpha=0.25)
     ax[0].set_xlabel("round")
     ax[0].set_ylabel("reward per impression")
-    ax[0].set_title("live reward (green: a new version published after the round)")
+    ax[0].set_title("live reward (green line: new version published)")
     ax[1].plot(x, [r["consistency"] for r in rounds], "o-", label="serving version")
     ax[1].plot(x, [r["candidate_consistency"] for r in rounds], "x--", label="candidate")
     ax[1].axhline(rounds[0]["consistency_target"], color="tab:red", ls=":", label="target")
@@ -250,7 +257,13 @@ class OnlineLoop:
 
     def round(self, r: int) -> dict:
         from agent.gate import gate, reward_model_for
-        from agent.offpolicy import logged_batch, offpolicy_update, save_candidate, topk_consistency
+        from agent.offpolicy import (
+            LoggedBatch,
+            logged_batch,
+            offpolicy_update,
+            save_candidate,
+            topk_consistency,
+        )
         from agent.traffic import run_traffic
         from pretrain.checkpoint import make_version
         from serving import deploy
@@ -273,6 +286,22 @@ class OnlineLoop:
         logs = read_logs(self.log_dir, since_ts=self.state["cursor_ms"] / 1000.0)
         batch = logged_batch(logs, model.config.feature_dims, cfg.slate_size)
         train, holdout = batch.split_holdout(cfg.holdout_fraction, seed=cfg.seed * 1000 + r)
+        # Keep this round's logs as our own replay file (read once from the log folder, never again).
+        replay_dir = self.out / "replay"
+        replay_dir.mkdir(parents=True, exist_ok=True)
+        tmp = replay_dir / f".round-{r:04d}.parquet.tmp"
+        pq.write_table(logs, tmp)
+        os.replace(tmp, replay_dir / f"round-{r:04d}.parquet")
+        previous = [
+            logged_batch(
+                pq.read_table(replay_dir / f"round-{q:04d}.parquet"),
+                model.config.feature_dims,
+                cfg.slate_size,
+            )
+            for q in range(max(0, r - cfg.replay_rounds), r)
+            if (replay_dir / f"round-{q:04d}.parquet").exists()
+        ]
+        train = LoggedBatch.concat([*previous, train])
         target = self.state["consistency_target"]
         t1 = time.time()
         candidate, ustats = offpolicy_update(model, train, target, self.update_cfg)
@@ -329,6 +358,7 @@ class OnlineLoop:
             "candidate_consistency": decision.consistency,
             "consistency_target": target,
             "live_reward": traffic.observed_reward,
+            "live_reward_se": traffic.observed_reward_se,
             "live_env_reward": traffic.env_reward,
             "impressions": traffic.impressions,
             "logged_impressions": len(batch),

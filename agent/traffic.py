@@ -33,6 +33,7 @@ class TrafficStats:
     sessions: int = 0
     failed_requests: int = 0
     observed_reward: float = 0.0  # mean per impression
+    observed_reward_se: float = 0.0  # its standard error
     env_reward: float = 0.0  # mean per impression
     clicks: int = 0
     satisfied_clicks: int = 0
@@ -122,6 +123,7 @@ def run_traffic(
                     with lock:
                         state["impressions"] += 1
                         totals["observed"] += observed
+                        totals["observed_sq"] += observed**2
                         totals["env"] += float(reward.item_rewards(out).sum())
                         totals["clicks"] += int(out.click.sum())
                         totals["satisfied"] += int(out.satisfied_click.sum())
@@ -135,6 +137,8 @@ def run_traffic(
     n = max(state["impressions"], 1)
     stats.impressions = state["impressions"]
     stats.observed_reward = totals["observed"] / n
+    var = max(totals["observed_sq"] / n - stats.observed_reward**2, 0.0)
+    stats.observed_reward_se = (var / n) ** 0.5
     stats.env_reward = totals["env"] / n
     stats.clicks = totals["clicks"]
     stats.satisfied_clicks = totals["satisfied"]
