@@ -377,6 +377,13 @@ class OnlineLoop:
         return rec
 
     def run_all(self) -> dict:
+        if self.state["round"] >= self.cfg.rounds:
+            print(f"{self.out}: all {self.cfg.rounds} rounds already done")
+            return {
+                "report": str(self.report_path),
+                "plot": str(plot_rounds(self.state["rounds"], self.out / "online.png")),
+                "rounds": self.state["rounds"],
+            }
         self.start()
         try:
             while self.state["round"] < self.cfg.rounds:
@@ -402,6 +409,41 @@ class OnlineLoop:
         return {"report": str(self.report_path), "plot": str(plot), "rounds": self.state["rounds"]}
 
 
+def evaluate_versions(loop: OnlineLoop, sessions: int, seeds: int = 2) -> list[dict]:
+    """Re-evaluate every version the registry served, offline in the simulator, at the serving temperature.
+
+    One round's live reward is noisy; this replays `sessions` simulated sessions per seed on the traffic
+    split for each version and reports the observed reward per page (the quantity the loop optimises).
+    """
+    from agent.offpolicy import observed_reward
+    from agent.simulate import score_policy
+    from envs.serp_env import RewardConfig
+    from envs.simulation import SimulationConfig, simulate
+    from pretrain.checkpoint import load_checkpoint
+    from serving.registry import Registry
+
+    registry = Registry(loop.registry_dir)
+    out = []
+    for version in registry.stack():
+        model, _ = load_checkpoint(registry.versions_dir / version)
+        values = []
+        for seed in range(seeds):
+            log = simulate(
+                score_policy(version, model.score_pages, loop.cfg.temperature),
+                loop.split.pages,
+                loop.split.truth,
+                SimulationConfig(sessions=sessions, slate_size=loop.cfg.slate_size, seed=seed),
+            )
+            click = np.asarray(log.feedback["click"].to_numpy(zero_copy_only=False), np.float64)
+            dwell = np.asarray(log.feedback["dwell"].to_numpy(zero_copy_only=False), np.float64)
+            values.append(float(observed_reward(click, dwell, RewardConfig()).sum() / log.pages.num_rows))
+        out.append({"version": version, "observed_reward": float(np.mean(values)), "per_seed": values})
+        print(
+            f"  {version:<40} observed reward/page {np.mean(values):.4f}  (seeds: {np.round(values, 4).tolist()})"
+        )
+    return out
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = OnlineConfig()
     p.add_argument("--rounds", type=int, default=d.rounds)
@@ -420,6 +462,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate of the off-policy update")
     p.add_argument("--epochs", type=int, default=None, help="passes over each round's logs")
     p.add_argument("--advantage", choices=("reward_to_go", "immediate"), default=None)
+    p.add_argument(
+        "--evaluate-versions",
+        type=int,
+        default=0,
+        metavar="SESSIONS",
+        help="afterwards, re-evaluate every served version offline with this many sessions per seed",
+    )
     p.add_argument("--fresh-traffic", action="store_true", help="new simulated sessions every round")
 
 
@@ -445,8 +494,23 @@ def run(args: argparse.Namespace) -> int:
             if v is not None
         },
     )
-    res = OnlineLoop(cfg).run_all()
+    loop = OnlineLoop(cfg)
+    res = loop.run_all()
     rounds = res["rounds"]
+    if args.evaluate_versions:
+        print(
+            f"offline re-evaluation of each version ({args.evaluate_versions} sessions x 2 seeds, T={cfg.temperature}):"
+        )
+        loop.state["offline_versions"] = evaluate_versions(loop, args.evaluate_versions)
+        _atomic_json(loop.state_path, loop.state)
+        _atomic_json(
+            loop.report_path,
+            {
+                "rounds": rounds,
+                "offline_versions": loop.state["offline_versions"],
+                "config": loop.state["config"],
+            },
+        )
     print(
         f"live reward: first round {rounds[0]['live_reward']:.4f}, last round {rounds[-1]['live_reward']:.4f}; "
         f"failed requests: {sum(r['failed_requests'] for r in rounds)}; "
