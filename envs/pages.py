@@ -143,14 +143,6 @@ class Pages:
         kw["offsets"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         return Pages(feature_dims=dict(dims), **kw)
 
-    @property
-    def max_feature_dim(self) -> int:
-        return self.features.shape[1]
-
-
-def padded_feature_dim(feature_dims: dict[str, int]) -> int:
-    return max(feature_dims.values()) if feature_dims else 0
-
 
 def pad_items(pages: Pages, values: np.ndarray, n_max: int, fill: float = 0.0) -> np.ndarray:
     """Scatter a per-item array (T, ...) into padded page slots (P, n_max, ...).

@@ -21,7 +21,6 @@ Latent model, per query q (with user u) and item i of modality m:
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -82,13 +81,6 @@ class ItemTruth:
     relevance: np.ndarray  # (T,) int8, true cross-modal grade 0..4
     attractiveness: np.ndarray  # (T,) float32 in (0, 1)
     preferred_modality: np.ndarray  # (P,) int8, the query's intent
-
-    def select(self, pages: Pages, idx: np.ndarray) -> ItemTruth:
-        idx = np.asarray(idx, np.int64)
-        item_idx = np.concatenate([np.arange(pages.offsets[p], pages.offsets[p + 1]) for p in idx])
-        return ItemTruth(
-            self.relevance[item_idx], self.attractiveness[item_idx], self.preferred_modality[idx]
-        )
 
 
 @dataclass
@@ -336,7 +328,3 @@ def format_summary(summary: dict) -> str:
         )
         lines.append(f"  {name:<22}{s['pages']:>7}{s['items']:>9}  {mods}")
     return "\n".join(lines)
-
-
-def summary_json(summary: dict) -> str:
-    return json.dumps(summary, indent=2)

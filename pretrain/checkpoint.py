@@ -142,11 +142,6 @@ def save_checkpoint(
     return Checkpoint(Path(path), version, manifest["sha256"], model.config, manifest)
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of a reranker checkpoint, checksum verified."""
-    return read_verified_manifest(path)
-
-
 def verify_checkpoint(path: str | Path) -> Checkpoint:
     """Check manifest and SHA-256 without building the model."""
     manifest = read_verified_manifest(path)

@@ -68,11 +68,6 @@ def entropy_estimate(logits: torch.Tensor, k: int, samples: int = 8) -> torch.Te
     return total
 
 
-def conditional_propensities(logits: torch.Tensor, ranking: torch.Tensor) -> torch.Tensor:
-    """P(item a_k is placed at position k given the items above it), [..., k] in (0, 1]."""
-    return stepwise_log_probs(logits, ranking).exp()
-
-
 def kl_estimate(p_logits: torch.Tensor, q_logits: torch.Tensor, k: int, samples: int = 4) -> torch.Tensor:
     """KL(P || Q) between two top-k Plackett-Luce distributions, [...]; always >= 0, 0 when P == Q.
 
