@@ -134,3 +134,25 @@ def test_class_per_k_is_cached_and_picklable():
     assert pickle.loads(pickle.dumps(cls)) is cls
     d = pickle.loads(pickle.dumps(cls.from_logits(torch.zeros(2, 6))))
     assert d.k == 5 and d.sample().shape == (2, 5)
+
+
+def test_stepwise_log_probs_matches_the_position_loop() -> None:
+    """The vectorised normaliser equals the obvious loop (remove each placed item, renormalise)."""
+    from pretrain.plackett_luce import NEG, masked_logits, sample_topk, stepwise_log_probs
+
+    gen = torch.Generator().manual_seed(0)
+    for n, k in ((5, 5), (12, 4), (50, 50), (40, 10)):
+        scores = torch.randn(7, n, generator=gen) * 3
+        mask = torch.rand(7, n, generator=gen) > 0.1
+        mask[:, :k] = True
+        logits = masked_logits(scores, mask)
+        ranking = sample_topk(logits, k, generator=gen)
+        remaining, expected = logits, []
+        for pos in range(k):
+            expected.append(
+                logits.gather(-1, ranking[:, pos : pos + 1]).squeeze(-1) - torch.logsumexp(remaining, -1)
+            )
+            remaining = remaining.scatter(-1, ranking[:, pos : pos + 1], NEG)
+        torch.testing.assert_close(
+            stepwise_log_probs(logits, ranking), torch.stack(expected, -1), atol=1e-4, rtol=1e-5
+        )
