@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 
 from agent.offpolicy import LoggedBatch, topk_consistency
@@ -64,12 +63,9 @@ class GateDecision:
 
 def reward_model_for(batch: LoggedBatch) -> PositionModalityRewardModel:
     """The DR reward model, fitted on the update's training impressions (not the held-out ones)."""
-    shown_modality = np.take_along_axis(_modality_matrix(batch), batch.ranking, axis=1)
+    pages = batch.pages
+    shown_modality = pages.modality[pages.offsets[:-1, None] + batch.ranking]
     return PositionModalityRewardModel.fit(shown_modality, batch.reward)
-
-
-def _modality_matrix(batch: LoggedBatch) -> np.ndarray:
-    return collate(batch.pages).modality.numpy()
 
 
 @torch.no_grad()

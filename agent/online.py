@@ -265,6 +265,7 @@ class OnlineLoop:
             topk_consistency,
         )
         from agent.traffic import run_traffic
+        from envs.simulation import write_parquet_atomic
         from pretrain.checkpoint import make_version
         from serving import deploy
         from serving.feedback_log import read_logs
@@ -288,10 +289,7 @@ class OnlineLoop:
         train, holdout = batch.split_holdout(cfg.holdout_fraction, seed=cfg.seed * 1000 + r)
         # Keep this round's logs as our own replay file (read once from the log folder, never again).
         replay_dir = self.out / "replay"
-        replay_dir.mkdir(parents=True, exist_ok=True)
-        tmp = replay_dir / f".round-{r:04d}.parquet.tmp"
-        pq.write_table(logs, tmp)
-        os.replace(tmp, replay_dir / f"round-{r:04d}.parquet")
+        write_parquet_atomic(logs, replay_dir / f"round-{r:04d}.parquet")
         previous = [
             logged_batch(
                 pq.read_table(replay_dir / f"round-{q:04d}.parquet"),
@@ -343,10 +341,9 @@ class OnlineLoop:
                 thread.join()
             probe_failed = probe["stats"].failed_requests
             probe_n = probe["stats"].impressions
-        cursor = int(batch.ts_ms.max()) + 1 if len(batch) else self.state["cursor_ms"]
-        # Anything logged after the newest trained-on impression (e.g. the swap probe) is read next round.
-        cursor = max(
-            cursor, int(pc.max(logs["ts"]).cast(pa.int64()).as_py()) + 1 if logs.num_rows else cursor
+        # The next round reads what was logged after everything read now (e.g. the swap probe).
+        cursor = (
+            int(pc.max(logs["ts"]).cast(pa.int64()).as_py()) + 1 if logs.num_rows else self.state["cursor_ms"]
         )
         rec = {
             "round": r,
