@@ -10,10 +10,13 @@ For each seed, every method is evaluated as a deterministic policy (top-K by sco
   ppo_scratch        PPO from a fresh network of the same shape, constraint on
   ppo_unconstrained  PPO from SMAR, constraint off
   ppo_constrained    PPO from SMAR, consistency constraint on (Lagrangian, target 0.97 x SMAR's)
-Every RL method gets the same env-step budget (iterations x train batch). Two simulator-truth
-references are reported apart from the methods, as ceilings of what any ranking can earn here:
-`oracle_relevance` (sort by true grade, attractiveness as tie-break) and `greedy_oracle` (per page,
-positions filled greedily by Monte-Carlo expected page reward under the true user model).
+Every RL method gets the same env-step budget (iterations x train batch). Reference policies, reported
+apart from the methods, map the reward landscape (what a ranking can earn here and why):
+  smar_modality_offsets  SMAR's scores plus one fixed offset per modality: SMAR's within-modality order
+                         kept, only the interleaving changed (what the constraint leaves free)
+  oracle_relevance       sort by true grade, attractiveness as tie-break (uses simulator truth)
+  truth_offsets          true grade + attractiveness + per-modality offsets (uses simulator truth)
+Offsets are grid-searched on `traffic` sessions (`reward_landscape.best_offsets`), never on `test`.
 
 Writes DIR/report.json ({"methods": {NAME: {metric: {"mean", "std"}, "env_steps": n}}, ...}, std over
 seeds), DIR/learning_curves.png (evaluation reward and consistency against env steps for the RL
@@ -30,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.evaluation import METRICS, evaluate_policy, random_scorer
+from agent.reward_landscape import reference_policies
 from agent.train import DEFAULT_RUN, TrainConfig, serp_config_for, train_policy
 
 RL_METHODS = ("ppo_scratch", "ppo_unconstrained", "ppo_constrained")
@@ -50,36 +54,6 @@ def ensure_run(path: str | Path, progress: bool = True):
         print(f"no pretrain run at {path}: training the default world's SMAR run there (smar pretrain)")
         with torch_threads(1):
             return run_pretrain(None, path, progress=progress)
-
-
-def greedy_oracle_scorer(truth, serp, samples: int = 48, seed: int = 0):
-    """Ceiling reference (uses simulator truth): per page, fill positions 1..K greedily with the item
-    maximising the Monte-Carlo expected page reward under the true user model, given the items above."""
-    from envs.user_model import UserModel
-
-    um = UserModel(serp.user)
-    k = serp.slate_size
-
-    def score(pages) -> np.ndarray:
-        rng = np.random.default_rng(seed)
-        out = np.zeros(pages.n_items, np.float32)
-        for p in range(len(pages)):
-            sl = pages.item_slice(p)
-            rel = truth.relevance[sl].astype(np.int64)
-            att, mod = truth.attractiveness[sl], pages.modality[sl].astype(np.int64)
-            chosen: list[int] = []
-            for _ in range(min(k, len(rel))):
-                cands = np.array([c for c in range(len(rel)) if c not in chosen])
-                slates = np.repeat(np.array([[*chosen, c] for c in cands]), samples, axis=0)
-                res = um.simulate(rel[slates], att[slates], mod[slates], None, rng)
-                gain = serp.reward.item_rewards(res).sum(1).reshape(len(cands), samples).mean(1)
-                chosen.append(int(cands[int(np.argmax(gain))]))
-            s = np.zeros(len(rel), np.float32)
-            s[chosen] = np.arange(len(chosen), 0, -1)
-            out[sl] = s
-        return out
-
-    return score
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -214,23 +188,10 @@ def run_bench(args) -> dict:
         methods[name]["env_steps"] = int(np.mean(env_steps[name])) if name in env_steps else 0
         if name in timings:
             methods[name]["train_seconds"] = _stats(timings[name])
-    oracle_scores = test.truth.relevance.astype(np.float32) + test.truth.attractiveness
-    ceilings = {
-        "oracle_relevance": evaluate_policy(
-            lambda _p: oracle_scores, test.pages, test.truth, seed=1_000, repeats=args.eval_repeats, serp=serp
-        ),
-        "greedy_oracle": evaluate_policy(
-            greedy_oracle_scorer(test.truth, serp),
-            test.pages,
-            test.truth,
-            seed=1_000,
-            repeats=args.eval_repeats,
-            serp=serp,
-        ),
-    }
+    references = reference_policies(run, smar, serp, seed=1_000, repeats=args.eval_repeats)
     report = {
         "methods": methods,
-        "ceilings_using_simulator_truth": ceilings,
+        "references": references,
         "checks": checks(methods),
         "setup": {
             "run": str(run.root),
@@ -258,9 +219,9 @@ def format_report(report: dict) -> str:
     for name, m in report["methods"].items():
         cells = "".join(f"{m[c]['mean']:>15.4f} ± {m[c]['std']:<6.4f}" for c in cols)
         lines.append(f"{name:<20}{cells}{m['env_steps']:>11}")
-    for name, m in report["ceilings_using_simulator_truth"].items():
+    for name, m in report["references"].items():
         cells = "".join(f"{m[c]:>15.4f}{'':9}" for c in cols)
-        lines.append(f"{name + ' (truth)':<20}{cells}{'-':>11}")
+        lines.append(f"{name + ' (ref)':<20}{cells}{'-':>11}")
     lines.append("")
     for name, c in report["checks"].items():
         figs = ", ".join(f"{k}={v:.4f}" for k, v in c.items() if k != "pass")
