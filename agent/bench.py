@@ -10,13 +10,10 @@ For each seed, every method is evaluated as a deterministic policy (top-K by sco
   ppo_scratch        PPO from a fresh network of the same shape, constraint on
   ppo_unconstrained  PPO from SMAR, constraint off
   ppo_constrained    PPO from SMAR, consistency constraint on (Lagrangian, target 0.97 x SMAR's)
-Every RL method gets the same env-step budget (iterations x train batch). Reference policies, reported
-apart from the methods, map the reward landscape (what a ranking can earn here and why):
-  smar_modality_offsets  SMAR's scores plus one fixed offset per modality: SMAR's within-modality order
-                         kept, only the interleaving changed (what the constraint leaves free)
-  oracle_relevance       sort by true grade, attractiveness as tie-break (uses simulator truth)
-  truth_offsets          true grade + attractiveness + per-modality offsets (uses simulator truth)
-Offsets are grid-searched on `traffic` sessions (`reward_landscape.best_offsets`), never on `test`.
+Every RL method gets the same env-step budget (iterations x train batch). Reference policies
+(`agent.reward_landscape`: SMAR with the best per-modality offsets, simulator-truth ceilings, the
+untrained networks ppo_scratch starts from) are reported apart from the methods: they map what any
+ranking can earn in the simulator and why.
 
 Writes DIR/report.json ({"methods": {NAME: {metric: {"mean", "std"}, "env_steps": n}}, ...}, std over
 seeds), DIR/learning_curves.png (evaluation reward and consistency against env steps for the RL

@@ -6,6 +6,9 @@ the simulator, and on what earns it. These references answer that with figures, 
   smar_modality_offsets  SMAR's scores + one fixed offset per modality. SMAR's within-modality order is
                          kept (consistency stays SMAR's) and only the interleaving moves: roughly what
                          the consistency constraint leaves PPO free to change, without page context.
+  smar_attractiveness_offsets  SMAR's scores + a weight x true attractiveness + per-modality offsets
+                         (simulator truth): within-modality order bent toward what draws clicks while
+                         consistency stays near the constraint's level; a ceiling for constrained PPO.
   oracle_relevance       sort by true grade, attractiveness as tie-break (simulator truth).
   truth_offsets          true grade + a weight x attractiveness + per-modality offsets (simulator
                          truth): a practical ceiling for rankings that know what the users will do.
@@ -30,6 +33,7 @@ from envs.world import ItemTruth
 OFFSET_GRID = (-5.0, 0.0, 2.0, 5.0, 10.0, 30.0)  # doc stays at 0; in units of the base score
 TRUTH_OFFSET_GRID = (0.0, 2.0, 5.0, 10.0)  # the grade's units (0..4)
 ATTRACT_WEIGHTS = (0.0, 4.0, 12.0)  # truth_offsets: weight of attractiveness next to the grade
+SMAR_ATTRACT_WEIGHTS = (1.0, 4.0)  # smar_attractiveness_offsets (SMAR's page score std is ~2.5)
 SEARCH_SESSIONS = 300  # traffic sessions the grid search plays (x 2 repeats)
 
 
@@ -79,6 +83,23 @@ def reference_policies(run, smar, serp, seed: int, repeats: int, fresh_seeds: in
     out: dict[str, dict] = {}
     off, _ = best_offsets(smar.score_pages, search_pages, search_truth, serp)
     out["smar_modality_offsets"] = {**ev(with_offsets(smar.score_pages, off)), "offsets": off.tolist()}
+
+    best = None
+    for w in SMAR_ATTRACT_WEIGHTS:
+        o, r = best_offsets(
+            lambda p, w=w: smar.score_pages(p) + w * search_truth.attractiveness,
+            search_pages,
+            search_truth,
+            serp,
+        )
+        if best is None or r > best[2]:
+            best = (w, o, r)
+    w, o, _ = best
+    out["smar_attractiveness_offsets"] = {
+        **ev(with_offsets(lambda p: smar.score_pages(p) + w * test.truth.attractiveness, o)),
+        "attractiveness_weight": w,
+        "offsets": o.tolist(),
+    }
 
     def truth_score(truth, weight: float) -> Callable[[Pages], np.ndarray]:
         return lambda _p: truth.relevance.astype(np.float32) + weight * truth.attractiveness
