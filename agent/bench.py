@@ -17,7 +17,8 @@ ranking can earn in the simulator and why.
 
 Writes DIR/report.json ({"methods": {NAME: {metric: {"mean", "std"}, "env_steps": n}}, ...}, std over
 seeds), DIR/learning_curves.png (evaluation reward and consistency against env steps for the RL
-methods, mean and min-max spread over seeds) and DIR/runs/{method}/seed{s}/ (each run's `smar train` folder).
+methods, mean and min-max spread over seeds), DIR/reward_vs_ndcg.png (every method and reference) and
+DIR/runs/{method}/seed{s}/ (each run's `smar train` folder).
 """
 
 from __future__ import annotations
@@ -102,6 +103,49 @@ def plot_curves(histories: dict[str, list[list[dict]]], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("PPO learning curves: mean and min-max over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_landscape(methods: dict, references: dict, path: Path) -> Path:
+    """Session reward against NDCG@10 for every method (mean, std bars) and reference policy: whether
+    the simulator's reward rewards relevance is visible at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for name, m in methods.items():
+        ax.errorbar(
+            m["ndcg@10"]["mean"],
+            m["reward"]["mean"],
+            xerr=m["ndcg@10"]["std"],
+            yerr=m["reward"]["std"],
+            marker="o",
+            capsize=3,
+            linestyle="none",
+            label=name,
+        )
+    for name, m in references.items():
+        ax.plot(m["ndcg@10"], m["reward"], marker="x", color="gray", linestyle="none")
+        ax.annotate(
+            name,
+            (m["ndcg@10"], m["reward"]),
+            fontsize=7,
+            color="gray",
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    if "smar" in methods:
+        ax.axhline(1.10 * methods["smar"]["reward"]["mean"], color="k", linestyle=":", label="1.10 x smar")
+    ax.set_xlabel("NDCG@10 of the shown slate (true grades)")
+    ax.set_ylabel("session reward (held-out test sessions)")
+    ax.set_title("Reward vs relevance: methods (o, mean ± std over seeds) and references (x)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -206,6 +250,7 @@ def run_bench(args) -> dict:
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     plot_curves(histories, out / "learning_curves.png")
+    plot_landscape(methods, references, out / "reward_vs_ndcg.png")
     return report
 
 
@@ -242,5 +287,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     report = run_bench(args)
     print(format_report(report))
-    print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'learning_curves.png'}")
+    names = ", ".join(
+        str(Path(args.out) / f) for f in ("report.json", "learning_curves.png", "reward_vs_ndcg.png")
+    )
+    print(f"wrote {names}")
     return 0
