@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -90,12 +89,6 @@ def _atomic_json(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_run(cfg: OnlineConfig) -> Path:
@@ -227,7 +220,7 @@ class OnlineLoop:
         if self.owns_app:
             cfg = with_overrides(
                 load_config(),
-                port=_free_port(),
+                port=deploy.free_port(),
                 num_cpus=self.cfg.num_cpus,
                 args={"registry": str(self.registry_dir), "log_dir": str(self.log_dir)},
                 user_config={

@@ -10,17 +10,10 @@ the app actually returned, so the logged clicks are what a learner would see onl
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serving_demo(
@@ -48,7 +41,7 @@ def serving_demo(
     version = reg.publish(checkpoint)
     cfg = with_overrides(
         load_config(),
-        port=port or _free_port(),
+        port=port or deploy.free_port(),
         num_cpus=num_cpus,
         args={"registry": str(reg.root), "log_dir": str(out / "logs")},
     )

@@ -12,6 +12,7 @@ which restarts replicas, whereas re-applying a config whose only change is a dep
 from __future__ import annotations
 
 import copy
+import socket
 import time
 from typing import Any
 
@@ -28,6 +29,13 @@ def _client():
     from ray.serve.context import _get_global_client
 
     return _get_global_client()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (for demos and tests that start their own endpoint)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def base_url(config: dict[str, Any]) -> str:

@@ -12,7 +12,6 @@ import argparse
 import copy
 import json
 import shutil
-import socket
 import threading
 import time
 from types import SimpleNamespace
@@ -31,12 +30,6 @@ from serving.settings import APP_NAME, load_config, with_overrides
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(ray_session, serving_ckpts, tiny_world, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve_app")
@@ -45,7 +38,7 @@ def app(ray_session, serving_ckpts, tiny_world, tmp_path_factory):
     log_dir = root / "logs"
     cfg = with_overrides(
         load_config(),
-        port=_free_port(),
+        port=deploy.free_port(),
         replicas=2,
         num_cpus=0.5,
         args={
