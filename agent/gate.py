@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from agent.offpolicy import LoggedBatch, topk_consistency
+from agent.learner import topk_consistency
+from agent.offpolicy import LoggedBatch
 from agent.ope import Estimate, PositionModalityRewardModel, cascade_terms, estimate, on_policy_value
 from pretrain.page import collate
 from pretrain.reranker import WholePageReranker

@@ -34,9 +34,11 @@ from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
 
 from agent.rl_module import SCORES
+from envs.pages import Pages
 from pretrain import plackett_luce as pl
 from pretrain.checkpoint import load_checkpoint
 from pretrain.losses import pairwise_consistency
+from pretrain.page import collate
 from pretrain.reranker import WholePageReranker
 
 # Metric names (learner results, under the module id).
@@ -213,3 +215,17 @@ class ConstrainedPPOLearner(PPOTorchLearner):
         if "constraint" in state:
             self.multipliers = dict(state["constraint"]["multipliers"])
             self.targets = dict(state["constraint"]["targets"])
+
+
+def topk_consistency(model: WholePageReranker, pages: Pages, k: int) -> float:
+    """Within-modality agreement of the model's deterministic top-K with the single-modal scores over
+    `pages`: the constraint's measure (`topk_agreement`), so targets and measurements agree."""
+    model.eval()
+    mass = pairs = 0.0
+    for start in range(0, len(pages), 512):
+        part = pages.select(slice(start, start + 512))
+        pb = collate(part)
+        scores = model.score_batch(pb)
+        m, c = topk_agreement(scores, pb.single_modal_score, pb.modality, pb.mask & pb.has_score, k)
+        mass, pairs = mass + float(m), pairs + float(c)
+    return mass / pairs if pairs else float("nan")

@@ -263,19 +263,6 @@ def offpolicy_update(
 
 
 @torch.no_grad()
-def topk_consistency(model: WholePageReranker, pages: Pages, k: int) -> float:
-    """Within-modality agreement of the model's deterministic top-K with the single-modal scores."""
-    model.eval()
-    mass = pairs = 0.0
-    for start in range(0, len(pages), 512):
-        part = pages.select(slice(start, start + 512))
-        pb = collate(part)
-        scores = model.score_batch(pb)
-        m, c = topk_agreement(scores, pb.single_modal_score, pb.modality, pb.mask & pb.has_score, k)
-        mass, pairs = mass + float(m), pairs + float(c)
-    return mass / pairs if pairs else float("nan")
-
-
 def save_candidate(model: WholePageReranker, path: str | Path, version: str, extra: dict) -> Path:
     from pretrain.checkpoint import save_checkpoint
 

@@ -162,7 +162,8 @@ class OnlineLoop:
         import torch
 
         from agent.gate import GateConfig
-        from agent.offpolicy import UpdateConfig, topk_consistency
+        from agent.learner import topk_consistency
+        from agent.offpolicy import UpdateConfig
         from pretrain.run import PretrainRun
 
         torch.set_num_threads(1)
@@ -250,12 +251,12 @@ class OnlineLoop:
 
     def round(self, r: int) -> dict:
         from agent.gate import gate, reward_model_for
+        from agent.learner import topk_consistency
         from agent.offpolicy import (
             LoggedBatch,
             logged_batch,
             offpolicy_update,
             save_candidate,
-            topk_consistency,
         )
         from agent.traffic import run_traffic
         from envs.simulation import write_parquet_atomic

@@ -175,23 +175,6 @@ def policy_network(algo, config_json: dict):
     return net.eval()
 
 
-def smar_agreement(net, pages, k: int) -> float:
-    """Deterministic top-K within-modality agreement of a reranker on pages (the constraint's measure)."""
-    from agent.evaluation import topk_slates
-    from envs.metrics import shown_order_agreement
-
-    scores = net.score_pages(pages)
-    slates = topk_slates(scores, pages, k)
-    mass = pairs = 0.0
-    for p, slate in enumerate(slates):
-        sl = pages.item_slice(p)
-        a, n = shown_order_agreement(slate, pages.single_modal_score[sl], pages.modality[sl])
-        if n:
-            mass += a * n
-            pairs += n
-    return mass / pairs if pairs else float("nan")
-
-
 def build_ppo_config(
     cfg: TrainConfig, train_split, model_config: dict, serp: SerpConfig, target: float | None
 ):
@@ -398,7 +381,9 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
     if cfg.reference_kl_coeff > 0:
         model_config["reference_checkpoint"] = str(run.reranker_path.resolve())
     # The constraint target: a fraction of the SMAR policy's own agreement on the training pages.
-    smar_agree = smar_agreement(smar_net, train_split.pages, k)
+    from agent.learner import topk_consistency
+
+    smar_agree = topk_consistency(smar_net, train_split.pages, k)
     target = cfg.target if cfg.target is not None else cfg.target_fraction * smar_agree
 
     started_ray = False
