@@ -27,6 +27,7 @@ from envs.pages import MODALITIES
 from envs.world import WorldConfig, generate_world
 from pretrain.evaluate import METRICS, evaluate_scores, format_table
 from pretrain.merge import MergeScorer
+from pretrain.single_modal import within_modality_ndcg
 from pretrain.train import Prepared, PretrainConfig, annotate_pool, consistency_pages, prepare, train_reranker
 
 RERANKER_METHODS = ("sft_full", "smar_p10", "smar_p30", "smar_p10_no_consistency", "smar_p10_no_anchors")
@@ -77,7 +78,8 @@ def run_job(name: str, seed: int, base: PretrainConfig, prep: Prepared | None = 
         single_modal=consistency_pages(prep, cfg),
     )
     test = prep.scored["test"]
-    metrics = evaluate_scores(model.score_pages(test.pages), test.pages, test.truth.relevance)
+    scores = model.score_pages(test.pages)
+    metrics = evaluate_scores(scores, test.pages, test.truth.relevance)
     return {
         "method": name,
         "seed": seed,
@@ -85,6 +87,7 @@ def run_job(name: str, seed: int, base: PretrainConfig, prep: Prepared | None = 
         "annotation": annotation.summary(),
         "best_epoch": info["best_epoch"],
         "seconds": time.perf_counter() - t0,
+        "within_modality_ndcg@10": within_modality_ndcg(scores, test.pages, test.truth.relevance),
         **metrics,
     }
 
@@ -101,6 +104,10 @@ def _aggregate(results: list[dict], merge_metrics: dict) -> dict:
         for m in METRICS:
             v = np.array([r[m] for r in rows], np.float64)
             methods[name][m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+        methods[name]["within_modality_ndcg@10"] = {
+            mod: float(np.mean([r["within_modality_ndcg@10"][mod] for r in rows]))
+            for mod in rows[0].get("within_modality_ndcg@10", {})
+        }
     return methods
 
 
@@ -226,10 +233,12 @@ def format_report(report: dict) -> str:
         )
     ]
     sm = meta["single_modal_test_within_modality_ndcg@10"]
-    lines.append(
-        "single-modal rankers, within-modality NDCG@10 on test pages: "
-        + ", ".join(f"{m} {v:.4f}" for m, v in sm.items())
-    )
+    lines.append("within-modality NDCG@10 on test pages (mean over seeds):")
+    lines.append(f"  {'single-modal rankers':<26}" + "  ".join(f"{m} {v:.4f}" for m, v in sm.items()))
+    for name, row in report["methods"].items():
+        wm = row.get("within_modality_ndcg@10")
+        if wm:
+            lines.append(f"  {name:<26}" + "  ".join(f"{m} {v:.4f}" for m, v in wm.items()))
     lines.append(f"total {meta['seconds']:.0f} s")
     return "\n".join(lines)
 

@@ -4,10 +4,12 @@ Step 1 of SMAR. Each modality's labels are comparable only within the modality (
 each ranker learns a within-modality order and its score scale means nothing across modalities: that
 is the gap the whole-page reranker and the `merge` baseline must bridge.
 
-The ranker scores an item from its own features only (signed log, then standardisation fitted on the
-modality's training items, then an MLP). In our world the single-modal label is a function of item
-latents alone, so query/user context would only add noise here; the whole-page reranker is where
-context (intent, user affinity) enters.
+The ranker scores an item from its own features (signed log, then standardisation) and the query's
+features (standardised), both fitted on the modality's training pages, then an MLP over both. Within-modality relevance is
+mostly a query-item topical match (see `envs.world`): no property of an item alone says whether it
+matches, so an item-only ranker could learn quality but not match. User features are left out: in
+the world they carry the user's modality affinity, which moves the cross-modal grade but not the
+within-modality order these rankers learn; the whole-page reranker is where that context enters.
 
 Training: ListMLE per single-modal page (random tie-breaking), Adam, early stopping on NDCG@10 of a
 held-out fraction of the single-modal pages. Checkpoints are folders (weights.pt + manifest.json with
@@ -58,19 +60,26 @@ class SingleModalConfig:
 
 
 class SingleModalRanker(nn.Module):
-    """g^m: item features of one modality -> a score (scale meaningful within the modality only)."""
+    """g^m: item features of one modality and the query's features -> a score.
 
-    def __init__(self, modality: str, feature_dim: int, hidden: int = 64) -> None:
+    The score's scale is meaningful within the modality only. `query_dim` 0 gives an item-only ranker
+    (for data without query features).
+    """
+
+    def __init__(self, modality: str, feature_dim: int, hidden: int = 64, query_dim: int = 0) -> None:
         super().__init__()
         if modality not in MODALITY_ID:
             raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
         self.modality = modality
         self.feature_dim = int(feature_dim)
+        self.query_dim = int(query_dim)
         self.hidden = int(hidden)
         self.register_buffer("mean", torch.zeros(self.feature_dim))
         self.register_buffer("std", torch.ones(self.feature_dim))
+        self.register_buffer("query_mean", torch.zeros(self.query_dim))
+        self.register_buffer("query_std", torch.ones(self.query_dim))
         self.net = nn.Sequential(
-            nn.Linear(self.feature_dim, hidden),
+            nn.Linear(self.feature_dim + self.query_dim, hidden),
             nn.GELU(),
             nn.Linear(hidden, hidden),
             nn.GELU(),
@@ -78,18 +87,39 @@ class SingleModalRanker(nn.Module):
         )
 
     @torch.no_grad()
-    def fit_normalizer(self, features: np.ndarray) -> None:
+    def fit_normalizer(self, features: np.ndarray, query: np.ndarray | None = None) -> None:
+        """Standardisation of signed-log item features, and of raw query features (one row per query),
+        as the whole-page reranker standardises its context."""
         x = signed_log(torch.from_numpy(np.asarray(features, np.float32)[:, : self.feature_dim]))
         self.mean.copy_(x.mean(0))
         self.std.copy_(x.std(0).clamp_min(1e-3))
+        if self.query_dim:
+            if query is None:
+                raise ValueError(f"single-modal {self.modality}: a query-aware ranker needs query features")
+            q = torch.from_numpy(np.asarray(query, np.float32)[:, : self.query_dim])
+            self.query_mean.copy_(q.mean(0))
+            self.query_std.copy_(q.std(0).clamp_min(1e-3))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features [..., >= feature_dim] (zero-padded width allowed) -> scores [...]."""
+    def forward(self, features: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
+        """features [..., >= feature_dim] (zero-padded width allowed), query [..., query_dim] with the
+        same leading shape or one fewer (one query per page, broadcast over its items) -> scores [...]."""
         x = (signed_log(features[..., : self.feature_dim]) - self.mean) / self.std
+        if self.query_dim:
+            if query is None:
+                raise ValueError(f"single-modal {self.modality}: this ranker needs query features")
+            q = (query[..., : self.query_dim] - self.query_mean) / self.query_std
+            if q.dim() == x.dim() - 1:
+                q = q.unsqueeze(-2).expand(*x.shape[:-1], self.query_dim)
+            x = torch.cat([x, q], dim=-1)
         return self.net(x).squeeze(-1)
 
     def model_config(self) -> dict:
-        return {"modality": self.modality, "feature_dim": self.feature_dim, "hidden": self.hidden}
+        return {
+            "modality": self.modality,
+            "feature_dim": self.feature_dim,
+            "hidden": self.hidden,
+            "query_dim": self.query_dim,
+        }
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -108,7 +138,7 @@ def load_ranker(path: str | Path) -> tuple[SingleModalRanker, dict]:
     """Verify the SHA-256 and load a ranker folder; returns (ranker in eval mode, manifest)."""
     manifest = read_verified_manifest(path, fmt=FORMAT)
     cfg = manifest["model_config"]
-    ranker = SingleModalRanker(cfg["modality"], cfg["feature_dim"], cfg["hidden"])
+    ranker = SingleModalRanker(cfg["modality"], cfg["feature_dim"], cfg["hidden"], cfg.get("query_dim", 0))
     load_weights(ranker, path)
     ranker.eval()
     return ranker, manifest
@@ -128,7 +158,8 @@ class SingleModalRankers:
             sel = pages.modality == MODALITY_ID[m]
             if sel.any():
                 ranker.eval()
-                out[sel] = ranker(torch.from_numpy(pages.features[sel])).numpy()
+                query = torch.from_numpy(pages.query_features[pages.page_of_item[sel]].astype(np.float32))
+                out[sel] = ranker(torch.from_numpy(pages.features[sel]), query).numpy()
         missing = sorted({MODALITIES[i] for i in np.unique(pages.modality[np.isnan(out)])})
         if missing:
             raise ValueError(f"pages hold modality {missing} but no single-modal ranker was trained for it")
@@ -154,12 +185,13 @@ class SingleModalRankers:
 
 
 # ----------------------------------------------------------------------------- training
-def _page_tensors(pages: Pages, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _page_tensors(pages: Pages, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     n = int(pages.sizes.max())
     x = torch.from_numpy(pad_items(pages, pages.features[:, :dim], n))
     y = torch.from_numpy(pad_items(pages, pages.relevance.astype(np.float32), n, fill=-1.0))
     mask = torch.from_numpy(pad_items(pages, np.ones(pages.n_items, bool), n, fill=False))
-    return x, y, mask & (y >= 0)
+    q = torch.from_numpy(pages.query_features.astype(np.float32))
+    return x, q, y, mask & (y >= 0)
 
 
 def mean_ndcg(scores: np.ndarray, pages: Pages, relevance: np.ndarray, k: int = 10) -> float:
@@ -189,10 +221,11 @@ def train_ranker(
     hold, train = pages.select(np.sort(perm[:n_hold])), pages.select(np.sort(perm[n_hold:]))
     torch.manual_seed(cfg.seed * 1009 + mid)
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + mid)
-    ranker = SingleModalRanker(modality, dim, cfg.hidden)
-    ranker.fit_normalizer(train.features)
-    x, y, mask = _page_tensors(train, dim)
+    ranker = SingleModalRanker(modality, dim, cfg.hidden, train.query_dim)
+    ranker.fit_normalizer(train.features, train.query_features)
+    x, q, y, mask = _page_tensors(train, dim)
     hold_x = torch.from_numpy(hold.features[:, :dim])
+    hold_q = torch.from_numpy(hold.query_features[hold.page_of_item].astype(np.float32))
     opt = torch.optim.Adam(ranker.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best, best_state, best_epoch, bad = -1.0, None, 0, 0
     bar = tqdm(range(cfg.epochs), desc=f"single-modal {modality}", disable=not progress, leave=False)
@@ -201,13 +234,13 @@ def train_ranker(
         order = torch.randperm(len(x), generator=gen)
         for start in range(0, len(x), cfg.batch_pages):
             idx = order[start : start + cfg.batch_pages]
-            loss = listmle(ranker(x[idx]), y[idx], mask[idx], gen)
+            loss = listmle(ranker(x[idx], q[idx]), y[idx], mask[idx], gen)
             opt.zero_grad()
             loss.backward()
             opt.step()
         ranker.eval()
         with torch.no_grad():
-            s = ranker(hold_x).numpy()
+            s = ranker(hold_x, hold_q).numpy()
         score = mean_ndcg(s, hold, hold.relevance.astype(np.float64))
         bar.set_postfix(ndcg10=f"{score:.4f}")
         if score > best + 1e-5:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from envs.pages import MAX_GRADE, MODALITIES, MODALITY_ID
-from envs.world import WHOLE_PAGE_SPLITS, WorldConfig, format_summary, generate_world
+from envs.world import WHOLE_PAGE_SPLITS, WorldConfig, WorldGenerator, format_summary, generate_world
 
 CFG = WorldConfig(seed=7, queries=40, candidates_per_modality=4, single_modal_queries=60)
 
@@ -155,3 +155,30 @@ def test_summary_and_config_validation(tiny_world):
         WorldConfig(feature_dims={"doc": 3})
     with pytest.raises(ValueError, match="split_fractions"):
         WorldConfig(split_fractions=(0.5, 0.5, 0.5, 0.5))
+
+
+def test_match_is_a_query_item_topical_match():
+    """Within-modality relevance depends on the query: match is the squashed cosine between the query's
+    and the item's topics, keeps its Beta(2, 2) marginal, and is no property of the item alone."""
+    gen = WorldGenerator(WorldConfig(seed=3))
+    rng = np.random.default_rng(0)
+    q = gen._queries(rng, 2)
+    it = gen._items(rng, "doc", 4000, 0.5, q["topic"][0])
+    np.testing.assert_allclose(it["match"], (1.0 + it["topic"] @ q["topic"][0]) / 2.0, atol=1e-12)
+    assert abs(it["match"].mean() - 0.5) < 0.02 and abs(it["match"].std() - 0.5 / np.sqrt(5)) < 0.02
+    # the same items judged against an unrelated query (topic orthogonal to the first): their match
+    # there is unrelated to their match for the first query
+    z = q["topic"][1] - (q["topic"][1] @ q["topic"][0]) * q["topic"][0]
+    other = (1.0 + it["topic"] @ (z / np.linalg.norm(z))) / 2.0
+    assert abs(np.corrcoef(it["match"], other)[0, 1]) < 0.2
+    # the page does not reveal the query topic: candidates' topics average out
+    assert abs(it["topic"].mean(0) @ q["topic"][0]) < 0.05
+
+
+def test_query_features_carry_the_topic(tiny_world):
+    gen = WorldGenerator(tiny_world.config)
+    q = gen._queries(np.random.default_rng(1), 500)
+    x = np.column_stack([q["features"], np.ones(500)])
+    coef, *_ = np.linalg.lstsq(x, q["topic"], rcond=None)
+    r2 = 1.0 - ((x @ coef - q["topic"]) ** 2).sum() / ((q["topic"] - q["topic"].mean(0)) ** 2).sum()
+    assert r2 > 0.9, r2
