@@ -84,38 +84,29 @@ def reference_policies(run, smar, serp, seed: int, repeats: int, fresh_seeds: in
     off, _ = best_offsets(smar.score_pages, search_pages, search_truth, serp)
     out["smar_modality_offsets"] = {**ev(with_offsets(smar.score_pages, off)), "offsets": off.tolist()}
 
-    best = None
-    for w in SMAR_ATTRACT_WEIGHTS:
-        o, r = best_offsets(
-            lambda p, w=w: smar.score_pages(p) + w * search_truth.attractiveness,
-            search_pages,
-            search_truth,
-            serp,
-        )
-        if best is None or r > best[2]:
-            best = (w, o, r)
-    w, o, _ = best
-    out["smar_attractiveness_offsets"] = {
-        **ev(with_offsets(lambda p: smar.score_pages(p) + w * test.truth.attractiveness, o)),
-        "attractiveness_weight": w,
-        "offsets": o.tolist(),
-    }
+    def best_attractiveness(name: str, base, weights: Sequence[float], grid: Sequence[float]) -> None:
+        """`base(truth, p) + w * attractiveness + offsets`: w and offsets chosen on the search sessions."""
+        best = None
+        for w in weights:
+            o, r = best_offsets(
+                lambda p, w=w: base(search_truth, p) + w * search_truth.attractiveness,
+                search_pages,
+                search_truth,
+                serp,
+                grid,
+            )
+            if best is None or r > best[2]:
+                best = (w, o, r)
+        w, o, _ = best
+        scorer = with_offsets(lambda p: base(test.truth, p) + w * test.truth.attractiveness, o)
+        out[name] = {**ev(scorer), "attractiveness_weight": w, "offsets": o.tolist()}
 
-    def truth_score(truth, weight: float) -> Callable[[Pages], np.ndarray]:
-        return lambda _p: truth.relevance.astype(np.float32) + weight * truth.attractiveness
-
-    out["oracle_relevance"] = ev(truth_score(test.truth, 1.0))
-    best = None
-    for w in ATTRACT_WEIGHTS:
-        o, r = best_offsets(truth_score(search_truth, w), search_pages, search_truth, serp, TRUTH_OFFSET_GRID)
-        if best is None or r > best[2]:
-            best = (w, o, r)
-    w, o, _ = best
-    out["truth_offsets"] = {
-        **ev(with_offsets(truth_score(test.truth, w), o)),
-        "attractiveness_weight": w,
-        "offsets": o.tolist(),
-    }
+    best_attractiveness(
+        "smar_attractiveness_offsets", lambda _t, p: smar.score_pages(p), SMAR_ATTRACT_WEIGHTS, OFFSET_GRID
+    )
+    grade = lambda t, _p: t.relevance.astype(np.float32)  # noqa: E731
+    out["oracle_relevance"] = ev(lambda p: grade(test.truth, p) + test.truth.attractiveness)
+    best_attractiveness("truth_offsets", grade, ATTRACT_WEIGHTS, TRUTH_OFFSET_GRID)
     shape = {k: getattr(smar.config, k) for k in ("hidden", "heads", "layers", "dropout")}
     for s in range(fresh_seeds):
         net = build_reranker(scratch_model_config(train.pages, seed=s, **shape))
