@@ -70,6 +70,7 @@ def _train_config(method: str, seed: int, args, out: Path) -> TrainConfig:
         epochs=args.epochs,
         lr=args.lr,
         temperature=args.temperature,
+        target_fraction=args.target_fraction,
         seed=seed,
         eval_every=args.eval_every,
         eval_repeats=2,
@@ -280,6 +281,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--temperature", type=float, default=0.5)
+    p.add_argument(
+        "--target-fraction",
+        type=float,
+        default=TrainConfig.target_fraction,
+        help="consistency target of the constrained runs, as a fraction of SMAR's agreement",
+    )
     p.add_argument("--eval-every", type=int, default=2)
     p.add_argument("--eval-repeats", type=int, default=EVAL_REPEATS)
 
