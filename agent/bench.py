@@ -9,7 +9,7 @@ For each seed, every method is evaluated as a deterministic policy (top-K by sco
   smar               the pretrained SMAR reranker, no RL
   ppo_scratch        PPO from a fresh network of the same shape, constraint on
   ppo_unconstrained  PPO from SMAR, constraint off
-  ppo_constrained    PPO from SMAR, consistency constraint on (Lagrangian, target 0.97 x SMAR's)
+  ppo_constrained    PPO from SMAR, consistency constraint on (Lagrangian, target 0.99 x SMAR's)
 Every RL method gets the same env-step budget (iterations x train batch). Reference policies
 (`agent.reward_landscape`: SMAR with the best per-modality offsets, simulator-truth ceilings, the
 untrained networks ppo_scratch starts from) are reported apart from the methods: they map what any

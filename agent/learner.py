@@ -55,7 +55,7 @@ class ConstraintConfig:
 
     enabled: bool = True  # False: plain PPO (agreement is still measured and logged)
     target: float | None = None  # absolute agreement target in [0, 1]; None -> target_fraction x initial
-    target_fraction: float = 0.97
+    target_fraction: float = 0.99
     margin: float = 1.0  # hinge margin gamma (SMAR authors' code: 1)
     multiplier_init: float = 0.0
     multiplier_lr: float = 20.0  # dual step per unit of agreement shortfall

@@ -93,7 +93,10 @@ class TrainConfig:
     temperature: float = 1.0
     # constraint (agent.learner.ConstraintConfig)
     target: float | None = None  # absolute consistency target; None -> target_fraction x SMAR's
-    target_fraction: float = 0.97
+    # 0.99, not 0.97: dual ascent holds the target on average over training pages, and the last
+    # iterate's test consistency lands about 2.5% lower (measured: 0.97 -> 0.945 x SMAR's on test,
+    # 0.99 -> 0.969 x; smar bench agent --target-fraction), so the margin must cover that.
+    target_fraction: float = 0.99
     multiplier_lr: float = 20.0
     multiplier_init: float = 0.0
     reference_kl_coeff: float = 0.0  # KL(pi_SMAR || pi): needs a SMAR reranker (not with --scratch)
@@ -541,7 +544,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument(
-        "--target-fraction", type=float, default=0.97, help="consistency target / SMAR's agreement"
+        "--target-fraction", type=float, default=TrainConfig.target_fraction, help="consistency target / SMAR's agreement"
     )
     p.add_argument("--reference-kl", type=float, default=0.0, help="weight of KL(pi_SMAR || pi)")
     p.add_argument("--seed", type=int, default=0)
