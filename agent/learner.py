@@ -217,6 +217,7 @@ class ConstrainedPPOLearner(PPOTorchLearner):
             self.targets = dict(state["constraint"]["targets"])
 
 
+@torch.no_grad()
 def topk_consistency(model: WholePageReranker, pages: Pages, k: int) -> float:
     """Within-modality agreement of the model's deterministic top-K with the single-modal scores over
     `pages`: the constraint's measure (`topk_agreement`), so targets and measurements agree."""

@@ -262,7 +262,6 @@ def offpolicy_update(
     return cand, stats
 
 
-@torch.no_grad()
 def save_candidate(model: WholePageReranker, path: str | Path, version: str, extra: dict) -> Path:
     from pretrain.checkpoint import save_checkpoint
 

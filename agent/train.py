@@ -544,7 +544,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument(
-        "--target-fraction", type=float, default=TrainConfig.target_fraction, help="consistency target / SMAR's agreement"
+        "--target-fraction",
+        type=float,
+        default=TrainConfig.target_fraction,
+        help="consistency target / SMAR's agreement",
     )
     p.add_argument("--reference-kl", type=float, default=0.0, help="weight of KL(pi_SMAR || pi)")
     p.add_argument("--seed", type=int, default=0)

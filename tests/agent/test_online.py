@@ -50,9 +50,8 @@ def test_online_loop_resumes_and_gate_rejects_harmful_candidate(ray_session, tin
         # A round killed after its traffic but before its update: its logs lie after the cursor ...
         killed = run_traffic(second.url, second.split, 30, seed=99, concurrency=2)
         assert killed.failed_requests == 0
-        del (
-            second
-        )  # ... and the process that served them is gone (the app, like a remote --url app, lives on).
+        # ... and the process that served them is gone (the app, like a remote --url app, lives on).
+        del second
         third = OnlineLoop(OnlineConfig(rounds=2, **base))
         assert third.state["round"] == 1
         third.url = _live_url()
