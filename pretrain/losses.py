@@ -102,6 +102,46 @@ def pairwise_consistency(
     return total
 
 
+def soft_pairwise_consistency(
+    scores: torch.Tensor,
+    reference: torch.Tensor,
+    modality: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float = 1.0,
+    beta: torch.Tensor | list[float] | tuple[float, ...] = (1.0,) * N_MODALITIES,
+) -> torch.Tensor:
+    """Graded pairwise consistency: sum_m beta_m * mean_{i,j in m, g_i > g_j} KL(P_ij || sigma(f_i - f_j)),
+    with soft targets P_ij = sigma((g_i - g_j) / temperature).
+
+    Why: the hinge asks for a margin between *every* ordered pair, so within-modality score gaps grow
+    with rank whatever the single-modal ranker says about how much better one item is; the cross-modal
+    interleaving then compares ranks, not utilities. The single-modal rankers are Plackett-Luce models
+    (ListMLE-trained), so sigma(g_i - g_j) is their own probability that i beats j; matching it keeps
+    their order and their score gaps (the minimum is at f_i - f_j = (g_i - g_j) / temperature), which
+    leaves one calibrated scale per modality for the page labels to align. Zero at the optimum.
+    """
+    mask = mask.bool()
+    beta_t = _beta(beta, scores.device)
+    f = torch.where(mask, scores, torch.zeros_like(scores))
+    g = torch.where(mask, reference, torch.zeros_like(reference))
+    d = f[:, :, None] - f[:, None, :]
+    target = torch.sigmoid((g[:, :, None] - g[:, None, :]) / temperature)
+    ordered = reference[:, :, None] > reference[:, None, :]
+    same = modality[:, :, None] == modality[:, None, :]
+    valid = ordered & same & mask[:, :, None] & mask[:, None, :]
+    # KL(Bernoulli(P) || Bernoulli(sigma(d))) = BCE(d, P) - H(P)
+    bce = F.binary_cross_entropy_with_logits(d, target, reduction="none")
+    ent = F.binary_cross_entropy(target, target, reduction="none")
+    per = bce - ent
+    total = scores.sum() * 0.0
+    for m in range(len(beta_t)):
+        sel = valid & (modality[:, :, None] == m)
+        cnt = sel.sum()
+        if cnt > 0:
+            total = total + beta_t[m] * torch.where(sel, per, torch.zeros_like(per)).sum() / cnt
+    return total
+
+
 def listwise_consistency(
     scores: torch.Tensor,
     reference: torch.Tensor,
@@ -146,6 +186,9 @@ def anchor_pair_loss(
     return torch.where(pair_mask, per, torch.zeros_like(per)).sum() / pair_mask.sum()
 
 
+CONSISTENCY_KINDS = ("pairwise", "listwise", "soft")
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Weights of the SMAR objective: page + consistency_weight * consistency + anchor_weight * anchors."""
@@ -156,15 +199,20 @@ class LossConfig:
     # the knowledge of many more queries than the page term; at a 10% budget 3 vs 1 measured 0.685 vs
     # 0.627 NDCG@10 (one seed, default world); 10 was no better than 3.
     consistency_weight: float = 3.0
-    consistency: str = "pairwise"  # "pairwise" (paper hinge) or "listwise" (authors' ListMLE variant)
+    # "pairwise" (paper hinge), "listwise" (authors' ListMLE variant) or "soft" (graded pairwise:
+    # soft targets from the single-modal score gaps, `soft_pairwise_consistency`)
+    consistency: str = "pairwise"
+    soft_temperature: float = 1.0  # "soft": target P_ij = sigmoid((g_i - g_j) / T)
     margin: float = 1.0  # gamma of the hinge
     beta: tuple[float, ...] = field(default_factory=lambda: (1.0,) * N_MODALITIES)  # beta_m per modality
     anchor_weight: float = 1.0
     anchor_loss: str = "logistic"
 
     def __post_init__(self) -> None:
-        if self.consistency not in ("pairwise", "listwise"):
-            raise ValueError(f"consistency must be 'pairwise' or 'listwise', got {self.consistency!r}")
+        if self.consistency not in CONSISTENCY_KINDS:
+            raise ValueError(f"consistency must be one of {CONSISTENCY_KINDS}, got {self.consistency!r}")
+        if self.soft_temperature <= 0:
+            raise ValueError(f"soft_temperature must be > 0, got {self.soft_temperature}")
         if len(self.beta) != N_MODALITIES:
             raise ValueError(f"beta needs {N_MODALITIES} per-modality weights, got {len(self.beta)}")
         for name in ("page_weight", "consistency_weight", "anchor_weight", "margin"):
@@ -204,6 +252,10 @@ def smar_loss(
         if cfg.consistency == "pairwise":
             out["consistency"] = pairwise_consistency(
                 scores, reference, modality, cmask, cfg.margin, cfg.beta
+            )
+        elif cfg.consistency == "soft":
+            out["consistency"] = soft_pairwise_consistency(
+                scores, reference, modality, cmask, cfg.soft_temperature, cfg.beta
             )
         else:
             out["consistency"] = listwise_consistency(scores, reference, modality, cmask, cfg.beta)

@@ -32,6 +32,10 @@ class RerankerConfig:
     heads: int = 4
     layers: int = 2
     dropout: float = 0.0
+    # A per-modality offset read from the query/user context, added to every item's score: the
+    # cross-modal placement (how much this query wants each modality) as its own low-capacity path,
+    # so the few page labels that teach it need not be spread through the whole network.
+    modality_offsets: bool = False
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -86,6 +90,7 @@ class WholePageReranker(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, num_layers=config.layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.Linear(2 * h, h), nn.GELU(), nn.Linear(h, 1))
+        self.offset_head = nn.Linear(h, n_mod) if config.modality_offsets else None
 
     # ------------------------------------------------------------------ normalisation
     @torch.no_grad()
@@ -119,9 +124,13 @@ class WholePageReranker(nn.Module):
         idx = modality[..., None, None].expand(b, n, 1, self.config.hidden)
         h = torch.stack(outs, dim=-2).gather(-2, idx).squeeze(-2)
         h = h + self.modality_embedding(modality)
-        ctx = (torch.cat([query, user], dim=-1) - self.ctx_mean) / self.ctx_std
-        c = self.context(ctx)[:, None, :].expand(b, n, -1)
+        c = self.context_embedding(query, user)[:, None, :].expand(b, n, -1)
         return self.fuse(torch.cat([h, c], dim=-1))
+
+    def context_embedding(self, query: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        """The page's query/user context, [B, H]."""
+        ctx = (torch.cat([query, user], dim=-1) - self.ctx_mean) / self.ctx_std
+        return self.context(ctx)
 
     def forward(
         self,
@@ -143,6 +152,9 @@ class WholePageReranker(nn.Module):
             key_pad[empty, 0] = False
         h = self.encoder(h0, src_key_padding_mask=key_pad)
         scores = self.head(torch.cat([h0, h], dim=-1)).squeeze(-1)
+        if self.offset_head is not None:
+            offsets = self.offset_head(self.context_embedding(query.float(), user.float()))  # [B, M]
+            scores = scores + offsets.gather(1, modality)
         return scores.masked_fill(~mask, PAD_SCORE)
 
     def score_batch(self, batch: PageBatch) -> torch.Tensor:

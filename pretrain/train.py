@@ -14,6 +14,7 @@ really means p: no dev-set labels sneak in (see `RerankerTrainConfig.selection`)
 from __future__ import annotations
 
 import argparse
+import copy
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from envs.world import Split, World, WorldConfig, generate_world
 from pretrain.annotation import Annotation, AnnotationConfig, AnnotatorOracle, annotate, annotate_all
 from pretrain.checkpoint import make_version, save_checkpoint
 from pretrain.evaluate import evaluate_scores, format_table
-from pretrain.losses import LossConfig, smar_loss
+from pretrain.losses import CONSISTENCY_KINDS, LossConfig, smar_loss
 from pretrain.merge import MergeCalibration, MergeScorer, fit_merge
 from pretrain.page import PageBatch, collate
 from pretrain.reranker import RerankerConfig, WholePageReranker
@@ -49,6 +50,7 @@ class RerankerTrainConfig:
     heads: int = 2
     layers: int = 2
     dropout: float = 0.0
+    modality_offsets: bool = False  # RerankerConfig.modality_offsets
     # With a 10% budget the holdout NDCG is measured on a few judged items per page and is noisy: a
     # patience of 6 stopped SMAR 10% runs on noise (best epochs 18-26 of 30; 27-35 with 40 / 10, mean
     # NDCG@10 0.692 -> 0.705 over 3 seeds); SFT's holdout is fully labelled, its best epochs 17-34.
@@ -58,6 +60,9 @@ class RerankerTrainConfig:
     weight_decay: float = 1e-4
     batch_pages: int = 32
     grad_clip: float = 1.0  # authors' code clips at norm 1
+    # Exponential moving average of the weights (decay per step; 0 = off): the averaged weights are
+    # the ones evaluated for model selection and returned.
+    ema: float = 0.0
     # Model selection. "holdout": early stopping on NDCG@10 (over annotated items) of a held-out part
     # of the method's OWN annotated pages, so no label beyond the budget is used. "valid": on the fully
     # labelled valid split (extra labels, identical for every method).
@@ -75,12 +80,19 @@ class RerankerTrainConfig:
     def __post_init__(self) -> None:
         if self.selection not in ("holdout", "valid"):
             raise ValueError(f"selection must be 'holdout' or 'valid', got {self.selection!r}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if not 0.0 < self.holdout < 1.0:
             raise ValueError(f"holdout must be in (0, 1), got {self.holdout}")
 
     def reranker_config(self, pages: Pages) -> RerankerConfig:
         return RerankerConfig.for_pages(
-            pages, hidden=self.hidden, heads=self.heads, layers=self.layers, dropout=self.dropout
+            pages,
+            hidden=self.hidden,
+            heads=self.heads,
+            layers=self.layers,
+            dropout=self.dropout,
+            modality_offsets=self.modality_offsets,
         )
 
 
@@ -273,6 +285,7 @@ def train_reranker(
             sm_cfg = replace(loss_cfg, page_weight=0.0, anchor_weight=0.0)
             sm_perm, sm_pos = torch.randperm(len(sm_data), generator=gen), 0
         opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        ema_model = copy.deepcopy(model) if tc.ema > 0 else None
         best, best_state, best_epoch, bad, history = -1.0, None, -1, 0, []
         bar = tqdm(range(tc.epochs), desc=desc, disable=not progress, leave=False)
         for epoch in bar:
@@ -318,20 +331,25 @@ def train_reranker(
                 if tc.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 opt.step()
+                if ema_model is not None:
+                    with torch.no_grad():
+                        for pe, pm in zip(ema_model.parameters(), model.parameters()):
+                            pe.lerp_(pm, 1.0 - tc.ema)
                 terms["loss"] = loss
                 for k in tot:
                     tot[k] += float(terms[k].detach())
                 nb += 1
-            model.eval()
+            scorer = ema_model if ema_model is not None else model
+            scorer.eval()
             with torch.no_grad():
-                v = mean_page_ndcg(model.score_batch(vb), vb.relevance, vmask)
+                v = mean_page_ndcg(scorer.score_batch(vb), vb.relevance, vmask)
             history.append(
                 {"epoch": epoch, "valid_ndcg@10": v, **{k: x / max(nb, 1) for k, x in tot.items()}}
             )
             bar.set_postfix(loss=f"{tot['loss'] / max(nb, 1):.3f}", valid=f"{v:.4f}")
             if v > best + 1e-5:
                 best, best_epoch, bad = v, epoch, 0
-                best_state = {k: t.clone() for k, t in model.state_dict().items()}
+                best_state = {k: t.clone() for k, t in scorer.state_dict().items()}
             else:
                 bad += 1
                 if bad >= tc.patience:
@@ -457,7 +475,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--band", default=d.annotation.band, choices=("top", "middle", "bottom", "random"))
     p.add_argument("--no-anchors", action="store_true", help="spend the whole budget on bands")
     p.add_argument("--no-consistency", action="store_true", help="drop the single-modal consistency term")
-    p.add_argument("--consistency", default=d.loss.consistency, choices=("pairwise", "listwise"))
+    p.add_argument("--consistency", default=d.loss.consistency, choices=CONSISTENCY_KINDS)
     p.add_argument("--epochs", type=int, default=d.train.epochs)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

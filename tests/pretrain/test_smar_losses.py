@@ -19,6 +19,7 @@ from pretrain.losses import (
     page_listmle,
     pairwise_consistency,
     smar_loss,
+    soft_pairwise_consistency,
 )
 from pretrain.reranker import PAD_SCORE
 from pretrain.train import mean_page_ndcg
@@ -71,6 +72,43 @@ def test_pairwise_consistency_skips_ties_and_cross_modal_pairs():
     g = T([[1.0, 1.0, 0.0]])  # (0,1) tied in g; (0,2) cross-modal
     mod = T([[0, 0, 1]])
     assert pairwise_consistency(f, g, mod, T([[True, True, True]])).item() == 0.0
+
+
+def test_soft_pairwise_consistency_golden():
+    f = T([[1.0, 0.0, 0.0, 0.0, 7.0]])
+    g = T([[2.0, 0.0, 0.0, 1.0, 9.0]])
+    mod = T([[0, 0, 1, 1, 2]])
+    mask = T([[True, True, True, True, False]])  # item 4 is padding
+    # modality 0: pair (0 > 1), P = s(2), q = s(1); modality 1: pair (3 > 2), P = s(1), q = s(0)
+    sig = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
+
+    def kl(p: float, q: float) -> float:
+        return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+
+    want = kl(sig(2.0), sig(1.0)) + 0.5 * kl(sig(1.0), sig(0.0))
+    got = soft_pairwise_consistency(f, g, mod, mask, 1.0, (1.0, 0.5, 1.0, 1.0))
+    assert got.item() == pytest.approx(want, abs=1e-5)
+    # temperature 2: P = s(1) in modality 0, matched exactly by f_0 - f_1 = 1 -> that term is 0
+    got_t = soft_pairwise_consistency(f, g, mod, mask, 2.0, (1.0, 0.0, 1.0, 1.0))
+    assert got_t.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_soft_pairwise_consistency_minimum_keeps_score_gaps():
+    """At its minimum the reranker's within-modality gaps equal the ranker's (over T), not the ranks'."""
+    torch.manual_seed(0)
+    g = T([[3.0, 2.9, 0.0, 1.0, -1.0]])
+    mod = T([[0, 0, 0, 1, 1]])
+    mask = T([[True] * 5])
+    f = torch.zeros(1, 5, requires_grad=True)
+    opt = torch.optim.Adam([f], lr=0.05)
+    for _ in range(1500):
+        opt.zero_grad()
+        soft_pairwise_consistency(f, g, mod, mask).backward()
+        opt.step()
+    d = f.detach()[0]
+    assert (d[0] - d[1]).item() == pytest.approx(0.1, abs=0.02)
+    assert (d[1] - d[2]).item() == pytest.approx(2.9, abs=0.05)
+    assert (d[3] - d[4]).item() == pytest.approx(2.0, abs=0.05)
 
 
 def test_listwise_consistency_golden():
