@@ -73,20 +73,17 @@ def session_page_lists(pages: Pages) -> list[np.ndarray]:
     return [np.flatnonzero(inverse == i) for i in np.argsort(first)]
 
 
-def evaluate_policy(
+def _rollouts(
     policy: Any,
     pages: Pages,
     truth: ItemTruth,
-    sessions: list[int] | np.ndarray | None = None,
-    seed: int = 0,
-    repeats: int = 5,
-    serp: SerpConfig | dict | None = None,
-) -> dict[str, float]:
-    """Mean metrics of the deterministic top-K policy over `sessions` (default: all) x `repeats`.
-
-    `policy`: a WholePageReranker, a checkpoint folder, an object with `.score(pages)`, or a callable.
-    Returns {metric: mean} for METRICS plus "episodes" and "pages" (counts).
-    """
+    sessions: list[int] | np.ndarray | None,
+    seed: int,
+    repeats: int,
+    serp: SerpConfig | dict | None,
+) -> dict[str, np.ndarray]:
+    """Play the deterministic top-K policy: per-episode returns [repeats, sessions] (session order as
+    given) and per-page ctr / satisfied-click rate / NDCG@10 / consistency (NaN where unscored)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     env = SerpEnv(pages=pages, truth=truth, config=serp)
@@ -118,15 +115,53 @@ def evaluate_policy(
                 ctr.append(info["clicks"] / k)
                 sat.append(info["satisfied_clicks"] / k)
                 ndcg.append(info["ndcg@10"])
-                if not np.isnan(info["consistency"]):
-                    cons.append(info["consistency"])
+                cons.append(info["consistency"])
             returns.append(total)
     return {
-        "reward": float(np.mean(returns)),
-        "ctr": float(np.mean(ctr)),
-        "satisfied_click_rate": float(np.mean(sat)),
-        "ndcg@10": float(np.mean(ndcg)),
-        "consistency": float(np.mean(cons)) if cons else float("nan"),
-        "episodes": len(returns),
-        "pages": len(ctr),
+        "returns": np.asarray(returns, np.float64).reshape(repeats, len(sessions)),
+        "ctr": np.asarray(ctr, np.float64),
+        "satisfied_click_rate": np.asarray(sat, np.float64),
+        "ndcg@10": np.asarray(ndcg, np.float64),
+        "consistency": np.asarray(cons, np.float64),
     }
+
+
+def evaluate_policy(
+    policy: Any,
+    pages: Pages,
+    truth: ItemTruth,
+    sessions: list[int] | np.ndarray | None = None,
+    seed: int = 0,
+    repeats: int = 5,
+    serp: SerpConfig | dict | None = None,
+) -> dict[str, float]:
+    """Mean metrics of the deterministic top-K policy over `sessions` (default: all) x `repeats`.
+
+    `policy`: a WholePageReranker, a checkpoint folder, an object with `.score(pages)`, or a callable.
+    Returns {metric: mean} for METRICS plus "episodes" and "pages" (counts).
+    """
+    r = _rollouts(policy, pages, truth, sessions, seed, repeats, serp)
+    cons = r["consistency"][~np.isnan(r["consistency"])]
+    return {
+        "reward": float(np.mean(r["returns"].ravel())),
+        "ctr": float(np.mean(r["ctr"])),
+        "satisfied_click_rate": float(np.mean(r["satisfied_click_rate"])),
+        "ndcg@10": float(np.mean(r["ndcg@10"])),
+        "consistency": float(np.mean(cons)) if len(cons) else float("nan"),
+        "episodes": int(r["returns"].size),
+        "pages": len(r["ctr"]),
+    }
+
+
+def session_returns(
+    policy: Any,
+    pages: Pages,
+    truth: ItemTruth,
+    sessions: list[int] | np.ndarray | None = None,
+    seed: int = 0,
+    repeats: int = 5,
+    serp: SerpConfig | dict | None = None,
+) -> np.ndarray:
+    """The episodes `evaluate_policy` plays with the same arguments, as returns [repeats, sessions]
+    (sessions in `session_page_lists` order, or as given): its "reward" is their mean."""
+    return _rollouts(policy, pages, truth, sessions, seed, repeats, serp)["returns"]

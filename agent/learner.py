@@ -47,6 +47,7 @@ HINGE = "consistency_hinge"
 AGREEMENT = "consistency_agreement"
 TARGET = "consistency_target"
 REFERENCE_KL = "reference_kl"
+CLIP_FRACTION = "clip_fraction"  # share of the minibatch's slates whose PPO ratio is outside 1 +- clip
 
 
 @dataclass(frozen=True)
@@ -143,11 +144,22 @@ class ConstrainedPPOLearner(PPOTorchLearner):
     def compute_loss_for_module(
         self, *, module_id: str, config: Any, batch: dict[str, Any], fwd_out: dict[str, Any]
     ) -> torch.Tensor:
+        c = self.constraint
+        module = self.module[module_id].unwrapped()
         total = super().compute_loss_for_module(
             module_id=module_id, config=config, batch=batch, fwd_out=fwd_out
         )
-        c = self.constraint
-        module = self.module[module_id].unwrapped()
+        with torch.no_grad():  # how much of the batch PPO's clip has already switched off
+            ratio = torch.exp(
+                pl.log_prob(fwd_out[Columns.ACTION_DIST_INPUTS], batch[Columns.ACTIONS].long())
+                - batch[Columns.ACTION_LOGP]
+            )
+            clipped = ((ratio - 1.0).abs() > config.clip_param).float()
+            if Columns.LOSS_MASK in batch:
+                clipped = clipped[batch[Columns.LOSS_MASK].bool()]
+            self.metrics.log_value(
+                (module_id, CLIP_FRACTION), clipped.mean() if clipped.numel() else 0.0, window=1
+            )
         obs = batch[Columns.OBS]
         mask = obs["mask"].bool()
         if Columns.LOSS_MASK in batch:  # RLlib's artificial bootstrap timesteps carry no loss

@@ -58,6 +58,7 @@ CSV_COLUMNS = (
     "policy_loss",
     "vf_loss",
     "ppo_kl",
+    "clip_fraction",
     "eval_reward",
     "eval_ctr",
     "eval_satisfied_click_rate",
@@ -84,6 +85,8 @@ class TrainConfig:
     minibatch: int = 256
     epochs: int = 4
     lr: float = 1e-4
+    lr_end: float | None = None  # linear decay from lr to lr_end over the run's env steps (None: constant)
+    lr_warmup: int = 0  # env steps of linear warm-up from lr / 10 to lr before that (0: none)
     gamma: float = 0.95
     lambda_: float = 0.95
     clip: float = 0.2
@@ -178,6 +181,21 @@ def policy_network(algo, config_json: dict):
     return net.eval()
 
 
+def lr_schedule(cfg: TrainConfig) -> float | list[list[float]]:
+    """PPO's learning rate: a constant, or RLlib's piecewise-linear schedule [[env steps, lr], ...]
+    (the learner applies the value at the env steps sampled so far, so iteration i + 1 uses the value
+    at i x train_batch and the first iteration uses the first point's)."""
+    if cfg.lr_end is None and not cfg.lr_warmup:
+        return cfg.lr
+    total = cfg.iterations * cfg.train_batch
+    points = [[0, cfg.lr / 10 if cfg.lr_warmup else cfg.lr]]
+    if cfg.lr_warmup:
+        points.append([min(cfg.lr_warmup, total), cfg.lr])
+    if cfg.lr_end is not None and points[-1][0] < total:
+        points.append([total, cfg.lr_end])
+    return points
+
+
 def build_ppo_config(
     cfg: TrainConfig, train_split, model_config: dict, serp: SerpConfig, target: float | None
 ):
@@ -195,6 +213,7 @@ def build_ppo_config(
         reference_checkpoint=model_config.get("reference_checkpoint"),
         reference_kl_coeff=cfg.reference_kl_coeff,
     )
+    lr: float | list = lr_schedule(cfg)
     mc = {k: v for k, v in model_config.items() if k != "reference_checkpoint"}
     mc["temperature"] = cfg.temperature
     return (
@@ -215,7 +234,7 @@ def build_ppo_config(
             train_batch_size_per_learner=cfg.train_batch,
             minibatch_size=cfg.minibatch,
             num_epochs=cfg.epochs,
-            lr=cfg.lr,
+            lr=lr,
             gamma=cfg.gamma,
             lambda_=cfg.lambda_,
             clip_param=cfg.clip,
@@ -229,7 +248,7 @@ def build_ppo_config(
 
 
 def _row(iteration: int, result: dict, elapsed: float, evaluation: dict | None) -> dict[str, float]:
-    from agent.learner import AGREEMENT, HINGE, MULTIPLIER, REFERENCE_KL, TARGET
+    from agent.learner import AGREEMENT, CLIP_FRACTION, HINGE, MULTIPLIER, REFERENCE_KL, TARGET
 
     lr = result.get("learners", {}).get(MODULE_ID, {})
     er = result.get("env_runners", {})
@@ -256,6 +275,7 @@ def _row(iteration: int, result: dict, elapsed: float, evaluation: dict | None) 
         "policy_loss": f(lr.get("policy_loss")),
         "vf_loss": f(lr.get("vf_loss")),
         "ppo_kl": f(lr.get("mean_kl_loss")),
+        "clip_fraction": f(lr.get(CLIP_FRACTION)),
     }
     for k in ("reward", "ctr", "satisfied_click_rate", "ndcg@10", "consistency"):
         row[f"eval_{k}"] = f(evaluation[k]) if evaluation else float("nan")
@@ -374,7 +394,9 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
 
     smar_net, smar_ckpt = run.reranker()
     if cfg.scratch:
-        model_config = scratch_model_config(train_split.pages, seed=cfg.seed, **_shape(smar_ckpt.config))
+        model_config = scratch_model_config(
+            train_split.pages, seed=cfg.seed, **network_shape(smar_ckpt.config)
+        )
         init_desc = {"kind": "scratch"}
     else:
         init_path = Path(cfg.init) if cfg.init else run.reranker_path
@@ -500,9 +522,10 @@ def model_config_json(model_config: dict, smar_ckpt) -> dict:
     return verify_checkpoint(model_config["checkpoint"]).config.to_json()
 
 
-def _shape(config) -> dict:
-    """The capacity knobs of a RerankerConfig, so --scratch trains a network of the SMAR shape."""
-    return {k: getattr(config, k) for k in ("hidden", "heads", "layers", "dropout")}
+def network_shape(config) -> dict:
+    """Every RerankerConfig field but the data-derived input widths, so --scratch trains a network of
+    exactly the SMAR architecture (including options added to the reranker later)."""
+    return {k: v for k, v in config.to_json().items() if k not in ("feature_dims", "query_dim", "user_dim")}
 
 
 def _title(cfg: TrainConfig) -> str:

@@ -1,4 +1,5 @@
-"""The bench's reward-landscape references: the session subset and the offset grid search."""
+"""The bench's reward-landscape references: the session subset, the offset sweep, the per-intent
+ranking of candidates and the references themselves on a tiny run."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import itertools
 
 import numpy as np
 
-from agent.evaluation import evaluate_policy, session_page_lists
-from agent.reward_landscape import best_offsets, head_sessions
+from agent import reward_landscape as rl
+from agent.evaluation import evaluate_policy, session_page_lists, session_returns
+from agent.reward_landscape import head_sessions, offset_sweep, session_intents, top_by_intent
 
 SERP = {"n_max": 16, "slate_size": 5}
 
@@ -29,19 +31,77 @@ def test_head_sessions_keeps_whole_sessions_with_their_truth(tiny_run):
         assert truth.preferred_modality[p] == split.truth.preferred_modality[src]
 
 
-def test_best_offsets_is_the_argmax_of_its_grid(tiny_run):
+def test_session_returns_are_the_episodes_evaluate_policy_averages(tiny_run):
+    test = tiny_run.split("test")
+    smar, _ = tiny_run.reranker()
+    r = session_returns(smar, test.pages, test.truth, seed=5, repeats=3, serp=SERP)
+    assert r.shape == (3, len(session_page_lists(test.pages)))
+    ev = evaluate_policy(smar, test.pages, test.truth, seed=5, repeats=3, serp=SERP)
+    assert ev["reward"] == float(np.mean(r.ravel())) and ev["episodes"] == r.size
+
+
+def test_offset_sweep_plays_every_grid_point(tiny_run):
     split = tiny_run.split("traffic")
     pages, truth = head_sessions(split.pages, split.truth, 20)
+    n = len(session_page_lists(pages))
     base = truth.relevance.astype(np.float32)
     grid = (0.0, 50.0)
-    off, reward = best_offsets(lambda _p: base, pages, truth, SERP, grid, repeats=2, seed=4)
-    assert off[0] == 0.0 and set(off[1:]) <= set(grid)
-    rewards = {}
-    for combo in itertools.product(grid, repeat=3):
-        o = np.array([0.0, *combo], np.float32)
-        s = base + o[pages.modality]
-        rewards[combo] = evaluate_policy(lambda _p, s=s: s, pages, truth, seed=4, repeats=2, serp=SERP)[
-            "reward"
-        ]
-    assert reward == max(rewards.values()) == rewards[tuple(off[1:])]
-    assert len(set(rewards.values())) > 1  # the offsets change what users see and earn
+    combos, returns = offset_sweep(lambda _p: base, pages, truth, SERP, grid, repeats=2, seed=4)
+    assert combos.shape == (8, 4) and returns.shape == (8, 2, n)
+    assert [tuple(c[1:]) for c in combos] == list(itertools.product(grid, repeat=3))
+    assert not combos[:, 0].any()  # doc is the reference modality
+    for c, r in zip(combos, returns):
+        s = base + c[pages.modality]
+        ev = evaluate_policy(lambda _p, s=s: s, pages, truth, seed=4, repeats=2, serp=SERP)
+        assert ev["reward"] == float(np.mean(r.ravel()))
+    assert len({float(r.mean()) for r in returns}) > 1  # the offsets change what users see and earn
+
+
+def test_top_by_intent_ranks_candidates_on_each_intents_sessions():
+    rng = np.random.default_rng(0)
+    returns = rng.random((6, 2, 9))
+    intents = np.array([0, 0, 1, 1, 1, 3, 3, 0, 1])  # intent 2 absent
+    top = top_by_intent(returns, intents, 3)
+    assert len(top) == 4 and len(top[2]) == 0
+    for g in (0, 1, 3):
+        means = returns[:, :, intents == g].mean(axis=(1, 2))
+        assert list(top[g]) == list(np.argsort(-means)[:3])
+    # a candidate that is best on intent 3's sessions only is ranked first there, not elsewhere
+    returns[4][:, intents == 3] += 10.0
+    returns[4][:, intents != 3] -= 10.0
+    top = top_by_intent(returns, intents, 3)
+    assert top[3][0] == 4 and 4 not in top[0] and 4 not in top[1]
+
+
+def test_session_intents_follow_the_session_order(tiny_run):
+    split = tiny_run.split("traffic")
+    intents = session_intents(split.pages, split.truth)
+    sessions = session_page_lists(split.pages)
+    assert len(intents) == len(sessions)
+    assert all(split.truth.preferred_modality[p] == intents[i] for i, s in enumerate(sessions) for p in s)
+
+
+def test_reference_policies_on_a_tiny_run(tiny_run, monkeypatch):
+    # a small grid and second stage keep the test fast; the mechanics are the bench's
+    monkeypatch.setattr(rl, "OFFSET_GRID", (0.0, 30.0))
+    monkeypatch.setattr(rl, "TRUTH_OFFSET_GRID", (0.0, 5.0))
+    monkeypatch.setattr(rl, "REFINE_TOP", 2)
+    monkeypatch.setattr(rl, "REFINE_REPEATS", 2)
+    smar, _ = tiny_run.reranker()
+    out = rl.reference_policies(tiny_run, smar, SERP, seed=3, repeats=1, fresh_seeds=1)
+    assert set(out) == {
+        "smar_modality_offsets",
+        "smar_modality_intent_offsets",
+        "smar_attractiveness_offsets",
+        "smar_attractiveness_intent_offsets",
+        "oracle_relevance",
+        "truth_offsets",
+        "fresh_network_seed0",
+    }
+    fixed, by_intent = out["smar_modality_offsets"], out["smar_modality_intent_offsets"]
+    assert len(fixed["offsets"]) == 4 and np.shape(by_intent["offsets"]) == (4, 4)
+    assert set(np.ravel(by_intent["offsets"])) <= {0.0, 30.0}
+    assert fixed["search_base_reward"] == by_intent["search_base_reward"]
+    assert len(out["smar_attractiveness_intent_offsets"]["attractiveness_weight"]) == 4
+    for m in out.values():
+        assert np.isfinite(m["reward"]) and 0.0 <= m["ndcg@10"] <= 1.0

@@ -7,6 +7,7 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from agent.evaluation import evaluate_policy, random_scorer, session_page_lists
-from agent.train import TrainConfig, train_policy
+from agent.train import TrainConfig, lr_schedule, train_policy
 from pretrain.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,9 +52,18 @@ def test_ppo_smoke_from_tiny_smar_checkpoint(trained, tiny_run):
     rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
     assert [int(float(r["iteration"])) for r in rows] == [0, 1, 2]
     for r in rows[1:]:
-        for key in ("agreement", "multiplier", "target", "hinge", "eval_reward", "eval_consistency"):
+        for key in (
+            "agreement",
+            "multiplier",
+            "target",
+            "hinge",
+            "clip_fraction",
+            "eval_reward",
+            "eval_consistency",
+        ):
             assert np.isfinite(float(r[key])), key
         assert 0.0 <= float(r["agreement"]) <= 1.0 and float(r["multiplier"]) >= 0.0
+        assert 0.0 <= float(r["clip_fraction"]) <= 1.0
     assert (out / "learning_curves.png").stat().st_size > 0
     assert any((out / "tb").iterdir())
     manifest = json.loads((res.policy_path / "manifest.json").read_text())
@@ -138,3 +148,11 @@ def test_evaluation_plays_the_env_sessions(tiny_run):
         serp={"n_max": 16, "slate_size": 5},
     )
     assert sm["consistency"] == 1.0
+
+
+def test_lr_schedule_warms_up_and_decays_over_the_budget():
+    cfg = TrainConfig(out="x", iterations=8, train_batch=1024, lr=1e-3)
+    assert lr_schedule(cfg) == 1e-3  # constant: RLlib's plain float
+    assert lr_schedule(replace(cfg, lr_end=0.0)) == [[0, 1e-3], [8192, 0.0]]
+    assert lr_schedule(replace(cfg, lr_end=0.0, lr_warmup=2048)) == [[0, 1e-4], [2048, 1e-3], [8192, 0.0]]
+    assert lr_schedule(replace(cfg, lr_warmup=1024)) == [[0, 1e-4], [1024, 1e-3]]
