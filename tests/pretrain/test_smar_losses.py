@@ -18,6 +18,7 @@ from pretrain.losses import (
     listwise_consistency,
     page_listmle,
     pairwise_consistency,
+    pointwise_grade,
     smar_loss,
     soft_pairwise_consistency,
 )
@@ -111,6 +112,15 @@ def test_soft_pairwise_consistency_minimum_keeps_score_gaps():
     assert (d[3] - d[4]).item() == pytest.approx(2.0, abs=0.05)
 
 
+def test_pointwise_grade_golden():
+    s = T([[1.0, 0.5, 9.0], [3.0, 0.0, 0.0]])
+    rel = T([[2, 0, -1], [3, 1, 4]])
+    mask = T([[True, True, True], [True, True, False]])
+    # annotated and real: (1-2)^2, (0.5-0)^2, (3-3)^2, (0-1)^2 -> mean 2.25 / 4
+    assert pointwise_grade(s, rel, mask).item() == pytest.approx(2.25 / 4)
+    assert pointwise_grade(s, T([[-1, -1, -1], [-1, -1, -1]]), mask).item() == 0.0
+
+
 def test_listwise_consistency_golden():
     f = T([[1.0, 0.0, 3.0, 0.0]])
     g = T([[5.0, 4.0, 0.0, 1.0]])
@@ -138,12 +148,15 @@ def test_smar_loss_weights_and_ablation():
     mod = T([[0, 0, 1, 1]])
     m = T([[True] * 4])
     pairs, pm = T([[[0, 3]]]), T([[True]])
-    cfg = LossConfig(page_weight=1.0, consistency_weight=2.0, anchor_weight=0.5)
+    cfg = LossConfig(page_weight=1.0, pointwise_weight=0.3, consistency_weight=2.0, anchor_weight=0.5)
     out = smar_loss(s, rel, g, m, mod, m, cfg, pairs, pm)
-    want = out["page"] + 2.0 * out["consistency"] + 0.5 * out["anchor"]
+    want = out["page"] + 0.3 * out["pointwise"] + 2.0 * out["consistency"] + 0.5 * out["anchor"]
     assert out["loss"].item() == pytest.approx(want.item())
     assert out["consistency"].item() > 0
-    off = smar_loss(s, rel, g, m, mod, m, LossConfig(consistency_weight=0.0, anchor_weight=0.0), pairs, pm)
+    # pointwise on the annotated items 0 (grade 1, score 1) and 1 (grade 0, score 0): exact, so 0
+    assert out["pointwise"].item() == pytest.approx(0.0)
+    off_cfg = LossConfig(pointwise_weight=0.0, consistency_weight=0.0, anchor_weight=0.0)
+    off = smar_loss(s, rel, g, m, mod, m, off_cfg, pairs, pm)
     assert off["loss"].item() == pytest.approx(out["page"].item())
     with pytest.raises(ValueError, match="consistency"):
         LossConfig(consistency="bogus")
