@@ -59,6 +59,8 @@ CSV_COLUMNS = (
     "vf_loss",
     "ppo_kl",
     "clip_fraction",
+    "select_reward",
+    "select_agreement",
     "eval_reward",
     "eval_ctr",
     "eval_satisfied_click_rate",
@@ -106,6 +108,13 @@ class TrainConfig:
     # environment / evaluation
     serp: dict = field(default_factory=dict)  # SerpConfig overrides (n_max defaults to the longest page)
     eval_every: int = 1  # iterations between evaluations (0 = only at start and end)
+    # Best-iterate selection on TRAINING traffic (never test): every `select_every` iterations (and at
+    # the start and the end) the deterministic policy plays the traffic sessions `select_repeats`
+    # times; the exported policy is the iterate with the highest reward among those meeting the
+    # consistency target (agreement on traffic, the constraint's own measure; every iterate is
+    # feasible with the constraint off), or the most consistent one if none does. 0 = the last iterate.
+    select_every: int = 0
+    select_repeats: int = 4
     eval_repeats: int = 2  # plays of each held-out session per evaluation during training
     final_eval_repeats: int = 5
     checkpoint_every: int = 5
@@ -174,9 +183,12 @@ def reranker_state(module_state: dict[str, Any]) -> dict[str, Any]:
 
 def policy_network(algo, config_json: dict):
     """The trained scoring network as a standalone WholePageReranker (eval mode), from the learner."""
+    import torch
+
     from pretrain.reranker import RerankerConfig, WholePageReranker
 
-    net = WholePageReranker(RerankerConfig.from_json(config_json))
+    with torch.random.fork_rng():  # building a module draws init weights: keep training's RNG untouched,
+        net = WholePageReranker(RerankerConfig.from_json(config_json))  # so evaluating never changes a run
     net.load_state_dict(reranker_state(algo.learner_group.get_weights([MODULE_ID])[MODULE_ID]))
     return net.eval()
 
@@ -276,6 +288,8 @@ def _row(iteration: int, result: dict, elapsed: float, evaluation: dict | None) 
         "vf_loss": f(lr.get("vf_loss")),
         "ppo_kl": f(lr.get("mean_kl_loss")),
         "clip_fraction": f(lr.get(CLIP_FRACTION)),
+        "select_reward": float("nan"),  # filled in by best-iterate selection when it runs
+        "select_agreement": float("nan"),
     }
     for k in ("reward", "ctr", "satisfied_click_rate", "ndcg@10", "consistency"):
         row[f"eval_{k}"] = f(evaluation[k]) if evaluation else float("nan")
@@ -443,8 +457,28 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
                     rows = [r for r in read_csv(out / "metrics.csv") if r["iteration"] <= start_iter]
             elif cfg.resume:
                 print(f"--resume: no checkpoint under {out / 'checkpoints'}; starting fresh")
+            selection = Selection(out / "best", cfg.constraint, target)
+            if cfg.resume and start_iter > 0:
+                selection.restore()
+
+            def select(row: dict, iteration: int) -> None:
+                net = policy_network(algo, model_config_json(model_config, smar_ckpt))
+                r = evaluate_policy(
+                    net,
+                    train_split.pages,
+                    train_split.truth,
+                    seed=cfg.seed + 30_000,
+                    repeats=cfg.select_repeats,
+                    serp=serp,
+                )["reward"]
+                agreement = topk_consistency(net, train_split.pages, k)
+                row["select_reward"], row["select_agreement"] = r, agreement
+                selection.offer(net, iteration, r, agreement)
+
             if start_iter == 0:
                 rows = [_eval_row(0, 0, evaluate(cfg.eval_repeats, cfg.seed + 10_000))]
+                if cfg.select_every:
+                    select(rows[0], 0)
             writer = _tb_writer(out)
             bar = _progress(
                 range(start_iter, cfg.iterations), cfg.progress, total=cfg.iterations, initial=start_iter
@@ -457,6 +491,8 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
                 do_eval = (cfg.eval_every and it1 % cfg.eval_every == 0) or it1 == cfg.iterations
                 evaluation = evaluate(cfg.eval_repeats, cfg.seed + 10_000) if do_eval else None
                 row = _row(it1, result, time.time() - t_it, evaluation)
+                if cfg.select_every and (it1 % cfg.select_every == 0 or it1 == cfg.iterations):
+                    select(row, it1)
                 env_steps = int(row["env_steps"])
                 rows.append(row)
                 write_csv(out / "metrics.csv", rows)
@@ -478,7 +514,16 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
                 writer.close()
 
             net = policy_network(algo, model_config_json(model_config, smar_ckpt))
-            final_eval = evaluate(cfg.final_eval_repeats, cfg.seed + 20_000)
+            if cfg.select_every and selection.path.exists():
+                net, _ = load_checkpoint(selection.path)
+            final_eval = evaluate_policy(
+                net,
+                test_split.pages,
+                test_split.truth,
+                seed=cfg.seed + 20_000,
+                repeats=cfg.final_eval_repeats,
+                serp=serp,
+            )
         finally:
             algo.stop()
             if started_ray:
@@ -494,6 +539,7 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
         "consistency_target": target,
         "smar_agreement_traffic": smar_agree,
         "env_steps": env_steps,
+        "selected_iteration": selection.iteration if cfg.select_every else cfg.iterations,
         "metrics": {"initial_eval": initial_eval, "final_eval": final_eval},
     }
     policy_path = out / "policy"
@@ -511,6 +557,39 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
     }
     (out / "result.json").write_text(json.dumps(summary, indent=2, default=str))
     return TrainResult(out, policy_path, version, rows, initial_eval, final_eval, env_steps, seconds)
+
+
+class Selection:
+    """The best iterate so far (TrainConfig.select_every), kept as a reranker checkpoint at `path` so
+    that --resume continues the same selection. Key: feasible iterates (agreement >= target, or any
+    with the constraint off) by reward, above infeasible ones by agreement; ties keep the earlier."""
+
+    def __init__(self, path: Path, constraint: bool, target: float) -> None:
+        self.path, self.constraint, self.target = path, constraint, target
+        self.key: tuple[bool, float] | None = None
+        self.iteration = -1
+
+    def restore(self) -> None:
+        if self.path.exists():
+            from pretrain.checkpoint import verify_checkpoint
+
+            sel = verify_checkpoint(self.path).manifest["selection"]
+            self.key, self.iteration = (bool(sel["key"][0]), float(sel["key"][1])), int(sel["iteration"])
+
+    def offer(self, net, iteration: int, reward: float, agreement: float) -> bool:
+        """Keep `net` if it beats the best so far; True if it does."""
+        from pretrain.checkpoint import make_version, save_checkpoint
+
+        feasible = not self.constraint or agreement >= self.target
+        key = (feasible, reward if feasible else agreement)
+        if self.key is not None and key <= self.key:
+            return False
+        self.key, self.iteration = key, iteration
+        extra = {
+            "selection": {"iteration": iteration, "reward": reward, "agreement": agreement, "key": list(key)}
+        }
+        save_checkpoint(net, self.path, version=make_version("ppo-best"), extra=extra, overwrite=True)
+        return True
 
 
 def model_config_json(model_config: dict, smar_ckpt) -> dict:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from agent.evaluation import evaluate_policy, random_scorer, session_page_lists
-from agent.train import TrainConfig, lr_schedule, train_policy
+from agent.train import Selection, TrainConfig, lr_schedule, train_policy
 from pretrain.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def _cfg(run, out, **kw) -> TrainConfig:
 @pytest.fixture(scope="module")
 def trained(tiny_run, ray_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("ppo")
-    return train_policy(_cfg(tiny_run, out, iterations=2)), out
+    return train_policy(_cfg(tiny_run, out, iterations=2, select_every=1)), out
 
 
 def test_ppo_smoke_from_tiny_smar_checkpoint(trained, tiny_run):
@@ -69,6 +69,11 @@ def test_ppo_smoke_from_tiny_smar_checkpoint(trained, tiny_run):
     manifest = json.loads((res.policy_path / "manifest.json").read_text())
     assert manifest["kind"] == "ppo" and manifest["init"]["version"] == tiny_run.reranker_version
     assert manifest["train_config"]["constraint"] is True and "final_eval" in manifest["metrics"]
+    # best-iterate selection ran at the start and after every iteration, and exported its choice
+    assert all(np.isfinite(float(r["select_reward"])) for r in rows)
+    best = json.loads((out / "best" / "manifest.json").read_text())["selection"]
+    assert manifest["selected_iteration"] == best["iteration"] in (0, 1, 2)
+    assert float(rows[best["iteration"]]["select_reward"]) == best["reward"]
     # The exported network is the trained one: it moved away from the SMAR weights.
     net, _ = load_checkpoint(res.policy_path)
     smar, _ = tiny_run.reranker()
@@ -81,11 +86,17 @@ def test_ppo_smoke_from_tiny_smar_checkpoint(trained, tiny_run):
 def test_same_seed_gives_the_same_run(trained, tiny_run, tmp_path):
     """Seed everything: a second run with the same config reproduces every metric and weight."""
     res, out = trained
-    again = train_policy(_cfg(tiny_run, tmp_path / "again", iterations=2, checkpoint_every=0))
+    again = train_policy(_cfg(tiny_run, tmp_path / "again", iterations=2, checkpoint_every=0, select_every=1))
     cols = ("env_steps", "train_return", "agreement", "multiplier", "hinge", "eval_reward", "policy_loss")
     first = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))[:3]
     second = list(csv.DictReader((tmp_path / "again" / "metrics.csv").read_text().splitlines()))
     assert [[r[c] for c in cols] for r in first] == [[r[c] for c in cols] for r in second]
+    # evaluating and selecting iterates never changes the training run itself
+    plain = train_policy(_cfg(tiny_run, tmp_path / "plain", iterations=2, checkpoint_every=0, eval_every=0))
+    third = list(csv.DictReader((tmp_path / "plain" / "metrics.csv").read_text().splitlines()))
+    cols = ("env_steps", "train_return", "agreement", "multiplier", "hinge", "policy_loss")
+    assert [[r[c] for c in cols] for r in first] == [[r[c] for c in cols] for r in third]
+    assert plain.env_steps == res.env_steps
     a, _ = load_checkpoint(res.policy_path)
     b, _ = load_checkpoint(again.policy_path)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
@@ -156,3 +167,20 @@ def test_lr_schedule_warms_up_and_decays_over_the_budget():
     assert lr_schedule(replace(cfg, lr_end=0.0)) == [[0, 1e-3], [8192, 0.0]]
     assert lr_schedule(replace(cfg, lr_end=0.0, lr_warmup=2048)) == [[0, 1e-4], [2048, 1e-3], [8192, 0.0]]
     assert lr_schedule(replace(cfg, lr_warmup=1024)) == [[0, 1e-4], [1024, 1e-3]]
+
+
+def test_selection_keeps_the_best_feasible_iterate_and_resumes(tiny_run, tmp_path):
+    smar, _ = tiny_run.reranker()
+    sel = Selection(tmp_path / "best", constraint=True, target=0.8)
+    assert sel.offer(smar, 0, reward=1.0, agreement=0.7)  # the first offer is kept, even infeasible
+    assert sel.offer(smar, 1, 0.9, 0.75)  # none feasible yet: the more consistent one
+    assert not sel.offer(smar, 2, 2.0, 0.74)
+    assert sel.offer(smar, 3, 0.5, 0.85)  # feasible beats infeasible, whatever the rewards
+    assert not sel.offer(smar, 4, 0.5, 0.9)  # a tie keeps the earlier iterate
+    assert not sel.offer(smar, 5, 3.0, 0.79)  # infeasible never replaces a feasible one
+    assert sel.offer(smar, 6, 0.6, 0.81)
+    again = Selection(tmp_path / "best", True, 0.8)
+    again.restore()
+    assert (again.iteration, again.key) == (6, (True, 0.6))
+    off = Selection(tmp_path / "off", constraint=False, target=0.8)
+    assert off.offer(smar, 0, 1.0, 0.9) and off.offer(smar, 1, 1.1, 0.1)  # constraint off: reward only
