@@ -101,19 +101,29 @@ def pairwise_consistency(
     score. A modality with no pair in the batch contributes 0.
     """
     mask = mask.bool()
-    beta_t = _beta(beta, scores.device)
     f = torch.where(mask, scores, torch.zeros_like(scores))
-    diff = f[:, :, None] - f[:, None, :]  # f_i - f_j
+    hinge = torch.clamp(margin - (f[:, :, None] - f[:, None, :]), min=0.0)  # on f_i - f_j
+    return _modality_pair_mean(hinge, reference, modality, mask, _beta(beta, scores.device))
+
+
+def _modality_pair_mean(
+    per_pair: torch.Tensor,
+    reference: torch.Tensor,
+    modality: torch.Tensor,
+    mask: torch.Tensor,
+    beta: torch.Tensor,
+) -> torch.Tensor:
+    """sum_m beta_m * mean of per_pair [B, N, N] over pairs (i, j) of modality m on the same page, both
+    masked-in, with reference_i > reference_j. A modality without such a pair contributes 0."""
     ordered = reference[:, :, None] > reference[:, None, :]
     same = modality[:, :, None] == modality[:, None, :]
     valid = ordered & same & mask[:, :, None] & mask[:, None, :]
-    hinge = torch.clamp(margin - diff, min=0.0)
-    total = scores.sum() * 0.0
-    for m in range(len(beta_t)):
+    total = per_pair.sum() * 0.0
+    for m in range(len(beta)):
         sel = valid & (modality[:, :, None] == m)
         cnt = sel.sum()
         if cnt > 0:
-            total = total + beta_t[m] * torch.where(sel, hinge, torch.zeros_like(hinge)).sum() / cnt
+            total = total + beta[m] * torch.where(sel, per_pair, torch.zeros_like(per_pair)).sum() / cnt
     return total
 
 
@@ -136,25 +146,14 @@ def soft_pairwise_consistency(
     leaves one calibrated scale per modality for the page labels to align. Zero at the optimum.
     """
     mask = mask.bool()
-    beta_t = _beta(beta, scores.device)
     f = torch.where(mask, scores, torch.zeros_like(scores))
     g = torch.where(mask, reference, torch.zeros_like(reference))
     d = f[:, :, None] - f[:, None, :]
     target = torch.sigmoid((g[:, :, None] - g[:, None, :]) / temperature)
-    ordered = reference[:, :, None] > reference[:, None, :]
-    same = modality[:, :, None] == modality[:, None, :]
-    valid = ordered & same & mask[:, :, None] & mask[:, None, :]
     # KL(Bernoulli(P) || Bernoulli(sigma(d))) = BCE(d, P) - H(P)
     bce = F.binary_cross_entropy_with_logits(d, target, reduction="none")
     ent = F.binary_cross_entropy(target, target, reduction="none")
-    per = bce - ent
-    total = scores.sum() * 0.0
-    for m in range(len(beta_t)):
-        sel = valid & (modality[:, :, None] == m)
-        cnt = sel.sum()
-        if cnt > 0:
-            total = total + beta_t[m] * torch.where(sel, per, torch.zeros_like(per)).sum() / cnt
-    return total
+    return _modality_pair_mean(bce - ent, reference, modality, mask, _beta(beta, scores.device))
 
 
 def listwise_consistency(
