@@ -6,7 +6,8 @@ THE LOSS (per module, per minibatch; see `ConstrainedPPOLearner.compute_loss_for
          + lambda * hinge                                                   # consistency constraint
          + reference_kl_coeff * KL(pi_SMAR || pi_theta)                     # optional, frozen SMAR
 
-  hinge   = SMAR's pairwise hinge (`pretrain.losses.pairwise_consistency`, margin 1, equal beta_m) of
+  hinge   = SMAR's pairwise hinge (`pretrain.losses.pairwise_consistency`, equal beta_m; `smar train`
+            sets the margin the SMAR reranker was pretrained with, the authors' 1 by default) of
             the policy's raw scores against each modality's single-modal order (obs single_modal_score):
             the differentiable surrogate of "keep every modality's internal order".
   lambda  = Lagrange multiplier, dual ascent once per training iteration on the *measured* constraint
@@ -57,7 +58,7 @@ class ConstraintConfig:
     enabled: bool = True  # False: plain PPO (agreement is still measured and logged)
     target: float | None = None  # absolute agreement target in [0, 1]; None -> target_fraction x initial
     target_fraction: float = 0.99
-    margin: float = 1.0  # hinge margin gamma (SMAR authors' code: 1)
+    margin: float = 1.0  # hinge margin gamma (SMAR authors' code: 1; agent.train passes SMAR's own)
     multiplier_init: float = 0.0
     multiplier_lr: float = 20.0  # dual step per unit of agreement shortfall
     multiplier_max: float = 50.0

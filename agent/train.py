@@ -103,6 +103,10 @@ class TrainConfig:
     # 0.99 -> 0.969 x; smar bench agent --target-fraction), so the margin must cover that.
     target_fraction: float = 0.99
     multiplier_lr: float = 20.0
+    # hinge margin of the constraint's surrogate; None: the margin the run's SMAR reranker was
+    # pretrained with (its manifest's loss config; 1.0, the SMAR authors', if it records none), so the
+    # constraint asks for the score gaps SMAR's own consistency loss asked for, whatever its scale
+    margin: float | None = None
     multiplier_init: float = 0.0
     reference_kl_coeff: float = 0.0  # KL(pi_SMAR || pi): needs a SMAR reranker (not with --scratch)
     # environment / evaluation
@@ -208,8 +212,19 @@ def lr_schedule(cfg: TrainConfig) -> float | list[list[float]]:
     return points
 
 
+def pretrain_margin(ckpt) -> float:
+    """The consistency-hinge margin a reranker checkpoint was pretrained with (1.0 if not recorded)."""
+    loss = (ckpt.manifest.get("pretrain_config") or {}).get("loss") or {}
+    return float(loss.get("margin", 1.0))
+
+
 def build_ppo_config(
-    cfg: TrainConfig, train_split, model_config: dict, serp: SerpConfig, target: float | None
+    cfg: TrainConfig,
+    train_split,
+    model_config: dict,
+    serp: SerpConfig,
+    target: float | None,
+    margin: float = 1.0,
 ):
     from ray.rllib.algorithms.ppo import PPOConfig
 
@@ -220,6 +235,7 @@ def build_ppo_config(
         enabled=cfg.constraint,
         target=target,
         target_fraction=cfg.target_fraction,
+        margin=margin,
         multiplier_lr=cfg.multiplier_lr,
         multiplier_init=cfg.multiplier_init,
         reference_checkpoint=model_config.get("reference_checkpoint"),
@@ -439,7 +455,8 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
     rows: list[dict] = []
     start_iter = 0
     with torch_threads(cfg.torch_threads):
-        algo = build_ppo_config(cfg, train_split, model_config, serp, target).build_algo()
+        margin = cfg.margin if cfg.margin is not None else pretrain_margin(smar_ckpt)
+        algo = build_ppo_config(cfg, train_split, model_config, serp, target, margin).build_algo()
         try:
 
             def evaluate(repeats: int, seed: int) -> dict:
@@ -537,6 +554,7 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
         "init": init_desc,
         "smar_version": smar_ckpt.version,
         "consistency_target": target,
+        "consistency_margin": margin,
         "smar_agreement_traffic": smar_agree,
         "env_steps": env_steps,
         "selected_iteration": selection.iteration if cfg.select_every else cfg.iterations,

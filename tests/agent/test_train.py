@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from agent.evaluation import evaluate_policy, random_scorer, session_page_lists
-from agent.train import Selection, TrainConfig, lr_schedule, train_policy
+from agent.train import Selection, TrainConfig, lr_schedule, pretrain_margin, train_policy
 from pretrain.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +69,10 @@ def test_ppo_smoke_from_tiny_smar_checkpoint(trained, tiny_run):
     manifest = json.loads((res.policy_path / "manifest.json").read_text())
     assert manifest["kind"] == "ppo" and manifest["init"]["version"] == tiny_run.reranker_version
     assert manifest["train_config"]["constraint"] is True and "final_eval" in manifest["metrics"]
+    # the constraint's hinge asks for the margin SMAR itself was pretrained with
+    _, smar_ckpt = tiny_run.reranker()
+    margin = smar_ckpt.manifest["pretrain_config"]["loss"]["margin"]
+    assert manifest["consistency_margin"] == pretrain_margin(smar_ckpt) == margin
     # best-iterate selection ran at the start and after every iteration, and exported its choice
     assert all(np.isfinite(float(r["select_reward"])) for r in rows)
     best = json.loads((out / "best" / "manifest.json").read_text())["selection"]
