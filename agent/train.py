@@ -459,8 +459,10 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
         algo = build_ppo_config(cfg, train_split, model_config, serp, target, margin).build_algo()
         try:
 
-            def evaluate(repeats: int, seed: int) -> dict:
-                net = policy_network(algo, model_config_json(model_config, smar_ckpt))
+            def evaluate(repeats: int, seed: int, net=None) -> dict:
+                """Held-out test evaluation of `net` (default: the learner's current policy)."""
+                if net is None:
+                    net = policy_network(algo, model_config_json(model_config, smar_ckpt))
                 return evaluate_policy(
                     net, test_split.pages, test_split.truth, seed=seed, repeats=repeats, serp=serp
                 )
@@ -530,17 +532,11 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
             if writer is not None:
                 writer.close()
 
-            net = policy_network(algo, model_config_json(model_config, smar_ckpt))
             if cfg.select_every and selection.path.exists():
                 net, _ = load_checkpoint(selection.path)
-            final_eval = evaluate_policy(
-                net,
-                test_split.pages,
-                test_split.truth,
-                seed=cfg.seed + 20_000,
-                repeats=cfg.final_eval_repeats,
-                serp=serp,
-            )
+            else:
+                net = policy_network(algo, model_config_json(model_config, smar_ckpt))
+            final_eval = evaluate(cfg.final_eval_repeats, cfg.seed + 20_000, net)
         finally:
             algo.stop()
             if started_ray:
