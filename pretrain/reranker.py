@@ -110,9 +110,9 @@ class WholePageReranker(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def encode_items(
-        self, features: torch.Tensor, modality: torch.Tensor, query: torch.Tensor, user: torch.Tensor
+        self, features: torch.Tensor, modality: torch.Tensor, context: torch.Tensor
     ) -> torch.Tensor:
-        """Per-item embeddings before attention, [B, N, H]."""
+        """Per-item embeddings before attention, [B, N, H]; `context` is `context_embedding`'s [B, H]."""
         x = (signed_log(features) - self.feat_mean[modality]) / self.feat_std[modality]
         b, n, _ = x.shape
         # Every adapter runs on every slot and the item's own modality is gathered: dense and
@@ -124,7 +124,7 @@ class WholePageReranker(nn.Module):
         idx = modality[..., None, None].expand(b, n, 1, self.config.hidden)
         h = torch.stack(outs, dim=-2).gather(-2, idx).squeeze(-2)
         h = h + self.modality_embedding(modality)
-        c = self.context_embedding(query, user)[:, None, :].expand(b, n, -1)
+        c = context[:, None, :].expand(b, n, -1)
         return self.fuse(torch.cat([h, c], dim=-1))
 
     def context_embedding(self, query: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
@@ -143,7 +143,8 @@ class WholePageReranker(nn.Module):
         """Scores [B, N]; padded slots get PAD_SCORE."""
         modality = modality.long().clamp(0, len(self.modalities) - 1)
         mask = mask.bool()
-        h0 = self.encode_items(features.float(), modality, query.float(), user.float())
+        context = self.context_embedding(query.float(), user.float())  # once: items and offsets share it
+        h0 = self.encode_items(features.float(), modality, context)
         # A page with no real item would make attention NaN: let such rows attend to slot 0.
         key_pad = ~mask
         empty = ~mask.any(dim=1)
@@ -153,7 +154,7 @@ class WholePageReranker(nn.Module):
         h = self.encoder(h0, src_key_padding_mask=key_pad)
         scores = self.head(torch.cat([h0, h], dim=-1)).squeeze(-1)
         if self.offset_head is not None:
-            offsets = self.offset_head(self.context_embedding(query.float(), user.float()))  # [B, M]
+            offsets = self.offset_head(context)  # [B, M]
             scores = scores + offsets.gather(1, modality)
         return scores.masked_fill(~mask, PAD_SCORE)
 
