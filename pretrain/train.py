@@ -294,7 +294,7 @@ def train_reranker(
         for epoch in bar:
             model.train()
             perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
-            tot = {"loss": 0.0, "page": 0.0, "consistency": 0.0, "anchor": 0.0}
+            tot = {"loss": 0.0, "page": 0.0, "pointwise": 0.0, "consistency": 0.0, "anchor": 0.0}
             nb = 0
             for start in range(0, len(perm), tc.batch_pages):
                 idx = perm[start : start + tc.batch_pages]
