@@ -65,6 +65,9 @@ class ConstraintConfig:
     reference_checkpoint: str | None = None  # frozen SMAR policy for the KL term
     reference_kl_coeff: float = 0.0
     kl_samples: int = 2
+    # The optimiser: the reranker's modality-offset head (the page layout: how modalities interleave,
+    # which no within-modality order depends on) learns at offset_lr_scale x the learning rate.
+    offset_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.target is not None and not 0.0 <= self.target <= 1.0:
@@ -73,6 +76,8 @@ class ConstraintConfig:
             raise ValueError(
                 f"ConstraintConfig.target_fraction must lie in (0, 1], got {self.target_fraction}"
             )
+        if self.offset_lr_scale <= 0:
+            raise ValueError(f"ConstraintConfig.offset_lr_scale must be > 0, got {self.offset_lr_scale}")
         for name in ("margin", "multiplier_init", "multiplier_lr", "multiplier_max", "reference_kl_coeff"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ConstraintConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -126,8 +131,8 @@ class ConstrainedPPOLearner(PPOTorchLearner):
     """PPOTorchLearner + Lagrangian consistency constraint + optional frozen-SMAR KL. See module docstring."""
 
     def build(self) -> None:
+        self.constraint = ConstraintConfig.from_dict(self.config.learner_config_dict)  # the optimiser reads it
         super().build()
-        self.constraint = ConstraintConfig.from_dict(self.config.learner_config_dict)
         self.multipliers: dict[str, float] = {}
         self.targets: dict[str, float] = {}
         self._agreement_sums: dict[str, list[float]] = {}
@@ -140,6 +145,37 @@ class ConstrainedPPOLearner(PPOTorchLearner):
             for p in net.parameters():
                 p.requires_grad_(False)
             self._reference = net.eval()
+
+    # ------------------------------------------------------------------ the optimiser
+    def configure_optimizers_for_module(self, module_id: str, config: Any = None) -> None:
+        """Adam over the module, with the reranker's offset head in its own group at `offset_lr_scale` x
+        the (scheduled) learning rate; every other parameter at the learning rate itself."""
+        module = self._module[module_id]
+        params = self.get_parameters(module)
+        offset_head = getattr(module.unwrapped().reranker, "offset_head", None)
+        fast = set()
+        if offset_head is not None and self.constraint.offset_lr_scale != 1.0:
+            fast = {id(p) for p in offset_head.parameters()}
+        groups = [{"params": [p for p in params if id(p) not in fast], "lr_scale": 1.0}]
+        if fast:
+            groups.append(
+                {"params": [p for p in params if id(p) in fast], "lr_scale": self.constraint.offset_lr_scale}
+            )
+        self.register_optimizer(
+            module_id=module_id,
+            optimizer=torch.optim.Adam(groups),
+            params=params,
+            lr_or_lr_schedule=config.lr,
+        )
+
+    @staticmethod
+    def _set_optimizer_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+        for g in optimizer.param_groups:  # RLlib's scheduler sets one lr; each group keeps its scale
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+
+    @staticmethod
+    def _get_optimizer_lr(optimizer: torch.optim.Optimizer) -> float:
+        return optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0)
 
     # ------------------------------------------------------------------ the loss
     def compute_loss_for_module(

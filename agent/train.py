@@ -109,6 +109,7 @@ class TrainConfig:
     margin: float | None = None
     multiplier_init: float = 0.0
     reference_kl_coeff: float = 0.0  # KL(pi_SMAR || pi): needs a SMAR reranker (not with --scratch)
+    offset_lr_scale: float = 1.0  # the reranker's modality-offset head learns at this x lr
     # environment / evaluation
     serp: dict = field(default_factory=dict)  # SerpConfig overrides (n_max defaults to the longest page)
     eval_every: int = 1  # iterations between evaluations (0 = only at start and end)
@@ -240,6 +241,7 @@ def build_ppo_config(
         multiplier_init=cfg.multiplier_init,
         reference_checkpoint=model_config.get("reference_checkpoint"),
         reference_kl_coeff=cfg.reference_kl_coeff,
+        offset_lr_scale=cfg.offset_lr_scale,
     )
     lr: float | list = lr_schedule(cfg)
     mc = {k: v for k, v in model_config.items() if k != "reference_checkpoint"}

@@ -60,8 +60,10 @@ def env(tiny_world):
     )
 
 
-def _learner(env, tiny_world, **constraint) -> ConstrainedPPOLearner:
-    mc = scratch_model_config(tiny_world.traffic.pages, seed=0, hidden=16, heads=2, layers=1)
+def _learner(env, tiny_world, offsets: bool = False, **constraint) -> ConstrainedPPOLearner:
+    mc = scratch_model_config(
+        tiny_world.traffic.pages, seed=0, hidden=16, heads=2, layers=1, modality_offsets=offsets
+    )
     cfg = (
         PPOConfig()
         .environment(observation_space=env.observation_space, action_space=env.action_space)
@@ -170,6 +172,20 @@ def test_reference_kl_is_kept_outside_the_trained_module(env, tiny_world, tmp_pa
     assert learner.metrics.peek(("default_policy", "reference_kl")) > 0
 
 
+def test_offset_head_learns_at_its_scale_of_the_scheduled_learning_rate(env, tiny_world):
+    learner = _learner(env, tiny_world, offsets=True, offset_lr_scale=10.0)
+    (_, opt), *_ = learner.get_optimizers_for_module("default_policy")
+    head = {id(p) for p in learner.module["default_policy"].reranker.offset_head.parameters()}
+    body, fast = opt.param_groups
+    assert {id(p) for p in fast["params"]} == head and not head & {id(p) for p in body["params"]}
+    learner._set_optimizer_lr(opt, 1e-3)  # what RLlib's lr schedule calls every iteration
+    assert (body["lr"], fast["lr"]) == pytest.approx((1e-3, 1e-2))
+    assert learner._get_optimizer_lr(opt) == pytest.approx(1e-3)
+    plain = _learner(env, tiny_world, offsets=True)  # scale 1: one group, RLlib's behaviour
+    (_, opt), *_ = plain.get_optimizers_for_module("default_policy")
+    assert len(opt.param_groups) == 1
+
+
 def test_constraint_config_validates():
     with pytest.raises(ValueError, match="target"):
         ConstraintConfig(target=1.5)
@@ -177,3 +193,5 @@ def test_constraint_config_validates():
         ConstraintConfig(reference_kl_coeff=0.1)
     with pytest.raises(ValueError, match="unknown"):
         ConstraintConfig.from_dict({"lagrange": 1.0})
+    with pytest.raises(ValueError, match="offset_lr_scale"):
+        ConstraintConfig(offset_lr_scale=0.0)
