@@ -90,6 +90,7 @@ def _train_config(method: str, seed: int, args, out: Path) -> TrainConfig:
         lr=args.lr,
         lr_end=args.lr_end if args.lr_end >= 0 else None,
         temperature=args.temperature,
+        offset_lr_scale=args.offset_lr_scale,
         target_fraction=args.target_fraction,
         seed=seed,
         eval_every=args.eval_every,
@@ -313,6 +314,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="learning rate at the end of the budget (linear decay from --lr; negative: constant --lr)",
     )
     p.add_argument("--temperature", type=float, default=0.5)
+    p.add_argument(
+        "--offset-lr-scale",
+        type=float,
+        default=TrainConfig.offset_lr_scale,
+        help="learning-rate multiplier of the reranker's modality-offset head (measured: no robust gain)",
+    )
     p.add_argument(
         "--target-fraction",
         type=float,

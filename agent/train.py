@@ -668,6 +668,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="consistency target / SMAR's agreement",
     )
     p.add_argument("--reference-kl", type=float, default=0.0, help="weight of KL(pi_SMAR || pi)")
+    p.add_argument(
+        "--offset-lr-scale",
+        type=float,
+        default=TrainConfig.offset_lr_scale,
+        help="learning-rate multiplier of the reranker's modality-offset head (the page layout)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=5)
     p.add_argument("--out", required=True, help="output folder")
@@ -691,6 +697,7 @@ def run(args: argparse.Namespace) -> int:
         train_batch=args.train_batch,
         lr=args.lr,
         temperature=args.temperature,
+        offset_lr_scale=args.offset_lr_scale,
         target_fraction=args.target_fraction,
         reference_kl_coeff=args.reference_kl,
         seed=args.seed,
