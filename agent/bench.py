@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.evaluation import METRICS, evaluate_policy, random_scorer
-from agent.reward_landscape import reference_policies
+from agent.reward_landscape import layout_gradient, reference_policies
 from agent.train import DEFAULT_RUN, TrainConfig, serp_config_for, train_policy
 
 RL_METHODS = ("ppo_scratch", "ppo_unconstrained", "ppo_constrained")
@@ -205,6 +205,23 @@ def checks(methods: dict) -> dict[str, dict]:
     }
 
 
+def layout_gradients(run, smar, serp, args) -> dict[str, dict]:
+    """`layout_gradient` on the traffic pages at the policies the RL runs start from (SMAR, and the
+    fresh network of ppo_scratch seed 0) at the bench's temperature and batch: how clearly one PPO
+    iteration sees which modality to move up."""
+    from agent.rl_module import build_reranker, scratch_model_config
+    from agent.train import network_shape
+
+    train = run.split("traffic")
+    fresh = build_reranker(scratch_model_config(train.pages, seed=0, **network_shape(smar.config))).eval()
+    return {
+        name: layout_gradient(
+            net.score_pages(train.pages), train.pages, train.truth, serp, args.temperature, args.train_batch
+        )
+        for name, net in (("smar", smar), ("fresh_network_seed0", fresh))
+    }
+
+
 def run_bench(args) -> dict:
     import ray
 
@@ -260,6 +277,7 @@ def run_bench(args) -> dict:
     report = {
         "methods": methods,
         "references": references,
+        "layout_gradient": layout_gradients(run, smar, serp, args),
         "checks": checks(methods),
         "setup": {
             "run": str(run.root),
@@ -291,6 +309,12 @@ def format_report(report: dict) -> str:
     for name, m in report["references"].items():
         cells = "".join(f"{m[c]:>15.4f}{'':9}" for c in cols)
         lines.append(f"{name + ' (ref)':<20}{cells}{'-':>11}")
+    lines.append("")
+    for name, g in report.get("layout_gradient", {}).items():
+        z = " / ".join(f"{v:+.1f}" for v in g["z_per_batch"])
+        lines.append(
+            f"layout gradient at {name}: z per {g['batch']}-page batch (doc / image / video / answer) {z}"
+        )
     lines.append("")
     for name, c in report["checks"].items():
         figs = ", ".join(f"{k}={v:.4f}" for k, v in c.items() if k != "pass")

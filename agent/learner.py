@@ -131,7 +131,8 @@ class ConstrainedPPOLearner(PPOTorchLearner):
     """PPOTorchLearner + Lagrangian consistency constraint + optional frozen-SMAR KL. See module docstring."""
 
     def build(self) -> None:
-        self.constraint = ConstraintConfig.from_dict(self.config.learner_config_dict)  # the optimiser reads it
+        # Parsed before super().build(): configure_optimizers_for_module reads offset_lr_scale.
+        self.constraint = ConstraintConfig.from_dict(self.config.learner_config_dict)
         super().build()
         self.multipliers: dict[str, float] = {}
         self.targets: dict[str, float] = {}

@@ -21,6 +21,9 @@ the simulator, and on what earns it. These references answer that with figures, 
   fresh_network_seed{s}  the untrained network PPO-from-scratch starts from (same init as ppo_scratch
                          seed s), as a deterministic policy: what "scratch" gets before learning anything.
 
+`layout_gradient` answers a different question: how much reward signal a policy-gradient learner gets
+about the page layout (one score offset per modality) at a given Plackett-Luce policy, per PPO batch.
+
 Offsets and weights are chosen on `traffic` sessions (the RL training pages), never on `test`; the
 chosen policies are then evaluated on `test` exactly like the methods. The choice has two stages, so
 that it is not the luckiest of hundreds of noisy grid points: (1) one sweep of the grid
@@ -41,7 +44,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from agent.evaluation import evaluate_policy, session_page_lists, session_returns
-from envs.pages import N_MODALITIES, Pages
+from envs.pages import N_MODALITIES, Pages, pad_items
+from envs.user_model import UserModel
 from envs.world import ItemTruth
 
 OFFSET_GRID = (-5.0, 0.0, 2.0, 5.0, 10.0, 30.0)  # doc stays at 0; in units of the base score
@@ -200,3 +204,63 @@ def reference_policies(run, smar, serp, seed: int, repeats: int, fresh_seeds: in
         net = build_reranker(scratch_model_config(train.pages, seed=s, **network_shape(smar.config)))
         out[f"fresh_network_seed{s}"] = ev(net)
     return out
+
+
+def layout_gradient(
+    scores: np.ndarray,
+    pages: Pages,
+    truth: ItemTruth,
+    serp,
+    temperature: float,
+    batch: int = 1024,
+    repeats: int = 4,
+    seed: int = 0,
+) -> dict[str, list[float] | float | int]:
+    """The REINFORCE gradient of expected page reward w.r.t. one score offset per modality, at the
+    Plackett-Luce policy `scores / temperature` over `pages`, and its signal-to-noise per PPO batch.
+
+    Why: the layout (how modalities interleave) is where the reward is (`smar_modality_offsets`), and
+    a policy-gradient learner sees it only through sampled slates. Each page is played `repeats` times
+    (one slate, one simulated user, page reward only, batch-mean baseline). Returns the mean gradient
+    per modality (doc, image, video, answer; they sum to 0: only relative offsets matter) and
+    `z_per_batch` = mean / (std / sqrt(batch)), how many standard errors a `batch`-page estimate of
+    each component sits from 0 (|z| < 2: one PPO iteration cannot tell its sign).
+    """
+    import torch
+
+    from pretrain import plackett_luce as pl
+
+    n, k = serp.n_max, serp.slate_size
+    s = torch.as_tensor(pad_items(pages, np.asarray(scores, np.float32), n))
+    mask = torch.as_tensor(pad_items(pages, np.ones(pages.n_items, np.float32), n))
+    mod = pad_items(pages, pages.modality.astype(np.int64), n)
+    rel = pad_items(pages, truth.relevance.astype(np.int64), n)
+    att = pad_items(pages, truth.attractiveness.astype(np.float32), n)
+    user, rng = UserModel(serp.user), np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    grads, rewards = [], []
+    for _ in range(repeats):
+        offsets = torch.zeros(len(pages), N_MODALITIES, requires_grad=True)  # per page: per-page gradients
+        logits = pl.masked_logits(s + offsets.gather(1, torch.as_tensor(mod)), mask, temperature)
+        slates = pl.sample_topk(logits.detach(), k, gen)
+        pl.log_prob(logits, slates).sum().backward()
+        shown = slates.numpy()
+
+        def at(x: np.ndarray, shown: np.ndarray = shown) -> np.ndarray:
+            return np.take_along_axis(x, shown, axis=1)
+
+        outcome = user.simulate(at(rel), at(att), at(mod), None, rng)
+        rewards.append(serp.reward.item_rewards(outcome).sum(axis=1))
+        grads.append(offsets.grad.numpy().copy())
+    g, r = np.concatenate(grads), np.concatenate(rewards).astype(np.float64)
+    per_page = (r - r.mean())[:, None] * g
+    mean, std = per_page.mean(0), per_page.std(0)
+    z = np.divide(mean, std / np.sqrt(batch), out=np.zeros_like(mean), where=std > 0)
+    return {
+        "gradient": mean.tolist(),
+        "z_per_batch": z.tolist(),
+        "page_reward": float(r.mean()),
+        "pages": int(len(r)),
+        "batch": int(batch),
+        "temperature": float(temperature),
+    }

@@ -9,7 +9,16 @@ import numpy as np
 
 from agent import reward_landscape as rl
 from agent.evaluation import evaluate_policy, session_page_lists, session_returns
-from agent.reward_landscape import head_sessions, offset_sweep, session_intents, top_by_intent
+from agent.reward_landscape import (
+    head_sessions,
+    layout_gradient,
+    offset_sweep,
+    session_intents,
+    top_by_intent,
+)
+from envs.pages import MODALITY_ID
+from envs.serp_env import RewardConfig, SerpConfig
+from envs.world import ItemTruth
 
 SERP = {"n_max": 16, "slate_size": 5}
 
@@ -105,3 +114,21 @@ def test_reference_policies_on_a_tiny_run(tiny_run, monkeypatch):
     assert len(out["smar_attractiveness_intent_offsets"]["attractiveness_weight"]) == 4
     for m in out.values():
         assert np.isfinite(m["reward"]) and 0.0 <= m["ndcg@10"] <= 1.0
+
+
+def test_layout_gradient_points_to_the_modality_that_earns(tiny_run):
+    """Only clicks pay and only videos are ever clicked: moving videos up is the one direction that
+    earns, so its gradient component is positive and clear, and the components sum to 0."""
+    split = tiny_run.split("traffic")
+    video = split.pages.modality == MODALITY_ID["video"]
+    truth = ItemTruth(split.truth.relevance, video.astype(np.float32), split.truth.preferred_modality)
+    serp = SerpConfig(
+        n_max=16, slate_size=5, reward=RewardConfig(click=1.0, satisfied_click=0.0, answer_satisfaction=0.0)
+    )
+    flat = np.zeros(split.pages.n_items, np.float32)
+    g = layout_gradient(flat, split.pages, truth, serp, temperature=1.0, batch=256, repeats=20)
+    grad, z = np.array(g["gradient"]), np.array(g["z_per_batch"])
+    assert np.argmax(grad) == MODALITY_ID["video"] and z[MODALITY_ID["video"]] > 3
+    assert abs(grad.sum()) < 1e-6 and g["pages"] == 20 * len(split.pages)
+    again = layout_gradient(flat, split.pages, truth, serp, temperature=1.0, batch=256, repeats=20)
+    assert again == g  # seeded
