@@ -47,14 +47,6 @@ EVAL_REPEATS = 10  # plays of each held-out session per method and seed (200 ses
 # 0 / 1: unconstrained 1.2748 / 1.2442 = SMAR's), which makes the comparison between the RL methods
 # degenerate; ppo_scratch picks its most consistent iterate when none meets the target.
 SELECT_EVERY = 0
-# PPO's learning rate decays linearly from --lr to LR_END over the budget. Measured (one run per seed,
-# 8 x 1024 steps, lr 1e-3, temperature 0.5, test reward of the exported policy, 200 sessions x 10):
-#   constant lr:  ppo_constrained 1.303 / 1.314 (seeds 0 / 1), ppo_scratch 1.338 / 1.235
-#   decay to 0:   ppo_constrained 1.347 / 1.285 / 1.303 (seeds 0 / 1 / 2), ppo_scratch 1.323 / 1.273 / 1.295
-# With a constant 1e-3 the clipped slate ratio is saturated to the end (clip_fraction 0.9-1.0: every
-# slate clipped by the last minibatch), so the last iterate is one more large step away from the best
-# one; decaying the step ends the run on small steps (clip_fraction 0.35-0.6 in the last iteration).
-LR_END = 0.0
 
 
 def ensure_run(path: str | Path, progress: bool = True):
@@ -327,17 +319,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results/agent")
     p.add_argument("--run", default=DEFAULT_RUN, help="pretrain run (trained with defaults if missing)")
     p.add_argument("--iterations", type=int, default=8, help="PPO iterations per RL run")
-    p.add_argument("--train-batch", type=int, default=1024, help="env steps per PPO iteration")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--minibatch", type=int, default=256, help="PPO minibatch (pages)")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--train-batch", type=int, default=TrainConfig.train_batch, help="env steps per PPO iteration"
+    )
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    p.add_argument("--minibatch", type=int, default=TrainConfig.minibatch, help="PPO minibatch (pages)")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument(
         "--lr-end",
         type=float,
-        default=LR_END,
+        default=TrainConfig.lr_end,
         help="learning rate at the end of the budget (linear decay from --lr; negative: constant --lr)",
     )
-    p.add_argument("--temperature", type=float, default=0.5)
+    p.add_argument("--temperature", type=float, default=TrainConfig.temperature)
     p.add_argument(
         "--offset-lr-scale",
         type=float,
