@@ -177,7 +177,7 @@ def test_evaluation_plays_the_env_sessions(tiny_run):
 
 
 def test_lr_schedule_warms_up_and_decays_over_the_budget():
-    cfg = TrainConfig(out="x", iterations=8, train_batch=1024, lr=1e-3)
+    cfg = TrainConfig(out="x", iterations=8, train_batch=1024, lr=1e-3, lr_end=None)
     assert lr_schedule(cfg) == 1e-3  # constant: RLlib's plain float
     assert lr_schedule(replace(cfg, lr_end=0.0)) == [[0, 1e-3], [8192, 0.0]]
     assert lr_schedule(replace(cfg, lr_end=0.0, lr_warmup=2048)) == [[0, 1e-4], [2048, 1e-3], [8192, 0.0]]
