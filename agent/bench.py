@@ -199,19 +199,21 @@ def checks(methods: dict) -> dict[str, dict]:
 
 def layout_gradients(run, smar, serp, args) -> dict[str, dict]:
     """`layout_gradient` on the traffic pages at the policies the RL runs start from (SMAR, and the
-    fresh network of ppo_scratch seed 0) at the bench's temperature and batch: how clearly one PPO
-    iteration sees which modality to move up."""
+    fresh network of ppo_scratch seed 0), at the bench's temperature and at 0.5 (the previous
+    default): how clearly one PPO batch shows which modality to move up."""
     from agent.rl_module import build_reranker, scratch_model_config
     from agent.train import network_shape
 
     train = run.split("traffic")
     fresh = build_reranker(scratch_model_config(train.pages, seed=0, **network_shape(smar.config))).eval()
-    return {
-        name: layout_gradient(
-            net.score_pages(train.pages), train.pages, train.truth, serp, args.temperature, args.train_batch
-        )
-        for name, net in (("smar", smar), ("fresh_network_seed0", fresh))
-    }
+    out = {}
+    for name, net in (("smar", smar), ("fresh_network_seed0", fresh)):
+        scores = net.score_pages(train.pages)
+        for t in sorted({0.5, args.temperature}):
+            out[f"{name}@T{t:g}"] = layout_gradient(
+                scores, train.pages, train.truth, serp, t, args.train_batch
+            )
+    return out
 
 
 def run_bench(args) -> dict:
