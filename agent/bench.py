@@ -32,7 +32,14 @@ import numpy as np
 
 from agent.evaluation import METRICS, evaluate_policy, random_scorer
 from agent.reward_landscape import layout_gradient, reference_policies
-from agent.train import DEFAULT_RUN, TrainConfig, serp_config_for, train_policy
+from agent.train import (
+    DEFAULT_RUN,
+    TrainConfig,
+    add_ppo_arguments,
+    ppo_options,
+    serp_config_for,
+    train_policy,
+)
 
 RL_METHODS = ("ppo_scratch", "ppo_unconstrained", "ppo_constrained")
 BASELINES = ("random", "merge", "smar")
@@ -76,14 +83,7 @@ def _train_config(method: str, seed: int, args, out: Path) -> TrainConfig:
         scratch=method == "ppo_scratch",
         constraint=method != "ppo_unconstrained",
         iterations=args.iterations,
-        train_batch=args.train_batch,
-        epochs=args.epochs,
-        minibatch=args.minibatch,
-        lr=args.lr,
-        lr_end=args.lr_end if args.lr_end >= 0 else None,
-        temperature=args.temperature,
-        offset_lr_scale=args.offset_lr_scale,
-        target_fraction=args.target_fraction,
+        **ppo_options(args),
         seed=seed,
         eval_every=args.eval_every,
         select_every=args.select_every,
@@ -321,31 +321,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results/agent")
     p.add_argument("--run", default=DEFAULT_RUN, help="pretrain run (trained with defaults if missing)")
     p.add_argument("--iterations", type=int, default=8, help="PPO iterations per RL run")
-    p.add_argument(
-        "--train-batch", type=int, default=TrainConfig.train_batch, help="env steps per PPO iteration"
-    )
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--minibatch", type=int, default=TrainConfig.minibatch, help="PPO minibatch (pages)")
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument(
-        "--lr-end",
-        type=float,
-        default=TrainConfig.lr_end,
-        help="learning rate at the end of the budget (linear decay from --lr; negative: constant --lr)",
-    )
-    p.add_argument("--temperature", type=float, default=TrainConfig.temperature)
-    p.add_argument(
-        "--offset-lr-scale",
-        type=float,
-        default=TrainConfig.offset_lr_scale,
-        help="learning-rate multiplier of the reranker's modality-offset head (measured: no robust gain)",
-    )
-    p.add_argument(
-        "--target-fraction",
-        type=float,
-        default=TrainConfig.target_fraction,
-        help="consistency target of the constrained runs, as a fraction of SMAR's agreement",
-    )
+    add_ppo_arguments(p)
     p.add_argument("--eval-every", type=int, default=2)
     p.add_argument(
         "--select-every",

@@ -652,6 +652,51 @@ def _progress(it, enabled: bool, **kw):
 
 
 # ----------------------------------------------------------------------------- CLI
+def add_ppo_arguments(p: argparse.ArgumentParser) -> None:
+    """The PPO options `smar train` and `smar bench agent` share (defaults: TrainConfig's)."""
+    p.add_argument(
+        "--train-batch", type=int, default=TrainConfig.train_batch, help="env steps (pages) per iteration"
+    )
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    p.add_argument("--minibatch", type=int, default=TrainConfig.minibatch, help="PPO minibatch (pages)")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument(
+        "--lr-end",
+        type=float,
+        default=TrainConfig.lr_end,
+        help="learning rate at the end of the run (linear decay from --lr; negative: constant --lr)",
+    )
+    p.add_argument(
+        "--temperature", type=float, default=TrainConfig.temperature, help="exploration: logits = scores / T"
+    )
+    p.add_argument(
+        "--offset-lr-scale",
+        type=float,
+        default=TrainConfig.offset_lr_scale,
+        help="learning-rate multiplier of the reranker's modality-offset head (the page layout)",
+    )
+    p.add_argument(
+        "--target-fraction",
+        type=float,
+        default=TrainConfig.target_fraction,
+        help="consistency target, as a fraction of SMAR's agreement",
+    )
+
+
+def ppo_options(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainConfig keyword arguments from `add_ppo_arguments`' options."""
+    return {
+        "train_batch": args.train_batch,
+        "epochs": args.epochs,
+        "minibatch": args.minibatch,
+        "lr": args.lr,
+        "lr_end": args.lr_end if args.lr_end is not None and args.lr_end >= 0 else None,
+        "temperature": args.temperature,
+        "offset_lr_scale": args.offset_lr_scale,
+        "target_fraction": args.target_fraction,
+    }
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", default=DEFAULT_RUN, help=f"pretrain run folder (default {DEFAULT_RUN})")
     g = p.add_mutually_exclusive_group()
@@ -665,28 +710,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--env-runners", type=int, default=0, help="remote EnvRunner actors (0 = sample in the driver)"
     )
     p.add_argument("--envs-per-runner", type=int, default=8)
-    p.add_argument("--train-batch", type=int, default=1024, help="env steps (pages) per iteration")
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument(
-        "--lr-end",
-        type=float,
-        default=TrainConfig.lr_end,
-        help="learning rate at the end of the run (linear decay from --lr; negative: constant --lr)",
-    )
-    p.add_argument("--temperature", type=float, default=TrainConfig.temperature)
-    p.add_argument(
-        "--target-fraction",
-        type=float,
-        default=TrainConfig.target_fraction,
-        help="consistency target / SMAR's agreement",
-    )
+    add_ppo_arguments(p)
     p.add_argument("--reference-kl", type=float, default=0.0, help="weight of KL(pi_SMAR || pi)")
-    p.add_argument(
-        "--offset-lr-scale",
-        type=float,
-        default=TrainConfig.offset_lr_scale,
-        help="learning-rate multiplier of the reranker's modality-offset head (the page layout)",
-    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=5)
     p.add_argument("--out", required=True, help="output folder")
@@ -707,12 +732,7 @@ def run(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         env_runners=args.env_runners,
         envs_per_runner=args.envs_per_runner,
-        train_batch=args.train_batch,
-        lr=args.lr,
-        lr_end=args.lr_end if args.lr_end is not None and args.lr_end >= 0 else None,
-        temperature=args.temperature,
-        offset_lr_scale=args.offset_lr_scale,
-        target_fraction=args.target_fraction,
+        **ppo_options(args),
         reference_kl_coeff=args.reference_kl,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
