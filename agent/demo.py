@@ -91,20 +91,19 @@ def run(args: argparse.Namespace) -> int:
     _stage("6. continual online updates (traffic -> logs -> update -> gate -> publish)", t0)
     from agent.online import OnlineConfig, OnlineLoop
 
-    online = OnlineLoop(
-        OnlineConfig(
-            out=str(out / "online"),
-            run=str(run_.root),
-            policy=str(train.policy_path),
-            rounds=args.online_rounds,
-            impressions_per_round=args.impressions_per_round,
-            seed=args.seed,
-        )
-    ).run_all()
+    online_cfg = OnlineConfig(
+        out=str(out / "online"),
+        run=str(run_.root),
+        policy=str(train.policy_path),
+        rounds=args.online_rounds,
+        impressions_per_round=args.impressions_per_round,
+        seed=args.seed,
+    )
+    online = OnlineLoop(online_cfg).run_all()
     plots["online/rounds"] = online["plot"]
 
-    _stage("7. closing table: held-out test sessions, deterministic top-10", t0)
-    from agent.evaluation import evaluate_policy
+    _stage("7. closing table: held-out test sessions, deterministic top-10 and as served", t0)
+    from agent.evaluation import evaluate_policy, served_reward
     from serving.registry import Registry
 
     test = run_.split("test")
@@ -115,16 +114,23 @@ def run(args: argparse.Namespace) -> int:
         f"RL ({train.version})": str(train.policy_path),
         f"online ({final.version})": str(final.path),
     }
-    table = {
-        name: evaluate_policy(policy, test.pages, test.truth, seed=args.seed, repeats=3)
-        for name, policy in rows.items()
-    }
+    t_serve = online_cfg.temperature
+    table = {}
+    for name, policy in rows.items():
+        table[name] = evaluate_policy(policy, test.pages, test.truth, seed=args.seed, repeats=3)
+        table[name]["served_reward"] = served_reward(policy, test.pages, test.truth, t_serve)["mean"]
     width = max(len(n) for n in table) + 2
-    print(f"{'policy':<{width}}{'reward':>9}{'ndcg@10':>9}{'consistency':>13}{'ctr':>8}")
+    served = f"served T={t_serve:g}"
+    print(f"{'policy':<{width}}{'reward':>9}{served:>15}{'ndcg@10':>9}{'consistency':>13}{'ctr':>8}")
     for name, e in table.items():
         print(
-            f"{name:<{width}}{e['reward']:>9.4f}{e['ndcg@10']:>9.4f}{e['consistency']:>13.4f}{e['ctr']:>8.4f}"
+            f"{name:<{width}}{e['reward']:>9.4f}{e['served_reward']:>15.4f}{e['ndcg@10']:>9.4f}"
+            f"{e['consistency']:>13.4f}{e['ctr']:>8.4f}"
         )
+    print(
+        "reward: the deterministic top-10 (what the policy ranks); served: Plackett-Luce slates at the\n"
+        "endpoint's exploration temperature (what users of the exploring endpoint see), 3 samples per page"
+    )
     (out / "summary.json").write_text(json.dumps({"closing_table": table, "plots": plots}, indent=2))
     print("\nplots:")
     for name, path in plots.items():

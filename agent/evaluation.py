@@ -48,6 +48,41 @@ def as_scorer(policy: Any) -> Scorer:
     raise TypeError(f"cannot evaluate a {type(policy).__name__}: pass a reranker, checkpoint path or scorer")
 
 
+def explored_scorer(policy: Any, temperature: float, seed: int = 0) -> Scorer:
+    """Scores whose top-K is one Plackett-Luce sample from PL(scores / temperature) per page (Gumbel
+    top-K), seeded: evaluating it plays the policy as the endpoint serves it while exploring."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    base = as_scorer(policy)
+
+    def score(pages: Pages) -> np.ndarray:
+        gumbel = np.random.default_rng(seed).gumbel(size=pages.n_items)
+        return np.asarray(base(pages), np.float64) / temperature + gumbel
+
+    return score
+
+
+def served_reward(
+    policy: Any,
+    pages: Pages,
+    truth: ItemTruth,
+    temperature: float,
+    samples: int = 3,
+    repeats: int = 2,
+    serp: SerpConfig | dict | None = None,
+) -> dict[str, float]:
+    """Session reward of the policy as served with exploration at `temperature`: the mean over `samples`
+    seeded Plackett-Luce slates per page, each played `repeats` times. The deterministic top-K that
+    `evaluate_policy` plays is what the policy ranks; this is what users of an exploring endpoint see."""
+    rewards = [
+        evaluate_policy(
+            explored_scorer(policy, temperature, s), pages, truth, seed=s, repeats=repeats, serp=serp
+        )["reward"]
+        for s in range(samples)
+    ]
+    return {"mean": float(np.mean(rewards)), "std": float(np.std(rewards)), "samples": samples}
+
+
 def random_scorer(seed: int = 0) -> Scorer:
     """The `random` baseline: i.i.d. uniform scores (a uniformly random slate per page), seeded."""
 
