@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.evaluation import METRICS, evaluate_policy, random_scorer
-from agent.reward_landscape import layout_gradient, reference_policies
+from agent.reward_landscape import fresh_network, layout_gradient, reference_policies
 from agent.train import (
     DEFAULT_RUN,
     TrainConfig,
@@ -201,11 +201,8 @@ def layout_gradients(run, smar, serp, args) -> dict[str, dict]:
     """`layout_gradient` on the traffic pages at the policies the RL runs start from (SMAR, and the
     fresh network of ppo_scratch seed 0), at the bench's temperature and at 0.5 (the previous
     default): how clearly one PPO batch shows which modality to move up."""
-    from agent.rl_module import build_reranker, scratch_model_config
-    from agent.train import network_shape
-
     train = run.split("traffic")
-    fresh = build_reranker(scratch_model_config(train.pages, seed=0, **network_shape(smar.config))).eval()
+    fresh = fresh_network(train.pages, smar, seed=0)
     out = {}
     for name, net in (("smar", smar), ("fresh_network_seed0", fresh)):
         scores = net.score_pages(train.pages)

@@ -108,8 +108,6 @@ def top_by_intent(returns: np.ndarray, intents: np.ndarray, k: int) -> list[np.n
 
 def reference_policies(run, smar, serp, seed: int, repeats: int, fresh_seeds: int = 3) -> dict[str, dict]:
     """Evaluate every reference policy on the run's `test` sessions (same seed/repeats as the methods)."""
-    from agent.rl_module import build_reranker, scratch_model_config
-
     train, test = run.split("traffic"), run.split("test")
     search_pages, search_truth = head_sessions(train.pages, train.truth, SEARCH_SESSIONS)
     intents = session_intents(search_pages, search_truth)
@@ -198,12 +196,18 @@ def reference_policies(run, smar, serp, seed: int, repeats: int, fresh_seeds: in
     grade = lambda t, _s: t.relevance.astype(np.float32)  # noqa: E731
     out["oracle_relevance"] = ev(lambda p: grade(test.truth, None) + test.truth.attractiveness)
     add("truth_offsets", grade, ATTRACT_WEIGHTS, TRUTH_OFFSET_GRID, intent=False)
+    for s in range(fresh_seeds):
+        out[f"fresh_network_seed{s}"] = ev(fresh_network(train.pages, smar, s))
+    return out
+
+
+def fresh_network(pages: Pages, like, seed: int):
+    """The untrained network ppo_scratch seed `seed` starts from: `like`'s architecture, normaliser
+    fitted on `pages` (the same model_config `smar train --scratch` builds)."""
+    from agent.rl_module import build_reranker, scratch_model_config
     from agent.train import network_shape
 
-    for s in range(fresh_seeds):
-        net = build_reranker(scratch_model_config(train.pages, seed=s, **network_shape(smar.config)))
-        out[f"fresh_network_seed{s}"] = ev(net)
-    return out
+    return build_reranker(scratch_model_config(pages, seed=seed, **network_shape(like.config)))
 
 
 def layout_gradient(
