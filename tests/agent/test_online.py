@@ -6,6 +6,7 @@ import copy
 
 import torch
 
+from agent.evaluation import session_page_lists
 from agent.gate import gate, reward_model_for
 from agent.offpolicy import logged_batch
 from agent.online import OnlineConfig, OnlineLoop
@@ -35,12 +36,22 @@ def test_online_loop_resumes_and_gate_rejects_harmful_candidate(ray_session, tin
         num_cpus=0.5,
         update={"epochs": 2, "minibatch": 32},
         gate={"n_boot": 100},
+        heldout={"repeats": 1, "served_samples": 1},
+        drift={"at_round": 1, "modality": "video", "relevance_shift": -2},
     )
     first = OnlineLoop(OnlineConfig(rounds=1, **base))
     r0 = first.run_all()["rounds"][0]
     assert r0["failed_requests"] == 0
     assert r0["logged_impressions"] == r0["impressions"] >= 60
-    assert set(r0["ope"]) >= {"ips", "snips", "dr", "serving_value", "publish", "reasons"}
+    assert set(r0["ope"]) >= {"ips", "snips", "dr", "serving_value", "publish", "reasons", "difference"}
+    # Out-of-sample figures: the serving version and the frozen initial one on held-out sessions.
+    assert r0["world"] == "base" and r0["version"] == first.initial_version()
+    h = r0["heldout_reward"]
+    assert h["lo"] <= h["mean"] <= h["hi"] and h["sessions"] == len(
+        session_page_lists(first.heldout_split.pages)
+    )
+    assert r0["frozen_heldout"] == r0["heldout_reward"]  # round 0 serves the initial version
+    assert set(r0["seconds"]) >= {"traffic", "read_logs", "update", "gate", "publish", "round"}
 
     # Restart: a new loop reads state.json and continues at round 1.
     second = OnlineLoop(OnlineConfig(rounds=2, **base))
@@ -59,6 +70,12 @@ def test_online_loop_resumes_and_gate_rejects_harmful_candidate(ray_session, tin
         # Nothing lost, nothing re-read: exactly the killed round's, this round's and the swap probe's.
         assert r1["logged_impressions"] == killed.impressions + r1["impressions"] + r0["swap_probe_requests"]
         assert r1["failed_requests"] == 0
+        # From round 1 the world is drifted: traffic and held-out sessions use the drifted truth.
+        assert r1["world"] == "drifted"
+        summary = third.summary()
+        assert summary["drift"]["frozen_before"] == r0["frozen_heldout"]["mean"]
+        assert summary["drift"]["frozen_after"] == r1["frozen_heldout"]["mean"]
+        assert summary["failed_requests"] == 0
 
         # The gate rejects a candidate that reverses every single-modal order; the old version keeps serving.
         model, version = third.serving_model()

@@ -1,6 +1,7 @@
 """`smar online`: continual updates that close the loop from live feedback to a new served model.
 
-    smar online [--rounds R] [--impressions-per-round N] [--url URL --registry DIR --log-dir DIR] [--out DIR]
+    smar online [--rounds R] [--impressions-per-round N] [--temperature T] [--drift SPEC] [--out DIR]
+                [--url URL --registry DIR --log-dir DIR]
 
 Each round:
   1. traffic  simulated users (agent.traffic) rank pages through the HTTP endpoint, which explores
@@ -8,9 +9,14 @@ Each round:
   2. update   the logs since the cursor (serving.feedback_log.read_logs) are split by event into train
               and held-out parts; a candidate is trained off-policy from the serving model with the
               constrained objective (agent.offpolicy);
-  3. gate     IPS / SNIPS / DR on the held-out part + within-modality consistency (agent.gate);
+  3. gate     a lower confidence bound of the candidate-minus-serving difference, paired on the
+              held-out impressions (cascade DR), + within-modality consistency (agent.gate);
   4. publish  if the gate passes: registry publish + in-place swap (serving.deploy.apply_version) while
               a background client keeps sending requests, so a failed request during a swap is counted.
+  5. held-out the serving version, the version after the decision and a frozen copy of the initial
+              policy are played on held-out sessions no round trains on (agent.online.heldout), both
+              deterministic and as served with exploration; with --drift the traffic and the held-out
+              sessions come from the drifted world from the drift round on (agent.online.drift).
 The cursor, the serving version and every round's figures are written atomically to OUT/state.json and
 OUT/report.json after each round: a killed run restarted with the same OUT resumes at the next round
 and reads only logs after its cursor (nothing re-read, nothing lost: logs written after the cursor,
@@ -51,14 +57,17 @@ class OnlineConfig:
     policy: str | None = None  # initial policy checkpoint; default: DEFAULT_TRAIN/policy (trained if missing)
     train_out: str = DEFAULT_TRAIN
     rounds: int = 4
-    impressions_per_round: int = 1500
+    impressions_per_round: int = 4000
     slate_size: int = 10
-    temperature: float = 0.5  # exploration temperature of the endpoint
-    concurrency: int = 4
+    # The exploration budget: the endpoint serves Plackett-Luce at this temperature; every round reports
+    # its live cost on held-out sessions (served vs deterministic reward of the same version).
+    temperature: float = 0.5
+    concurrency: int = 16  # client threads; the endpoint batches concurrent requests
     holdout_fraction: float = 0.3
     # The update also replays the logs of up to this many previous rounds (each impression keeps its own
     # logging propensities, so old data stays valid off-policy; PPO's clip down-weights stale policies).
-    replay_rounds: int = 3
+    # After a drift, replayed logs are from the old world, so a short replay follows the change faster.
+    replay_rounds: int = 1
     # Common random numbers: every round replays the same simulated sessions and user randomness, so
     # round-to-round changes in live reward come from the policy, not from which users arrived.
     common_traffic: bool = True
@@ -69,8 +78,10 @@ class OnlineConfig:
     address: str | None = None
     num_cpus: float = 1.0  # the Ranker replica's CPU reservation
     seed: int = 0
-    update: dict = field(default_factory=dict)  # agent.offpolicy.UpdateConfig overrides
+    update: dict = field(default_factory=lambda: {"epochs": 3})  # agent.offpolicy.UpdateConfig overrides
     gate: dict = field(default_factory=dict)  # agent.gate.GateConfig overrides
+    heldout: dict = field(default_factory=dict)  # agent.online.heldout.HeldoutConfig overrides
+    drift: dict | None = None  # agent.online.drift.DriftConfig fields; None: the world stays as it is
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.impressions_per_round < 10:
@@ -79,6 +90,8 @@ class OnlineConfig:
             raise ValueError("--url needs --registry and --log-dir of that app (to publish and read logs)")
         if not 0 < self.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction}")
+        if self.temperature <= 0:
+            raise ValueError(f"the endpoint explores: temperature must be > 0, got {self.temperature}")
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -125,30 +138,48 @@ def _settle_logs() -> None:
     time.sleep(LogSettings().impression_max_age_s + 0.5)
 
 
-def plot_rounds(rounds: list[dict], path: Path) -> Path:
+def plot_rounds(rounds: list[dict], path: Path, drift_round: int | None = None) -> Path:
+    """Live reward, held-out reward (serving deterministic / as served, frozen initial policy), consistency."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x = [r["round"] for r in rounds]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
     se = [1.96 * r.get("live_reward_se", 0.0) for r in rounds]
-    ax[0].errorbar(
-        x, [r["live_reward"] for r in rounds], yerr=se, fmt="o-", capsize=3, label="live reward ±95%"
-    )
-    for r in rounds:
-        if r["published"]:
-            ax[0].axvline(r["round"] + 0.5, color="tab:green", alpha=0.25)
-    ax[0].set_xlabel("round")
-    ax[0].set_ylabel("reward per impression")
-    ax[0].set_title("live reward (green line: new version published)")
-    ax[1].plot(x, [r["consistency"] for r in rounds], "o-", label="serving version")
-    ax[1].plot(x, [r["candidate_consistency"] for r in rounds], "x--", label="candidate")
-    ax[1].axhline(rounds[0]["consistency_target"], color="tab:red", ls=":", label="target")
-    ax[1].set_xlabel("round")
-    ax[1].set_ylabel("within-modality agreement (top-K)")
-    ax[1].legend()
+    ax[0].errorbar(x, [r["live_reward"] for r in rounds], yerr=se, fmt="o-", capsize=3, label="live ±95%")
+    ax[0].set_title("live reward (in-sample; green: published)")
+    ax[0].set_ylabel("observed reward per impression")
+    if rounds and "heldout_reward" in rounds[0]:
+
+        def band(key: str, label: str, fmt: str) -> None:
+            m = [r[key]["mean"] for r in rounds]
+            err = [
+                [mm - r[key]["lo"] for mm, r in zip(m, rounds)],
+                [r[key]["hi"] - mm for mm, r in zip(m, rounds)],
+            ]
+            ax[1].errorbar(x, m, yerr=err, fmt=fmt, capsize=3, label=label)
+
+        band("heldout_reward", "online, deterministic", "o-")
+        band("heldout_served", "online, as served", "s--")
+        band("frozen_heldout", "frozen initial, deterministic", "x:")
+        ax[1].set_title("held-out sessions (never trained on), ±95%")
+        ax[1].set_ylabel("session reward")
+        ax[1].legend(fontsize=8)
+    for a in ax[:2]:
+        a.set_xlabel("round")
+        for r in rounds:
+            if r["published"]:
+                a.axvline(r["round"] + 0.5, color="tab:green", alpha=0.25)
+        if drift_round is not None:
+            a.axvline(drift_round - 0.5, color="tab:red", ls="--", alpha=0.6)
+    ax[2].plot(x, [r["consistency"] for r in rounds], "o-", label="serving version")
+    ax[2].plot(x, [r["candidate_consistency"] for r in rounds], "x--", label="candidate")
+    ax[2].axhline(rounds[0]["consistency_target"], color="tab:red", ls=":", label="target")
+    ax[2].set_xlabel("round")
+    ax[2].set_ylabel("within-modality agreement (top-K)")
+    ax[2].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -172,8 +203,21 @@ class OnlineLoop:
         self.out.mkdir(parents=True, exist_ok=True)
         self.update_cfg = UpdateConfig(**cfg.update)
         self.gate_cfg = GateConfig(**cfg.gate)
+        from agent.online.drift import drift_split, parse_drift
+        from agent.online.heldout import HeldoutConfig
+
+        self.heldout_cfg = HeldoutConfig(**cfg.heldout)
+        self.drift = parse_drift(cfg.drift)
         self.run = PretrainRun.open(ensure_run(cfg))
         self.split = self.run.split("traffic")
+        self.heldout_split = self.run.split(self.heldout_cfg.split)
+        # The worlds by name: traffic and held-out sessions of each (drifted truth, same pages).
+        self.worlds = {"base": (self.split, self.heldout_split)}
+        if self.drift is not None:
+            self.worlds["drifted"] = (
+                drift_split(self.split, self.drift),
+                drift_split(self.heldout_split, self.drift),
+            )
         self.registry_dir = Path(cfg.registry or self.out / "registry")
         self.log_dir = Path(cfg.log_dir or self.out / "logs")
         self.state_path, self.report_path = self.out / "state.json", self.out / "report.json"
@@ -192,6 +236,7 @@ class OnlineLoop:
                 "smar_consistency": smar_consistency,
                 "consistency_target": cfg.consistency_fraction * smar_consistency,
                 "rounds": [],
+                "heldout_cache": {},  # "version|world" -> per-session returns (deterministic, served)
                 "config": asdict(cfg),
             }
         self.url: str | None = cfg.url
@@ -249,6 +294,53 @@ class OnlineLoop:
         model, ckpt = load_checkpoint(entry.path)
         return model, ckpt.version
 
+    def world(self, r: int) -> str:
+        return "drifted" if self.drift is not None and r >= self.drift.at_round else "base"
+
+    def version_model(self, version: str):
+        from pretrain.checkpoint import load_checkpoint
+        from serving.registry import Registry
+
+        model, _ = load_checkpoint(Registry(self.registry_dir).versions_dir / version)
+        return model
+
+    def initial_version(self) -> str:
+        from serving.registry import Registry
+
+        return Registry(self.registry_dir).stack()[0]
+
+    def heldout(self, version: str, world: str, model=None) -> dict[str, np.ndarray]:
+        """Per-session held-out returns of `version` in `world` (deterministic and as served), cached in
+        the state: a version's figure is computed once per world and every round reuses it."""
+        from agent.online.heldout import deterministic_returns, served_returns
+
+        key = f"{version}|{world}"
+        cache = self.state.setdefault("heldout_cache", {})
+        if key not in cache:
+            model = model if model is not None else self.version_model(version)
+            split = self.worlds[world][1]
+            cache[key] = {
+                "deterministic": deterministic_returns(model, split, self.heldout_cfg).tolist(),
+                "served": served_returns(model, split, self.cfg.temperature, self.heldout_cfg).tolist(),
+            }
+        return {k: np.asarray(v) for k, v in cache[key].items()}
+
+    def heldout_figures(self, version: str, after: str, world: str) -> dict:
+        """The round's held-out figures: serving version, version after the decision, frozen initial."""
+        from agent.online.heldout import interval, paired
+
+        now, nxt = self.heldout(version, world), self.heldout(after, world)
+        frozen = self.heldout(self.initial_version(), world)
+        return {
+            "world": world,
+            "heldout_reward": interval(now["deterministic"]),
+            "heldout_served": interval(now["served"]),
+            "exploration_cost": paired(now["deterministic"], now["served"]),
+            "heldout_reward_after": interval(nxt["deterministic"]),
+            "frozen_heldout": interval(frozen["deterministic"]),
+            "after_minus_frozen": paired(nxt["deterministic"], frozen["deterministic"]),
+        }
+
     def round(self, r: int) -> dict:
         from agent.gate import gate, reward_model_for
         from agent.learner import topk_consistency
@@ -267,10 +359,12 @@ class OnlineLoop:
 
         cfg = self.cfg
         model, version = self.serving_model()
+        world = self.world(r)
+        traffic_split = self.worlds[world][0]
         t0 = time.time()
         traffic = run_traffic(
             self.url,
-            self.split,
+            traffic_split,
             cfg.impressions_per_round,
             seed=cfg.seed * 1000 + (0 if cfg.common_traffic else r),
             slate_size=cfg.slate_size,
@@ -278,6 +372,8 @@ class OnlineLoop:
         )
         t_traffic = time.time() - t0
         _settle_logs()
+        t_settle = time.time() - t0 - t_traffic
+        t1 = time.time()
         logs = read_logs(self.log_dir, since_ts=self.state["cursor_ms"] / 1000.0)
         batch = logged_batch(logs, model.config.feature_dims, cfg.slate_size)
         train, holdout = batch.split_holdout(cfg.holdout_fraction, seed=cfg.seed * 1000 + r)
@@ -295,11 +391,15 @@ class OnlineLoop:
         ]
         train = LoggedBatch.concat([*previous, train])
         target = self.state["consistency_target"]
+        t_read = time.time() - t1
         t1 = time.time()
         candidate, ustats = offpolicy_update(model, train, target, self.update_cfg)
-        decision = gate(candidate, holdout, reward_model_for(train), target, self.gate_cfg)
         t_update = time.time() - t1
+        t1 = time.time()
+        decision = gate(candidate, holdout, reward_model_for(train), target, self.gate_cfg)
         serving_consistency = topk_consistency(model, holdout.pages, cfg.slate_size)
+        t_gate = time.time() - t1
+        t1 = time.time()
         published_version = None
         probe_failed = probe_n = 0
         if decision.publish:
@@ -318,7 +418,7 @@ class OnlineLoop:
                 target=lambda: probe.update(
                     stats=run_traffic(
                         self.url,
-                        self.split,
+                        traffic_split,
                         10**9,
                         seed=cfg.seed * 1000 + 500 + r,
                         slate_size=cfg.slate_size,
@@ -335,6 +435,12 @@ class OnlineLoop:
                 thread.join()
             probe_failed = probe["stats"].failed_requests
             probe_n = probe["stats"].impressions
+        t_publish = time.time() - t1
+        t1 = time.time()
+        if published_version is not None:  # the candidate's held-out figures, from the model in memory
+            self.heldout(published_version, world, model=candidate)
+        held = self.heldout_figures(version, published_version or version, world)
+        t_heldout = time.time() - t1
         # The next round reads what was logged after everything read now (e.g. the swap probe).
         cursor = (
             int(pc.max(logs["ts"]).cast(pa.int64()).as_py()) + 1 if logs.num_rows else self.state["cursor_ms"]
@@ -358,36 +464,112 @@ class OnlineLoop:
             "failed_requests": traffic.failed_requests + probe_failed,
             "swap_probe_requests": probe_n,
             "update": ustats,
-            "seconds": {"traffic": t_traffic, "update_and_gate": t_update},
+            **held,
+            "temperature": cfg.temperature,
+            "seconds": {
+                "traffic": t_traffic,
+                "settle_logs": t_settle,
+                "read_logs": t_read,
+                "update": t_update,
+                "gate": t_gate,
+                "publish": t_publish,
+                "round": t_traffic + t_settle + t_read + t_update + t_gate + t_publish,
+                "heldout_eval": t_heldout,
+            },
         }
         self.state["rounds"].append(rec)
         self.state["round"] = r + 1
         self.state["cursor_ms"] = cursor
         _atomic_json(self.state_path, self.state)
-        _atomic_json(self.report_path, {"rounds": self.state["rounds"], "config": self.state["config"]})
+        _atomic_json(self.report_path, self.report())
         return rec
+
+    def summary(self) -> dict:
+        """The run's verdicts: last serving version vs initial on held-out sessions (paired), failed
+        requests, consistency; with drift, the frozen policy's loss and the online loop's recovery."""
+        from agent.online.heldout import interval, paired
+
+        rounds = self.state["rounds"]
+        if not rounds:
+            return {}
+        last = rounds[-1]
+        final = last["published_version"] or last["version"]
+        world = last["world"]
+        init = self.initial_version()
+        fin, ini = self.heldout(final, world), self.heldout(init, world)
+        out = {
+            "initial_version": init,
+            "final_version": final,
+            "world": world,
+            "final_heldout": interval(fin["deterministic"]),
+            "initial_heldout": interval(ini["deterministic"]),
+            "final_minus_initial": paired(fin["deterministic"], ini["deterministic"]),
+            "final_minus_initial_served": paired(fin["served"], ini["served"]),
+            "failed_requests": int(sum(r["failed_requests"] for r in rounds)),
+            "published": int(sum(r["published"] for r in rounds)),
+            "rounds": len(rounds),
+            "consistency_min": float(min(r["consistency"] for r in rounds)),
+            "consistency_target": self.state["consistency_target"],
+            "consistency_held": bool(
+                min(r["consistency"] for r in rounds) >= self.state["consistency_target"]
+            ),
+        }
+        if self.drift is not None and any(r["world"] == "drifted" for r in rounds):
+            d = self.drift.at_round
+            before = np.mean(self.heldout(init, "base")["deterministic"])
+            after = np.mean(self.heldout(init, "drifted")["deterministic"])
+            lost = float(before - after)
+            recovery = [
+                {
+                    "round": r["round"],
+                    "rounds_after_change": r["round"] - d + 1,
+                    "online_minus_frozen": r["after_minus_frozen"],
+                    "recovered_fraction": r["after_minus_frozen"]["mean"] / lost
+                    if lost > 0
+                    else float("nan"),
+                }
+                for r in rounds
+                if r["world"] == "drifted"
+            ]
+            within = [x for x in recovery if x["rounds_after_change"] <= 4]
+            out["drift"] = {
+                "config": self.drift.to_json(),
+                "frozen_before": float(before),
+                "frozen_after": float(after),
+                "frozen_lost": lost,
+                "recovery": recovery,
+                "best_recovered_fraction_within_4": max(
+                    (x["recovered_fraction"] for x in within), default=None
+                ),
+            }
+        return out
+
+    def report(self) -> dict:
+        return {"rounds": self.state["rounds"], "summary": self.summary(), "config": self.state["config"]}
+
+    def plot(self) -> Path:
+        return plot_rounds(
+            self.state["rounds"], self.out / "online.png", self.drift.at_round if self.drift else None
+        )
 
     def run_all(self) -> dict:
         if self.state["round"] >= self.cfg.rounds:
             print(f"{self.out}: all {self.cfg.rounds} rounds already done")
-            return {
-                "report": str(self.report_path),
-                "plot": str(plot_rounds(self.state["rounds"], self.out / "online.png")),
-                "rounds": self.state["rounds"],
-            }
+            return {"report": str(self.report_path), "plot": str(self.plot()), "rounds": self.state["rounds"]}
         self.start()
         try:
             while self.state["round"] < self.cfg.rounds:
                 r = self.state["round"]
                 rec = self.round(r)
-                o = rec["ope"]
+                o, d = rec["ope"], rec["ope"]["difference"]
+                h, f = rec["heldout_reward"], rec["frozen_heldout"]
                 print(
-                    f"round {r}: v={rec['version']} live reward {rec['live_reward']:.4f} "
-                    f"({rec['impressions']} imp, {rec['failed_requests']} failed) | "
-                    f"serving {o['serving_value']['value']:.4f} vs candidate DR {o['dr']['value']:.4f} "
-                    f"[{o['dr']['lo']:.4f}, {o['dr']['hi']:.4f}] SNIPS {o['snips']['value']:.4f} "
-                    f"IPS {o['ips']['value']:.4f} | consistency {rec['candidate_consistency']:.3f} "
-                    f"(target {rec['consistency_target']:.3f}) -> "
+                    f"round {r} [{rec['world']}]: v={rec['version']} live {rec['live_reward']:.4f} "
+                    f"({rec['impressions']} imp, {rec['failed_requests']} failed, "
+                    f"{rec['seconds']['round']:.0f} s) | held-out {h['mean']:.4f} [{h['lo']:.4f}, {h['hi']:.4f}]"
+                    f" served {rec['heldout_served']['mean']:.4f} frozen {f['mean']:.4f} | "
+                    f"DR diff {d['mean']:+.4f} (lcb {d['lcb']:+.4f}) consistency "
+                    f"{rec['candidate_consistency']:.3f}/{rec['consistency_target']:.3f} -> "
                     + (
                         f"PUBLISHED {rec['published_version']}"
                         if rec["published"]
@@ -396,8 +578,7 @@ class OnlineLoop:
                 )
         finally:
             self.stop()
-        plot = plot_rounds(self.state["rounds"], self.out / "online.png")
-        return {"report": str(self.report_path), "plot": str(plot), "rounds": self.state["rounds"]}
+        return {"report": str(self.report_path), "plot": str(self.plot()), "rounds": self.state["rounds"]}
 
 
 def evaluate_versions(loop: OnlineLoop, sessions: int, seeds: int = 2) -> list[dict]:
@@ -461,9 +642,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="afterwards, re-evaluate every served version offline with this many sessions per seed",
     )
     p.add_argument("--fresh-traffic", action="store_true", help="new simulated sessions every round")
+    p.add_argument(
+        "--drift",
+        default=None,
+        metavar="SPEC",
+        help='change the simulated world at a round: "default" (video 2 grades worse from round 2) or '
+        '"round=R,modality=M,relevance=D,attractiveness=F" (agent.online.drift)',
+    )
+    p.add_argument("--replay-rounds", type=int, default=d.replay_rounds)
+    p.add_argument("--alpha", type=float, default=None, help="the gate's one-sided confidence level 1-alpha")
+    p.add_argument("--heldout-repeats", type=int, default=None, help="plays of every held-out session")
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.online.drift import parse_drift
+
     cfg = OnlineConfig(
         out=args.out,
         run=args.run,
@@ -479,15 +672,21 @@ def run(args: argparse.Namespace) -> int:
         address=args.address,
         seed=args.seed,
         common_traffic=not args.fresh_traffic,
+        replay_rounds=args.replay_rounds,
         update={
-            k: v
-            for k, v in (("lr", args.lr), ("epochs", args.epochs), ("advantage", args.advantage))
-            if v is not None
+            **OnlineConfig().update,
+            **{
+                k: v
+                for k, v in (("lr", args.lr), ("epochs", args.epochs), ("advantage", args.advantage))
+                if v is not None
+            },
         },
+        gate={} if args.alpha is None else {"alpha": args.alpha},
+        heldout={} if args.heldout_repeats is None else {"repeats": args.heldout_repeats},
+        drift=None if parse_drift(args.drift) is None else parse_drift(args.drift).to_json(),
     )
     loop = OnlineLoop(cfg)
     res = loop.run_all()
-    rounds = res["rounds"]
     if args.evaluate_versions:
         print(
             f"offline re-evaluation of each version ({args.evaluate_versions} sessions x 2 seeds, T={cfg.temperature}):"
@@ -496,16 +695,23 @@ def run(args: argparse.Namespace) -> int:
         _atomic_json(loop.state_path, loop.state)
         _atomic_json(
             loop.report_path,
-            {
-                "rounds": rounds,
-                "offline_versions": loop.state["offline_versions"],
-                "config": loop.state["config"],
-            },
+            {**loop.report(), "offline_versions": loop.state["offline_versions"]},
         )
+    summ = loop.summary()
+    fm = summ["final_minus_initial"]
     print(
-        f"live reward: first round {rounds[0]['live_reward']:.4f}, last round {rounds[-1]['live_reward']:.4f}; "
-        f"failed requests: {sum(r['failed_requests'] for r in rounds)}; "
-        f"published {sum(r['published'] for r in rounds)}/{len(rounds)}"
+        f"held-out reward: initial {summ['initial_heldout']['mean']:.4f}, final "
+        f"{summ['final_heldout']['mean']:.4f}; paired final - initial {fm['mean']:+.4f} "
+        f"[{fm['lo']:+.4f}, {fm['hi']:+.4f}]; failed requests: {summ['failed_requests']}; "
+        f"published {summ['published']}/{summ['rounds']}; consistency min {summ['consistency_min']:.3f} "
+        f"(target {summ['consistency_target']:.3f})"
     )
+    if "drift" in summ:
+        dr = summ["drift"]
+        print(
+            f"drift: frozen lost {dr['frozen_lost']:.4f} ({dr['frozen_before']:.4f} -> {dr['frozen_after']:.4f}); "
+            "recovered fraction by round after the change: "
+            + ", ".join(f"{x['rounds_after_change']}: {x['recovered_fraction']:.2f}" for x in dr["recovery"])
+        )
     print(f"report: {res['report']}\nplot:   {res['plot']}")
     return 0

@@ -1,0 +1,74 @@
+"""Out-of-sample evidence: a version's reward on held-out sessions that no round ever trains on.
+
+The sessions are a whole-page split the traffic never draws from (the pretrain run's `test` split by
+default): the same sessions, the same seeds and the same number of plays every round, so two versions
+(or one version in two rounds) face the same users and their difference is paired per session. Two
+figures per version: the deterministic top-K (what the policy ranks) and the policy as the exploring
+endpoint serves it (Plackett-Luce at the loop's temperature), whose gap is the live cost of exploring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from agent.evaluation import explored_scorer, session_returns
+from envs.world import Split
+
+
+@dataclass(frozen=True)
+class HeldoutConfig:
+    split: str = "test"  # the pretrain run's whole-page split used as held-out sessions
+    repeats: int = 4  # plays of every session per figure
+    served_samples: int = 2  # Plackett-Luce samples per page for the served figure (x repeats plays)
+    seed: int = 7919
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def interval(per_session: np.ndarray) -> dict[str, float]:
+    """Mean and normal 95% interval over sessions (each session's value: its mean over plays)."""
+    x = np.asarray(per_session, np.float64)
+    se = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+    m = float(x.mean())
+    return {"mean": m, "lo": m - 1.96 * se, "hi": m + 1.96 * se, "se": se, "sessions": len(x)}
+
+
+def deterministic_returns(policy: Any, split: Split, cfg: HeldoutConfig, serp: Any = None) -> np.ndarray:
+    """Per-session mean return of the deterministic top-K policy over `repeats` plays."""
+    r = session_returns(policy, split.pages, split.truth, seed=cfg.seed, repeats=cfg.repeats, serp=serp)
+    return r.mean(0)
+
+
+def served_returns(
+    policy: Any, split: Split, temperature: float, cfg: HeldoutConfig, serp: Any = None
+) -> np.ndarray:
+    """Per-session mean return of the policy served with exploration at `temperature`."""
+    from agent.evaluation import as_scorer
+
+    base = as_scorer(policy)
+    scores = np.asarray(base(split.pages), np.float64)  # one forward pass shared by every sample
+
+    def fixed(pages):
+        return scores
+
+    runs = [
+        session_returns(
+            explored_scorer(fixed, temperature, cfg.seed + s),
+            split.pages,
+            split.truth,
+            seed=cfg.seed + s,
+            repeats=cfg.repeats // 2 or 1,
+            serp=serp,
+        ).mean(0)
+        for s in range(cfg.served_samples)
+    ]
+    return np.mean(runs, axis=0)
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """a - b per session (same sessions, same seeds), mean and 95% interval."""
+    return interval(np.asarray(a, np.float64) - np.asarray(b, np.float64))
