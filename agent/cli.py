@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 BENCHES: dict[str, tuple[str, str]] = {
     "pretrain": ("pretrain.bench", "SMAR vs merge vs full supervision, NDCG against annotation budget"),
-    "simulate": ("envs.bench", "vectorised user simulator vs the per-item reference"),
+    "simulate": ("agent.user_bench", "the user model: calibration to real logs, reward landscape, speed"),
     "agent": ("agent.bench", "random / merge / SMAR / PPO variants on held-out sessions"),
     "serve": ("serving.bench", "model floor vs plain FastAPI vs Serve (with and without batching)"),
 }

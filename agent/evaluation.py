@@ -150,7 +150,7 @@ def _rollouts(
                 ctr.append(info["clicks"] / k)
                 sat.append(info["satisfied_clicks"] / k)
                 ndcg.append(info["ndcg@10"])
-                cons.append(info["consistency"])
+                cons.append(info.get("consistency", float("nan")))
             returns.append(total)
     return {
         "returns": np.asarray(returns, np.float64).reshape(repeats, len(sessions)),

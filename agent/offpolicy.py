@@ -29,13 +29,12 @@ import torch
 
 from agent.learner import topk_agreement
 from envs.pages import Pages
-from envs.serp_env import RewardConfig
+from envs.reward import RewardConfig, observed_satisfying
+from envs.user_model import UserModelConfig, satisfied_dwell_thresholds
 from pretrain import plackett_luce as pl
 from pretrain.losses import pairwise_consistency
 from pretrain.page import PageBatch, collate, from_arrow
 from pretrain.reranker import WholePageReranker
-
-SATISFIED_DWELL_S = 30.0  # the user model's satisfied-click threshold (UserModelConfig.satisfied_dwell_s)
 
 
 @dataclass
@@ -95,11 +94,21 @@ class LoggedBatch:
         return self.subset(np.flatnonzero(~held)), self.subset(np.flatnonzero(held))
 
 
-def observed_reward(click: np.ndarray, dwell: np.ndarray, reward: RewardConfig) -> np.ndarray:
-    """Per-position reward from logged click/dwell (what a production log can see)."""
-    click = np.clip(click, 0, 1).astype(np.float64)
-    satisfied = click * (np.nan_to_num(dwell, nan=0.0) >= SATISFIED_DWELL_S)
-    return reward.click * click + reward.satisfied_click * satisfied
+def observed_reward(
+    click: np.ndarray,
+    dwell: np.ndarray,
+    modality: np.ndarray,
+    reward: RewardConfig,
+    user: UserModelConfig | None = None,
+    query_index: np.ndarray | int = 0,
+) -> np.ndarray:
+    """Per-position reward [n, K] from logged click/dwell of the shown items (what a production log
+    can see): the shared `envs.reward` definition on clicks whose dwell reached their modality's
+    satisfied-dwell threshold. A serve log has no session index, so each impression counts as a
+    first query unless `query_index` is given."""
+    click = np.clip(np.nan_to_num(click, nan=0.0), 0, 1) > 0
+    sat = observed_satisfying(click, dwell, modality, satisfied_dwell_thresholds(user or UserModelConfig()))
+    return reward.rewards(click, sat, query_index).astype(np.float64)
 
 
 def logged_batch(
@@ -135,12 +144,17 @@ def logged_batch(
         pages=pages,
         ranking=ranking,
         logged_logp=np.log(np.clip(pscore, 1e-300, 1.0)),
-        reward=observed_reward(click, dwell, reward),
+        reward=observed_reward(click, dwell, shown_modality(pages, ranking), reward),
         temperature=np.asarray(t["temperature"].to_numpy(zero_copy_only=False), np.float64),
         event_id=np.asarray(t["event_id"].to_pylist(), dtype=object),
         model_version=np.asarray(t["model_version"].to_pylist(), dtype=object),
         ts_ms=np.asarray(t["ts"].cast(pa.int64()).to_numpy(zero_copy_only=False), np.int64),
     )
+
+
+def shown_modality(pages: Pages, ranking: np.ndarray) -> np.ndarray:
+    """Modality ids [n, K] of the items shown at each position."""
+    return pages.modality[pages.offsets[:-1, None] + ranking].astype(np.int64)
 
 
 # --------------------------------------------------------------------------- the update

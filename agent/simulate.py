@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from envs.pages import Pages, pad_items
+from envs.reward import REWARD_NAMES, RewardConfig
 from envs.simulation import (
     GreedyPolicy,
     RandomPolicy,
@@ -131,6 +132,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slate-size", type=int, default=10)
     p.add_argument("--max-queries", type=int, default=3)
+    p.add_argument(
+        "--reward", default=RewardConfig().name, choices=REWARD_NAMES, help="named reward (envs.reward)"
+    )
+    p.add_argument(
+        "--gamma", type=float, default=RewardConfig().gamma, help="success: factor per result above"
+    )
+    p.add_argument(
+        "--delta", type=float, default=RewardConfig().delta, help="success: factor per reformulation"
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -141,7 +151,11 @@ def run(args: argparse.Namespace) -> int:
     split = load_split(args)
     policy = make_policy(args)
     cfg = SimulationConfig(
-        sessions=args.sessions, slate_size=args.slate_size, max_queries=args.max_queries, seed=args.seed
+        sessions=args.sessions,
+        slate_size=args.slate_size,
+        max_queries=args.max_queries,
+        seed=args.seed,
+        reward=RewardConfig(name=args.reward, gamma=args.gamma, delta=args.delta),
     )
     log = simulate(policy, split.pages, split.truth, cfg, progress=True)
     paths = log.write(args.out, plots=not args.no_plots)

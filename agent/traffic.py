@@ -7,7 +7,7 @@ reformulates (next page of the session) or abandons, as in the environment.
 
 Two rewards are reported per impression:
   observed  what the logs can see and the online learner optimises: click and dwell-based satisfaction
-            (`RewardConfig.click`, `.satisfied_click`); an answer that satisfies without a click is invisible.
+            (the shared `envs.reward` definition on satisfied clicks); an answer that satisfies without a click is invisible.
   env       the environment's full reward (adds answer satisfaction), for comparison with `smar train`.
 Every failed request (transport error or HTTP status >= 400) is counted, never retried silently.
 """
@@ -92,7 +92,7 @@ def run_traffic(
                 session = sessions[order[s % len(sessions)]]
                 with lock:
                     stats.sessions += 1
-                for p in session:
+                for q, p in enumerate(session):
                     try:
                         res = client.rank(page_request(pages, int(p), explore=explore))
                     except Exception as e:  # noqa: BLE001 - every failure is counted and reported
@@ -117,14 +117,12 @@ def run_traffic(
                         client.feedback(res["event_id"], items)
                     except Exception as e:  # noqa: BLE001
                         fail(f"feedback: {e}")
-                    observed = float(
-                        reward.click * out.click.sum() + reward.satisfied_click * out.satisfied_click.sum()
-                    )
+                    observed = float(reward.rewards(out.click, out.satisfied_click, q).sum())
                     with lock:
                         state["impressions"] += 1
                         totals["observed"] += observed
                         totals["observed_sq"] += observed**2
-                        totals["env"] += float(reward.item_rewards(out).sum())
+                        totals["env"] += float(reward.item_rewards(out, q).sum())
                         totals["clicks"] += int(out.click.sum())
                         totals["satisfied"] += int(out.satisfied_click.sum())
                         stats.versions[res["model_version"]] = stats.versions.get(res["model_version"], 0) + 1

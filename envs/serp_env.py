@@ -20,33 +20,9 @@ from gymnasium import spaces
 
 from envs.metrics import ndcg_at_k, shown_order_agreement
 from envs.pages import N_MODALITIES, Pages, pad_items
+from envs.reward import RewardConfig
 from envs.user_model import UserModel, UserModelConfig, UserOutcome
 from envs.world import ItemTruth, WorldConfig, WorldGenerator
-
-
-@dataclass(frozen=True)
-class RewardConfig:
-    """Reward = click * clicks + satisfied_click * satisfied clicks + answer_satisfaction * answers that
-    satisfied without a click - examination_cost * results examined. Clicks alone are cheap to game
-    with attractive-but-irrelevant items, so the default puts most weight on dwell-based satisfaction.
-    The optional examination cost (user effort, as in economic / C/W/L models of search) rewards rankings
-    that satisfy early: with the default user most sessions end after one satisfying result, so without
-    it good and mediocre rankings earn similar rewards. Every term is per shown item, so the page reward
-    is the sum of per-position rewards (what the offline logs record)."""
-
-    click: float = 0.1
-    satisfied_click: float = 1.0
-    answer_satisfaction: float = 1.0
-    examination_cost: float = 0.0
-
-    def item_rewards(self, outcome: UserOutcome) -> np.ndarray:
-        """Per-position reward [B, K] (float32)."""
-        return (
-            self.click * outcome.click
-            + self.satisfied_click * outcome.satisfied_click
-            + self.answer_satisfaction * outcome.answer_satisfied
-            - self.examination_cost * outcome.examined
-        ).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -70,8 +46,8 @@ class SerpConfig:
     @staticmethod
     def from_dict(d: dict) -> SerpConfig:
         d = dict(d)
-        if isinstance(d.get("reward"), dict):
-            d["reward"] = RewardConfig(**d["reward"])
+        if isinstance(d.get("reward"), dict | str):
+            d["reward"] = RewardConfig.from_json(d["reward"])
         if isinstance(d.get("user"), dict):
             d["user"] = UserModelConfig.from_json(d["user"])
         return SerpConfig(**d)
@@ -121,10 +97,9 @@ class SerpEnv(gym.Env):
     run out). info: clicks, examined, dwell, satisfied_clicks, abandoned, satisfied, good_abandonment,
     reformulated, ndcg@10, ndcg@k, consistency, page_id, query_index.
 
-    `consistency` (within-modality agreement of the shown list with the single-modal scores) is NaN
-    when the pages carry no single-modal scores (the built-in default world). gymnasium's `check_env`
-    compares infos with `==`, so it passes on scored pages (a pretrain run's splits) but reports
-    NaN != NaN on unscored ones.
+    `consistency` (within-modality agreement of the shown list with the single-modal scores) is present
+    only when the page carries single-modal scores (a pretrain run's splits; not the built-in default
+    world): a NaN placeholder would break gymnasium's determinism check, which compares infos with ==.
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -257,7 +232,7 @@ class SerpEnv(gym.Env):
         out = self.user_model.simulate(
             rel, self._att[p, a][None], self._mod_int[p, a][None], None, self.np_random
         )
-        reward = float(self.config.reward.item_rewards(out).sum())
+        reward = float(self.config.reward.item_rewards(out, self._t).sum())
         satisfied = bool(out.satisfied[0])
         abandoned = bool(out.abandon[0])
         terminated = satisfied or abandoned
@@ -266,10 +241,6 @@ class SerpEnv(gym.Env):
         size = int(self._sizes[p])
         all_rel = self._rel[p, :size]
         ndcg10 = ndcg_at_k(rel[0], all_rel, 10)
-        if np.isnan(self._sm_raw[p, :size]).any():
-            consistency = float("nan")
-        else:
-            consistency = shown_order_agreement(a, self._sm_raw[p, :size], self._mod_int[p, :size])[0]
         info = {
             "page_id": str(self.pages.page_id[p]),
             "query_index": self._t - 1,
@@ -285,8 +256,9 @@ class SerpEnv(gym.Env):
             "ndcg@k": ndcg10
             if self.config.slate_size == 10
             else ndcg_at_k(rel[0], all_rel, self.config.slate_size),
-            "consistency": consistency,
         }
+        if not np.isnan(self._sm_raw[p, :size]).any():
+            info["consistency"] = shown_order_agreement(a, self._sm_raw[p, :size], self._mod_int[p, :size])[0]
         if self.render_mode == "ansi":
             self._last = self._describe(p, a, out)
         # After the episode ends the observation is unused; keep showing the last page.

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from envs.metrics import ndcg_at_k, shown_order_agreement
 from envs.pages import MAX_GRADE, MODALITIES, Pages, pad_items
-from envs.serp_env import RewardConfig
+from envs.reward import RewardConfig
 from envs.user_model import UserModel, UserModelConfig
 from envs.world import ItemTruth
 
@@ -158,7 +158,7 @@ class SimulationLog:
             "pages": write_parquet_atomic(self.pages, out / "pages.parquet"),
         }
         summary = {"policy": self.policy, "config": self.config.to_json(), **self.summary()}
-        paths["summary"] = _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+        paths["summary"] = write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
         if plots:
             paths.update(plot_feedback(self.feedback, out))
         return paths
@@ -178,7 +178,7 @@ def write_parquet_atomic(table: pa.Table, path: str | Path) -> Path:
     return path
 
 
-def _write_text_atomic(path: Path, text: str) -> Path:
+def write_text_atomic(path: Path, text: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text)
@@ -242,7 +242,7 @@ def simulate(
             att = truth.attractiveness[global_item]
             mod = batch.modality[item]
             out = user.simulate(rel, att, mod, valid, rng)
-            item_reward = cfg.reward.item_rewards(out)
+            item_reward = cfg.reward.item_rewards(out, t)
             # Per-page metrics: true NDCG@10 of the shown list and consistency with single-modal scores.
             ndcg = np.empty(len(sess))
             cons = np.full(len(sess), np.nan)

@@ -1,25 +1,32 @@
 """The simulated user: examination, clicks, dwell, satisfaction and the session decision (numpy).
 
 One call simulates a batch of shown slates [B, K] (B pages, K positions). The model combines the
-click-model literature collected in REFERENCES.md:
+click-model literature collected in REFERENCES.md, with defaults fitted to published search-log
+statistics (`envs.calibration` holds the targets, their sources and the fit):
 
-* **Examination (PBM)**: the base probability of examining position k is (1/k)^eta.
+* **Examination**: the base probability of examining position k is a per-position propensity table.
+  The default is the examination curve estimated on Baidu-ULTR by intervention harvesting (Hager et
+  al. SIGIR 2024, `propensities/global_all_pairs.csv`), scaled by `examination_top` (rank 1);
+  positions past the table continue its last ratio.
 * **Vertical attention (FCM, Chen et al. WSDM 2012; VCM, Wang et al. SIGIR 2013)**: a visually rich
-  result j (image, video, and to a lesser degree an answer box) raises the examination of itself and
-  its neighbours: exam' = exam + (1 - exam) * beta(|k - j|) * v_j with beta(d) = decay^d for
-  d <= radius. Several verticals combine as independent attention sources:
-  exam'_k = 1 - (1 - exam_k) * prod_j (1 - beta(|k - j|) * v_j), which reduces to the formula above
-  for one vertical.
-* **Clicks**: an examined result is clicked with probability min(1, scale * attractiveness).
-  Attractiveness (thumbnail, snippet, clickbait) is NOT relevance: the world draws it correlated with,
-  but distinct from, the true grade, so a click is not satisfaction.
-* **Dwell**: a click's dwell time is log-normal, log(dwell) ~ N(mu0[m] + slope[m] * grade, sigma[m]):
-  its centre rises with true relevance, differently per modality (video is watched longer, images are
-  glanced at). A click with dwell >= `satisfied_dwell_s` (30 s, the common convention) is satisfied.
+  result j raises the examination of itself and its neighbours:
+  exam'_k = 1 - (1 - exam_k) * prod_j (1 - beta(|k - j|) * v_j), beta(d) = decay^d for d <= radius.
+* **Clicks** depend on perceived relevance and presentation: an examined result is clicked with
+  probability sigmoid(click_bias + click_grade * grade + click_attractiveness * logit(attractiveness)).
+  Attractiveness (thumbnail, snippet, clickbait, the visual modalities' pull) is not relevance, so an
+  attractive irrelevant result still draws clicks that do not satisfy: a click-only reward is gameable.
+* **Satisfaction** means the same for every modality: a clicked result of true grade g satisfies with
+  probability `satisfaction_by_grade[g]` (default: ERR's stop probability R(g) = (2^g - 1) / 16,
+  Chapelle et al. CIKM 2009, floored for grade 0). Modalities keep their own dwell: log(dwell) is
+  normal with a per-modality spread, and a click is satisfied when its dwell reaches that modality's
+  threshold `satisfied_dwell_s[m]` (30 s for documents, Fox et al. TOIS 2005; shorter for images,
+  longer for video: the best threshold varies with the result's kind, Kim et al. WSDM 2014). The
+  log-dwell centre is placed so that P(dwell >= threshold | grade) is exactly the per-grade
+  satisfaction, so dwell is observable evidence and satisfaction does not depend on the modality.
 * **Good abandonment**: a relevant direct answer examined within the top `answer_max_position` slots
   satisfies the user without a click with probability `answer_satisfy_prob[grade]`.
 * **Cascade / DBN stopping**: after a satisfying event the user stops scanning with probability
-  `stop_after_satisfied`; later positions are then never examined, so outcomes depend on earlier ones.
+  `stop_after_satisfied`; later positions are then never examined.
 * **Session decision**: a satisfied user ends the session; an unsatisfied one reformulates (sees the
   next page of the same intent) with probability `reformulate_prob`, otherwise abandons.
 
@@ -50,63 +57,92 @@ def _per_modality(name: str, values: tuple[float, ...], lo: float, hi: float) ->
             raise ValueError(f"UserModelConfig.{name} values must lie in [{lo}, {hi}], got {values}")
 
 
+# Baidu-ULTR examination relative to rank 1, ranks 1..10 (Hager et al. SIGIR 2024, all-pairs
+# intervention harvesting, `philipphager/ultr-reproducibility` propensities/global_all_pairs.csv).
+BAIDU_ULTR_EXAMINATION = (1.0, 0.674, 0.414, 0.293, 0.208, 0.171, 0.136, 0.117, 0.084, 0.058)
+# ERR's satisfaction (stop) probability R(g) = (2^g - 1) / 16 (Chapelle et al. CIKM 2009); grade 0
+# is floored at 0.02 so that its dwell distribution stays finite.
+ERR_SATISFACTION = (0.02, 0.0625, 0.1875, 0.4375, 0.9375)
+
+
 @dataclass(frozen=True)
 class UserModelConfig:
-    """Parameters of the simulated user. Per-modality tuples are ordered (doc, image, video, answer)."""
+    """Parameters of the simulated user. Per-modality tuples are ordered (doc, image, video, answer).
 
-    # Examination: PBM (1/k)^eta; eta ~ 1 is the usual fit on web logs.
-    eta: float = 1.0
-    # Vertical attention strength v_m per modality (FCM/VCM): visual results draw the eye.
-    vertical_attention: tuple[float, ...] = (0.0, 0.35, 0.45, 0.2)
+    The defaults are fitted to published search-log statistics with the SMAR reranker as the
+    production ranker (`smar bench simulate` prints the fit beside the published figures)."""
+
+    # Examination: per-position propensity (rank 1 = examination_top), then vertical attention.
+    position_examination: tuple[float, ...] = BAIDU_ULTR_EXAMINATION
+    examination_top: float = 0.68
+    vertical_attention: tuple[float, ...] = (0.0, 0.005, 0.007, 0.003)
     attention_decay: float = 0.5  # beta(d) = decay^d: a neighbour one slot away gets half the pull
     attention_radius: int = 1  # slots either side a vertical's attention reaches (0 = only itself)
-    # Clicks: P(click | examined) = min(1, attractiveness_scale * attractiveness).
-    attractiveness_scale: float = 1.0
-    # Dwell: log(dwell_s) ~ N(dwell_mu0[m] + dwell_mu_slope[m] * grade, dwell_sigma[m]).
-    # Doc medians: grade 0 ~ 7 s, grade 2 ~ 22 s, grade 4 ~ 67 s.
-    dwell_mu0: tuple[float, ...] = (2.0, 1.8, 2.3, 1.9)
-    dwell_mu_slope: tuple[float, ...] = (0.55, 0.5, 0.6, 0.5)
-    dwell_sigma: tuple[float, ...] = (0.75, 0.7, 0.8, 0.75)
-    satisfied_dwell_s: float = 30.0  # a click with at least this dwell is satisfied
-    stop_after_satisfied: float = 0.8  # DBN-style: P(stop scanning | satisfied at this position)
+    # Clicks: P(click | examined) = sigmoid(click_bias + click_grade * grade + click_attractiveness * logit(att)).
+    click_bias: float = -1.13
+    click_grade: float = 0.15
+    click_attractiveness: float = 0.33
+    # Satisfaction of a click per true grade 0..4, the same for every modality.
+    satisfaction_by_grade: tuple[float, ...] = ERR_SATISFACTION
+    # Dwell: per-modality log-normal spread and the dwell that marks a satisfied click.
+    dwell_sigma: tuple[float, ...] = (0.8, 0.7, 0.9, 0.75)
+    satisfied_dwell_s: tuple[float, ...] = (30.0, 15.0, 60.0, 20.0)
+    stop_after_satisfied: float = 0.2  # DBN-style: P(stop scanning | satisfied at this position)
     # Good abandonment: a direct answer within the top `answer_max_position` slots satisfies without
     # a click with this probability per true grade 0..4.
     answer_max_position: int = 3
-    answer_satisfy_prob: tuple[float, ...] = (0.0, 0.0, 0.15, 0.5, 0.8)
+    answer_satisfy_prob: tuple[float, ...] = (0.0, 0.0, 0.1, 0.3, 0.6)
     # Session: an unsatisfied user reformulates with this probability, else abandons.
-    reformulate_prob: float = 0.6
+    reformulate_prob: float = 0.46
 
     def __post_init__(self) -> None:
-        if self.eta < 0:
-            raise ValueError(f"UserModelConfig.eta must be >= 0, got {self.eta}")
+        if not self.position_examination or not all(0.0 < p <= 1.0 for p in self.position_examination):
+            raise ValueError("UserModelConfig.position_examination needs probabilities in (0, 1]")
+        if not 0.0 < self.examination_top <= 1.0:
+            raise ValueError(
+                f"UserModelConfig.examination_top must lie in (0, 1], got {self.examination_top}"
+            )
         _per_modality("vertical_attention", self.vertical_attention, 0.0, 1.0)
-        _per_modality("dwell_mu0", self.dwell_mu0, -20.0, 20.0)
-        _per_modality("dwell_mu_slope", self.dwell_mu_slope, -5.0, 5.0)
-        _per_modality("dwell_sigma", self.dwell_sigma, 1e-6, 10.0)
+        _per_modality("dwell_sigma", self.dwell_sigma, 1e-3, 10.0)
+        _per_modality("satisfied_dwell_s", self.satisfied_dwell_s, 1e-3, 1e6)
         for name in ("attention_decay", "stop_after_satisfied", "reformulate_prob"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"UserModelConfig.{name} must lie in [0, 1], got {v}")
         if self.attention_radius < 0 or self.answer_max_position < 0:
             raise ValueError("UserModelConfig.attention_radius and answer_max_position must be >= 0")
-        if self.attractiveness_scale < 0:
+        for name in ("click_bias", "click_grade", "click_attractiveness"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"UserModelConfig.{name} must be finite")
+        sat = self.satisfaction_by_grade
+        if len(sat) != MAX_GRADE + 1 or not all(0.0 < p < 1.0 for p in sat):
             raise ValueError(
-                f"UserModelConfig.attractiveness_scale must be >= 0, got {self.attractiveness_scale}"
+                f"UserModelConfig.satisfaction_by_grade needs {MAX_GRADE + 1} probabilities strictly inside (0, 1)"
             )
-        if self.satisfied_dwell_s <= 0:
-            raise ValueError(f"UserModelConfig.satisfied_dwell_s must be > 0, got {self.satisfied_dwell_s}")
-        if len(self.answer_satisfy_prob) != MAX_GRADE + 1 or not all(
-            0.0 <= p <= 1.0 for p in self.answer_satisfy_prob
-        ):
+        ans = self.answer_satisfy_prob
+        if len(ans) != MAX_GRADE + 1 or not all(0.0 <= p <= 1.0 for p in ans):
             raise ValueError(
                 f"UserModelConfig.answer_satisfy_prob needs {MAX_GRADE + 1} probabilities (grades 0..4)"
             )
+
+    def examination(self, k: int) -> np.ndarray:
+        """Base examination of positions 1..k: the table, continued at its last ratio."""
+        table = np.asarray(self.position_examination, np.float64)
+        if k > len(table):
+            ratio = table[-1] / table[-2] if len(table) > 1 else 1.0
+            tail = table[-1] * ratio ** np.arange(1, k - len(table) + 1)
+            table = np.concatenate([table, tail])
+        return self.examination_top * table[:k]
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @staticmethod
     def from_json(d: dict) -> UserModelConfig:
+        known = {f.name for f in fields(UserModelConfig)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown UserModelConfig key(s): {', '.join(unknown)}")
         return UserModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -159,7 +195,7 @@ def _check_inputs(
 def examination_probabilities(
     modality: np.ndarray, valid: np.ndarray | None, config: UserModelConfig
 ) -> np.ndarray:
-    """P(examine position k | still scanning), [B, K]: PBM (1/k)^eta raised by vertical attention.
+    """P(examine position k | still scanning), [B, K]: the position table raised by vertical attention.
 
     The same code path the vectorised model uses (so golden tests on it test the model)."""
     model = UserModel(config)
@@ -172,17 +208,51 @@ def examination_probabilities(
 def dwell_log_params(
     relevance: np.ndarray, modality: np.ndarray, config: UserModelConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of log(dwell seconds) per item."""
+    """(mu, sigma) of log(dwell seconds) per item: mu = log(threshold[m]) + sigma[m] * Phi^-1(sat[g]),
+    so that P(dwell >= threshold[m] | grade g) = satisfaction_by_grade[g] for every modality m."""
     modality = np.asarray(modality, np.int64)
-    mu = np.asarray(config.dwell_mu0)[modality] + np.asarray(config.dwell_mu_slope)[modality] * relevance
-    return mu, np.asarray(config.dwell_sigma)[modality]
+    relevance = np.asarray(relevance, np.int64)
+    sigma = np.asarray(config.dwell_sigma)[modality]
+    z = np.array([_probit(p) for p in config.satisfaction_by_grade])[relevance]
+    mu = np.log(np.asarray(config.satisfied_dwell_s))[modality] + sigma * z
+    return mu, sigma
+
+
+def _probit(p: float) -> float:
+    """Phi^-1(p) by bisection on erfc (no scipy in the env package)."""
+    lo, hi = -10.0, 10.0
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if 0.5 * math.erfc(-mid / math.sqrt(2.0)) < p:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
 
 
 def satisfied_click_probability(relevance: int, modality: int, config: UserModelConfig) -> float:
-    """P(dwell >= threshold | click) = 1 - Phi((log(threshold) - mu) / sigma)."""
+    """P(dwell >= threshold[modality] | click) = 1 - Phi((log(threshold) - mu) / sigma)."""
     mu, sigma = dwell_log_params(np.array([relevance]), np.array([modality]), config)
-    z = (math.log(config.satisfied_dwell_s) - float(mu[0])) / float(sigma[0])
+    z = (math.log(config.satisfied_dwell_s[modality]) - float(mu[0])) / float(sigma[0])
     return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def click_probability(
+    relevance: np.ndarray, attractiveness: np.ndarray, config: UserModelConfig
+) -> np.ndarray:
+    """P(click | examined) = sigmoid(click_bias + click_grade * grade + click_attractiveness * logit(att))."""
+    att = np.clip(np.asarray(attractiveness, np.float64), 1e-6, 1.0 - 1e-6)
+    logit = (
+        config.click_bias
+        + config.click_grade * np.asarray(relevance, np.float64)
+        + config.click_attractiveness * np.log(att / (1.0 - att))
+    )
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
+def satisfied_dwell_thresholds(config: UserModelConfig) -> np.ndarray:
+    """Per-modality dwell (seconds) at or above which a logged click counts as satisfied."""
+    return np.asarray(config.satisfied_dwell_s, np.float64)
 
 
 class UserModel:
@@ -212,7 +282,8 @@ class UserModel:
         self._answer_p = table(np.where(mod == ANSWER, np.asarray(c.answer_satisfy_prob)[grade], 0.0), 0.0)
         self._mu = table(mu, 0.0)
         self._sigma = table(sigma, 1.0)
-        self._log_threshold = np.float32(math.log(c.satisfied_dwell_s))
+        self._log_threshold = table(np.log(np.asarray(c.satisfied_dwell_s))[mod], 0.0)
+        self._click_logit = table(c.click_bias + c.click_grade * grade, -30.0)
 
     def codes(self, relevance: np.ndarray, modality: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
         """Validated per-item table codes [B, K] (PAD_CODE on padding)."""
@@ -268,12 +339,12 @@ class UserModel:
 
     def _miss(self, code: np.ndarray) -> np.ndarray:
         """P(not examined | reached), [K, B] from codes [K, B]:
-        (1 - (1/k)^eta) * prod_{|j - k| <= radius} (1 - decay^|j - k| * v_j)."""
+        (1 - exam_k) * prod_{|j - k| <= radius} (1 - decay^|j - k| * v_j)."""
         c = self.config
         k, b = code.shape
         pull = self._pull.take(code)
         miss = np.empty((k, b), np.float32)
-        miss[:] = (1.0 - (1.0 / np.arange(1, k + 1)) ** c.eta).astype(np.float32)[:, None]
+        miss[:] = (1.0 - c.examination(k)).astype(np.float32)[:, None]
         for d in range(min(c.attention_radius, k - 1) + 1):
             f = 1.0 - np.float32(c.attention_decay**d) * pull  # source j's pull on j +- d
             if d == 0:
@@ -307,7 +378,11 @@ class UserModel:
             e[code == self.PAD_CODE] = 0.0
         p_ans = self._answer_p.take(code)
         p_ans[c.answer_max_position :] = 0.0
-        p_click = att if c.attractiveness_scale == 1.0 else np.minimum(1.0, c.attractiveness_scale * att)
+        att_c = np.clip(att, np.float32(1e-6), np.float32(1.0 - 1e-6))
+        logit = self._click_logit.take(code) + np.float32(c.click_attractiveness) * np.log(
+            att_c / (1.0 - att_c)
+        )
+        p_click = (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
         a = e * p_ans
         w = (e - a) * p_click
         s = np.float32(c.stop_after_satisfied)
@@ -317,7 +392,7 @@ class UserModel:
         idx = np.flatnonzero(click_if)
         cc = code.ravel().take(idx)
         log_d = self._mu.take(cc) + self._sigma.take(cc) * rng.standard_normal(len(idx), dtype=np.float32)
-        sat = log_d >= self._log_threshold
+        sat = log_d >= self._log_threshold.take(cc)
         sat_click_if = np.zeros((k, b), bool)
         sat_click_if.ravel()[idx[sat]] = True
         stop_if = (u < a * s) | (sat_click_if & (u - a < w * s))
@@ -380,7 +455,7 @@ def simulate_reference(
             if not val[pos]:
                 continue
             # Examination: PBM base, then every visible vertical within reach pulls attention here.
-            not_examined = 1.0 - (1.0 / (pos + 1)) ** c.eta
+            not_examined = 1.0 - float(c.examination(pos + 1)[pos])
             for j in range(k):
                 dist = abs(j - pos)
                 if val[j] and dist <= c.attention_radius:
@@ -397,13 +472,13 @@ def simulate_reference(
                 out["answer_satisfied"][p, pos] = True
                 any_answer = True
                 satisfied_here = True
-            elif rng.random() < min(1.0, c.attractiveness_scale * att[pos]):
+            elif rng.random() < float(click_probability(rel[pos], att[pos], c)):
                 out["click"][p, pos] = True
                 any_click = True
-                mu = c.dwell_mu0[mod[pos]] + c.dwell_mu_slope[mod[pos]] * rel[pos]
-                dwell = math.exp(mu + c.dwell_sigma[mod[pos]] * rng.standard_normal())
+                mu, sigma = dwell_log_params(np.array([rel[pos]]), np.array([mod[pos]]), c)
+                dwell = math.exp(float(mu[0]) + float(sigma[0]) * rng.standard_normal())
                 dwell_out[p, pos] = dwell
-                if dwell >= c.satisfied_dwell_s:
+                if dwell >= c.satisfied_dwell_s[mod[pos]]:
                     out["satisfied_click"][p, pos] = True
                     satisfied_here = True
             if satisfied_here:

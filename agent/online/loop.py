@@ -587,9 +587,7 @@ def evaluate_versions(loop: OnlineLoop, sessions: int, seeds: int = 2) -> list[d
     One round's live reward is noisy; this replays `sessions` simulated sessions per seed on the traffic
     split for each version and reports the observed reward per page (the quantity the loop optimises).
     """
-    from agent.offpolicy import observed_reward
     from agent.simulate import score_policy
-    from envs.serp_env import RewardConfig
     from envs.simulation import SimulationConfig, simulate
     from pretrain.checkpoint import load_checkpoint
     from serving.registry import Registry
@@ -606,9 +604,8 @@ def evaluate_versions(loop: OnlineLoop, sessions: int, seeds: int = 2) -> list[d
                 loop.split.truth,
                 SimulationConfig(sessions=sessions, slate_size=loop.cfg.slate_size, seed=seed),
             )
-            click = np.asarray(log.feedback["click"].to_numpy(zero_copy_only=False), np.float64)
-            dwell = np.asarray(log.feedback["dwell"].to_numpy(zero_copy_only=False), np.float64)
-            values.append(float(observed_reward(click, dwell, RewardConfig()).sum() / log.pages.num_rows))
+            reward = np.asarray(log.feedback["reward"].to_numpy(zero_copy_only=False), np.float64)
+            values.append(float(reward.sum() / log.pages.num_rows))
         out.append({"version": version, "observed_reward": float(np.mean(values)), "per_seed": values})
         print(
             f"  {version:<40} observed reward/page {np.mean(values):.4f}  (seeds: {np.round(values, 4).tolist()})"

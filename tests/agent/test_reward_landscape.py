@@ -123,7 +123,7 @@ def test_layout_gradient_points_to_the_modality_that_earns(tiny_run):
     video = split.pages.modality == MODALITY_ID["video"]
     truth = ItemTruth(split.truth.relevance, video.astype(np.float32), split.truth.preferred_modality)
     serp = SerpConfig(
-        n_max=16, slate_size=5, reward=RewardConfig(click=1.0, satisfied_click=0.0, answer_satisfaction=0.0)
+        n_max=16, slate_size=5, reward=RewardConfig(name="clicks")
     )
     flat = np.zeros(split.pages.n_items, np.float32)
     g = layout_gradient(flat, split.pages, truth, serp, temperature=1.0, batch=256, repeats=20)

@@ -7,6 +7,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from envs.pages import MODALITIES
 from envs.simulation import (
     GreedyPolicy,
     RandomPolicy,
@@ -15,6 +16,7 @@ from envs.simulation import (
     format_side_by_side,
     simulate,
 )
+from envs.user_model import UserModelConfig
 
 COLUMNS = [
     "event_id", "session_id", "query_index", "page_id", "model_version", "item_id", "modality", "position",
@@ -49,7 +51,9 @@ def test_schema_and_rows(random_log, tiny_world):
     assert tiny_world.traffic.truth.relevance[item] == row.relevance
     assert set(fb.model_version) == {"random"}
     assert ((fb.dwell > 0) == (fb.click == 1)).all()
-    assert (fb.satisfied[fb.click == 1] == (fb.dwell[fb.click == 1] >= 30)).all()
+    threshold = fb.modality.map(dict(zip(MODALITIES, UserModelConfig().satisfied_dwell_s)))
+    clicked = fb.click == 1
+    assert (fb.satisfied[clicked] == (fb.dwell[clicked] >= threshold[clicked])).all()
 
 
 def test_uniform_random_propensities_are_exact(random_log):
