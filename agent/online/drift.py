@@ -13,7 +13,7 @@ SPEC: "default", "none", or comma-separated key=value pairs, e.g.
   relevance       grades added to that modality's true relevance (clipped to 0..4): a quality shift;
                   dwell and satisfaction follow the true grade in the user model
   attractiveness  factor on that modality's attractiveness (its click-through once examined)
-The default scenario: from round 2 on, video results get two grades worse (a catalogue of worse videos:
+The default scenario: from round 1 on, video results get two grades worse (a catalogue of worse videos:
 users still click them, but watch them shorter and are satisfied less).
 """
 
@@ -29,7 +29,7 @@ from envs.world import ItemTruth, Split
 
 @dataclass(frozen=True)
 class DriftConfig:
-    at_round: int = 2
+    at_round: int = 1
     modality: str = "video"
     relevance_shift: int = -2
     attractiveness_scale: float = 1.0

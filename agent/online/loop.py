@@ -81,6 +81,7 @@ class OnlineConfig:
     update: dict = field(default_factory=lambda: {"epochs": 3})  # agent.offpolicy.UpdateConfig overrides
     gate: dict = field(default_factory=dict)  # agent.gate.GateConfig overrides
     heldout: dict = field(default_factory=dict)  # agent.online.heldout.HeldoutConfig overrides
+    reward: str = "success"  # envs.reward.RewardConfig name: traffic, logged reward and held-out sessions
     drift: dict | None = None  # agent.online.drift.DriftConfig fields; None: the world stays as it is
 
     def __post_init__(self) -> None:
@@ -205,7 +206,11 @@ class OnlineLoop:
         self.gate_cfg = GateConfig(**cfg.gate)
         from agent.online.drift import drift_split, parse_drift
         from agent.online.heldout import HeldoutConfig
+        from envs.reward import RewardConfig
+        from envs.serp_env import SerpConfig
 
+        self.reward = RewardConfig(name=cfg.reward)
+        self.serp = SerpConfig(reward=self.reward, slate_size=cfg.slate_size)
         self.heldout_cfg = HeldoutConfig(**cfg.heldout)
         self.drift = parse_drift(cfg.drift)
         self.run = PretrainRun.open(ensure_run(cfg))
@@ -320,8 +325,10 @@ class OnlineLoop:
             model = model if model is not None else self.version_model(version)
             split = self.worlds[world][1]
             cache[key] = {
-                "deterministic": deterministic_returns(model, split, self.heldout_cfg).tolist(),
-                "served": served_returns(model, split, self.cfg.temperature, self.heldout_cfg).tolist(),
+                "deterministic": deterministic_returns(model, split, self.heldout_cfg, self.serp).tolist(),
+                "served": served_returns(
+                    model, split, self.cfg.temperature, self.heldout_cfg, self.serp
+                ).tolist(),
             }
         return {k: np.asarray(v) for k, v in cache[key].items()}
 
@@ -369,13 +376,14 @@ class OnlineLoop:
             seed=cfg.seed * 1000 + (0 if cfg.common_traffic else r),
             slate_size=cfg.slate_size,
             concurrency=cfg.concurrency,
+            reward=self.reward,
         )
         t_traffic = time.time() - t0
         _settle_logs()
         t_settle = time.time() - t0 - t_traffic
         t1 = time.time()
         logs = read_logs(self.log_dir, since_ts=self.state["cursor_ms"] / 1000.0)
-        batch = logged_batch(logs, model.config.feature_dims, cfg.slate_size)
+        batch = logged_batch(logs, model.config.feature_dims, cfg.slate_size, self.reward)
         train, holdout = batch.split_holdout(cfg.holdout_fraction, seed=cfg.seed * 1000 + r)
         # Keep this round's logs as our own replay file (read once from the log folder, never again).
         replay_dir = self.out / "replay"
@@ -385,6 +393,7 @@ class OnlineLoop:
                 pq.read_table(replay_dir / f"round-{q:04d}.parquet"),
                 model.config.feature_dims,
                 cfg.slate_size,
+                self.reward,
             )
             for q in range(max(0, r - cfg.replay_rounds), r)
             if (replay_dir / f"round-{q:04d}.parquet").exists()
@@ -643,10 +652,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--drift",
         default=None,
         metavar="SPEC",
-        help='change the simulated world at a round: "default" (video 2 grades worse from round 2) or '
+        help='change the simulated world at a round: "default" (video 2 grades worse from round 1) or '
         '"round=R,modality=M,relevance=D,attractiveness=F" (agent.online.drift)',
     )
     p.add_argument("--replay-rounds", type=int, default=d.replay_rounds)
+    p.add_argument("--reward", default=d.reward, help="product reward by name (envs.reward.REWARD_NAMES)")
     p.add_argument("--alpha", type=float, default=None, help="the gate's one-sided confidence level 1-alpha")
     p.add_argument("--heldout-repeats", type=int, default=None, help="plays of every held-out session")
 
@@ -670,6 +680,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         common_traffic=not args.fresh_traffic,
         replay_rounds=args.replay_rounds,
+        reward=args.reward,
         update={
             **OnlineConfig().update,
             **{
