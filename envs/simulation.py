@@ -222,7 +222,7 @@ def simulate(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.sessions, desc=f"simulate {policy.name}", unit="session")
+        bar = tqdm(total=cfg.sessions, desc=f"simulate {policy.name}", unit="session", disable=None)
     for t in range(cfg.max_queries):
         n_before = len(active)
         active = active[[t < len(sessions[chosen[s]]) for s in active]]
