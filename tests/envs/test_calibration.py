@@ -47,3 +47,18 @@ def test_loss_and_report_flag_outside_values():
     outside = dict(inside, no_click_rate=0.9)
     assert not next(r for r in report(outside) if r["statistic"] == "no_click_rate")["inside"]
     assert calibration_loss(outside) > calibration_loss(inside) + 10
+
+
+def test_default_user_lands_inside_every_range_with_a_smar_quality_ranker():
+    """On another world seed, with a production ranker of SMAR's quality (true grade + noise 1.5:
+    NDCG@10 about 0.73), the default user model's statistics fall inside every published range."""
+    from envs.calibration import measure
+    from envs.user_model import UserModelConfig
+    from envs.world import WorldConfig, generate_world
+
+    test = generate_world(WorldConfig(seed=3, queries=300, single_modal_queries=10)).test
+    rng = np.random.default_rng(0)
+    scores = test.truth.relevance + 1.5 * rng.standard_normal(len(test.truth.relevance))
+    stats = measure(scores, test.pages, test.truth, UserModelConfig(), sessions=6000, seed=1)
+    outside = [(r["statistic"], round(r["simulated"], 3)) for r in report(stats) if not r["inside"]]
+    assert not outside, outside
