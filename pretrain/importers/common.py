@@ -126,6 +126,21 @@ def numeric_matrix(
         if width not in (None, 1):
             raise SourceFormatError(f"{file}: column {column!r} holds scalars, expected {width} values")
         return col.reshape(n, 1), 1
+    if (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)) and (
+        pa.types.is_integer(arr.type.value_type) or pa.types.is_floating(arr.type.value_type)
+    ):  # fast path: a numeric list column (no per-row Python)
+        lens = np.asarray(arr.value_lengths().to_numpy(zero_copy_only=False))
+        valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False))
+        k = width if width is not None else (int(lens[valid][0]) if valid.any() else 1)
+        off = np.nonzero(valid & (lens != k))[0]
+        if len(off):
+            i = int(off[0])
+            raise SourceFormatError(f"{file}: column {column!r}, row {i}: {int(lens[i])} values, expected {k}")
+        out = np.full((n, k), np.nan, np.float64)
+        if valid.any():
+            flat = arr.filter(pa.array(valid)).flatten().cast(pa.float64()).fill_null(np.nan)
+            out[valid] = np.asarray(flat.to_numpy(zero_copy_only=False), np.float64).reshape(-1, k)
+        return out, k
     rows = arr.to_pylist()
     parsed: list[list[float] | None] = []
     for i, v in enumerate(rows):

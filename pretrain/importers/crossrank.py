@@ -77,6 +77,27 @@ CORPUS_COLUMNS = (
 )
 FILES = (("Multimodal_Train.parquet", "train"), ("Multimodal_Test.parquet", "test"))
 CORPUS_FILE = "MultiModalCorpus.parquet"
+# The single-modal part. In the authors' code, queries with search_idx above this are single-modal
+# annotations (labels comparable within a modality only); rows at or below it are skipped.
+SINGLE_FILE = "SingleModal_Train.parquet"
+SINGLE_CORPUS_FILES = tuple(f"SingleModalCorpus_part{i}.parquet" for i in (1, 2, 3))
+SINGLE_MODAL_MIN_SEARCH_IDX = 24009
+
+
+@dataclass
+class _Corpus:
+    """One corpus's per-candidate feature blocks, indexed by corpus row (`row_of[candidate_idx]`)."""
+
+    file: str
+    numeric: np.ndarray
+    numeric_names: list[str]
+    intent: np.ndarray
+    lengths: np.ndarray
+    title: np.ndarray
+    highlight: np.ndarray
+    abstract: np.ndarray
+    modal: np.ndarray
+    row_of: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -124,7 +145,27 @@ class CrossRankImporter:
             require_struct_fields(f, schema, "search_result_details_with_idx", DETAIL_FIELDS)
         require_columns([self.corpus_file], CORPUS_COLUMNS)
         self.stats = {"skipped_empty_pages": 0, "imputed_values": 0, "unlabelled_items": 0}
-        self._load_corpus()
+        self.corpus = self._load_corpus([self.corpus_file])
+        self.corpus_numeric_names = self.corpus.numeric_names
+        # The single-modal part (optional): SingleModal_Train.parquet with its own corpus in parts.
+        self.single_file = find_file(self.src, SINGLE_FILE, required=False)
+        self.single_corpus = None
+        if self.single_file is not None:
+            schema = require_columns([self.single_file], SEARCH_COLUMNS)
+            require_struct_fields(self.single_file, schema, "search_result_details_with_idx", DETAIL_FIELDS)
+            parts = [find_file(self.src, name, required=False) for name in SINGLE_CORPUS_FILES]
+            parts = [x for x in parts if x is not None]
+            if not parts:
+                raise SourceFormatError(
+                    f"{self.src}: {SINGLE_FILE} is present but none of {list(SINGLE_CORPUS_FILES)}"
+                )
+            require_columns(parts, CORPUS_COLUMNS)
+            self.single_corpus = self._load_corpus(parts)
+            if self.single_corpus.numeric_names != self.corpus_numeric_names:
+                raise SourceFormatError(
+                    f"{self.single_corpus.file}: numeric column widths {self.single_corpus.numeric_names} "
+                    f"differ from {c.file}'s {self.corpus_numeric_names}"
+                )
         self.impression_width = self._impression_widths()
 
     def _impression_widths(self) -> dict[str, int]:
@@ -143,15 +184,19 @@ class CrossRankImporter:
         return width
 
     # ------------------------------------------------------------------ corpus
-    def _load_corpus(self) -> None:
-        cfg, f = self.cfg, self.corpus_file
-        t = pq.read_table(
-            f,
-            columns=[
-                *CORPUS_COLUMNS,
-                *(["candidate_idx"] if "candidate_idx" in pq.read_schema(f).names else []),
-            ],
-        )
+    def _load_corpus(self, files: list[Path]) -> _Corpus:
+        """Read a corpus (one file, or parts whose concatenated rows are indexed by candidate_idx)."""
+        cfg = self.cfg
+        parts = []
+        for f in files:
+            names = pq.read_schema(f).names
+            parts.append(
+                pq.read_table(f, columns=[*CORPUS_COLUMNS, *(["candidate_idx"] if "candidate_idx" in names else [])])
+            )
+        if len({"candidate_idx" in t.column_names for t in parts}) > 1:
+            raise SourceFormatError(f"{files}: some corpus parts have a 'candidate_idx' column, others not")
+        t = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        f = files[0] if len(files) == 1 else ", ".join(str(x) for x in files)
         numeric, names = [], []
         for c in CORPUS_NUMERIC:
             mat, k = numeric_matrix(t.column(c), f, c)
@@ -165,28 +210,33 @@ class CrossRankImporter:
                 np.log1p([len(normalise_text(x, 10**9)) for x in abstracts]),
             ]
         )
-        self.corpus_numeric = np.concatenate(numeric, axis=1) if numeric else np.zeros((t.num_rows, 0))
-        self.corpus_numeric_names = names
-        self.intent = categorical_onehot(t.column("query_intent").to_pylist(), cfg.cat_buckets)
-        self.lengths = lengths
-        self.title = hash_texts(titles, cfg.title_dim, max_chars=cfg.max_chars)
-        self.highlight = hash_texts(
-            t.column("title_highlight_basic").to_pylist(), cfg.title_dim, max_chars=cfg.max_chars
-        )
-        self.abstract = hash_texts(abstracts, cfg.text_dim, max_chars=cfg.max_chars)
-        self.modal = np.array(
-            ["" if v is None else str(v).strip() for v in t.column("modal").to_pylist()], dtype=object
-        )
         if "candidate_idx" in t.column_names:
             ids = np.asarray(t.column("candidate_idx").to_numpy(zero_copy_only=False), np.int64)
         else:
             ids = np.arange(t.num_rows)
-        self.row_of = np.full(int(ids.max()) + 1 if len(ids) else 1, -1, np.int64)
-        self.row_of[ids] = np.arange(len(ids))
+        row_of = np.full(int(ids.max()) + 1 if len(ids) else 1, -1, np.int64)
+        row_of[ids] = np.arange(len(ids))
+        corpus = _Corpus(
+            file=str(f),
+            numeric=np.concatenate(numeric, axis=1) if numeric else np.zeros((t.num_rows, 0)),
+            numeric_names=names,
+            intent=categorical_onehot(t.column("query_intent").to_pylist(), cfg.cat_buckets),
+            lengths=lengths,
+            title=hash_texts(titles, cfg.title_dim, max_chars=cfg.max_chars),
+            highlight=hash_texts(
+                t.column("title_highlight_basic").to_pylist(), cfg.title_dim, max_chars=cfg.max_chars
+            ),
+            abstract=hash_texts(abstracts, cfg.text_dim, max_chars=cfg.max_chars),
+            modal=np.array(
+                ["" if v is None else str(v).strip() for v in t.column("modal").to_pylist()], dtype=object
+            ),
+            row_of=row_of,
+        )
         if cfg.impute_missing:
-            bad = ~np.isfinite(self.corpus_numeric)
+            bad = ~np.isfinite(corpus.numeric)
             self.stats["imputed_values"] += int(bad.sum())
-            self.corpus_numeric[bad] = 0.0
+            corpus.numeric[bad] = 0.0
+        return corpus
 
     # ------------------------------------------------------------------ layout
     @property
@@ -216,8 +266,8 @@ class CrossRankImporter:
         return {m: (d if m in used else 0) for m in MODALITIES}
 
     # ------------------------------------------------------------------ pages
-    def _pages(self, b: pa.RecordBatch, split: str, source: str) -> Pages:
-        cfg = self.cfg
+    def _pages(self, b: pa.RecordBatch, split: str, source: str, corpus: _Corpus | None = None) -> Pages:
+        cfg, c = self.cfg, corpus or self.corpus
         details = b.column("search_result_details_with_idx")
         sizes = np.asarray(details.value_lengths().fill_null(0).to_numpy(zero_copy_only=False), np.int64)
         keep = sizes > 0
@@ -260,15 +310,15 @@ class CrossRankImporter:
                 f"{source}: page {page_ids[page_of[i]]!r}, field 'single_modal_score': candidate {cand[i]} has upstream_label {score[i]}"
             )
 
-        inside = (cand >= 0) & (cand < len(self.row_of))
+        inside = (cand >= 0) & (cand < len(c.row_of))
         rows = np.full(len(cand), -1, np.int64)
-        rows[inside] = self.row_of[cand[inside]]
+        rows[inside] = c.row_of[cand[inside]]
         if (rows < 0).any():
             i = int(np.nonzero(rows < 0)[0][0])
             raise SourceFormatError(
-                f"{source}: page {page_ids[page_of[i]]!r}: candidate_idx {cand[i]} is not in {self.corpus_file}"
+                f"{source}: page {page_ids[page_of[i]]!r}: candidate_idx {cand[i]} is not in {c.file}"
             )
-        modal = self.modal[rows]
+        modal = c.modal[rows]
         unknown = ~np.isin(modal, list(cfg.modal_map))
         if unknown.any():
             i = int(np.nonzero(unknown)[0][0])
@@ -294,24 +344,24 @@ class CrossRankImporter:
             imp[bad] = 0.0
         sims = np.column_stack(
             [
-                np.einsum("ij,ij->i", q_title[page_of], self.title[rows]),
-                np.einsum("ij,ij->i", q_abs[page_of], self.abstract[rows]),
-                np.einsum("ij,ij->i", q_title[page_of], self.highlight[rows]),
+                np.einsum("ij,ij->i", q_title[page_of], c.title[rows]),
+                np.einsum("ij,ij->i", q_abs[page_of], c.abstract[rows]),
+                np.einsum("ij,ij->i", q_title[page_of], c.highlight[rows]),
             ]
         )
         features = np.concatenate(
             [
-                self.corpus_numeric[rows],
+                c.numeric[rows],
                 imp,
-                self.intent[rows],
-                self.lengths[rows],
+                c.intent[rows],
+                c.lengths[rows],
                 sims,
-                self.title[rows],
-                self.abstract[rows],
+                c.title[rows],
+                c.abstract[rows],
             ],
             axis=1,
         )
-        n_num = self.corpus_numeric.shape[1] + imp.shape[1]
+        n_num = c.numeric.shape[1] + imp.shape[1]
         check_finite(
             features[:, :n_num],
             self.feature_names,
@@ -340,6 +390,26 @@ class CrossRankImporter:
         )
 
     # ------------------------------------------------------------------ run
+    def _run_single(self, out: Path) -> dict | None:
+        """SingleModal_Train rows with search_idx > SINGLE_MODAL_MIN_SEARCH_IDX -> single_modal.parquet."""
+        f = self.single_file
+        writer = PageFileWriter(out / "single_modal.parquet", self.feature_dims)
+        left = count_rows([f]) if self.cfg.limit is None else self.cfg.limit
+        try:
+            for b in batches([f], list(SEARCH_COLUMNS), self.cfg.batch_rows):
+                idx = _scalar_column(b.column("search_idx"), str(f), "search_idx")
+                b = b.filter(pa.array(idx > SINGLE_MODAL_MIN_SEARCH_IDX))
+                if left <= 0:
+                    break
+                b = b.slice(0, left)
+                left -= b.num_rows
+                if b.num_rows:
+                    writer.write(self._pages(b, "single", str(f), self.single_corpus), str(f))
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.close()
+
     def run(self, out: str | Path) -> dict:
         t0 = time.perf_counter()
         out = Path(out)
@@ -365,6 +435,8 @@ class CrossRankImporter:
             finally:
                 bar.close()
             outputs[split] = writer.close()
+        if self.single_file is not None:
+            outputs["single_modal"] = self._run_single(out)
         return write_summary(
             out,
             {
@@ -377,6 +449,11 @@ class CrossRankImporter:
                 "query_dim": self.cfg.query_text_dim + 1,
                 "user_dim": 0,
                 "labels": "label (0-4 page-level grade) -> relevance; null/NaN -> unannotated",
+                "single_modal": (
+                    f"{SINGLE_FILE} rows with search_idx > {SINGLE_MODAL_MIN_SEARCH_IDX} -> single_modal.parquet"
+                    if self.single_file is not None
+                    else "none (no SingleModal_Train.parquet): single-modal scores are upstream_label"
+                ),
                 "modalities": {f"modal {k!r}": v for k, v in self.cfg.modal_map.items()},
                 **self.stats,
                 "seconds": round(time.perf_counter() - t0, 2),
