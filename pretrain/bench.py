@@ -25,13 +25,16 @@ from tqdm.auto import tqdm
 
 from envs.pages import MODALITIES
 from envs.world import WorldConfig, generate_world
+from pretrain.data import DataConfig, load_data
 from pretrain.evaluate import METRICS, evaluate_scores, format_table
+from pretrain.lgbm import LGBMConfig, train_lgbm
 from pretrain.merge import MergeScorer
 from pretrain.single_modal import within_modality_ndcg
 from pretrain.train import Prepared, PretrainConfig, annotate_pool, consistency_pages, prepare, train_reranker
 
 RERANKER_METHODS = ("sft_full", "smar_p10", "smar_p30", "smar_p10_no_consistency", "smar_p10_no_anchors")
-ALL_METHODS = ("merge", *RERANKER_METHODS)
+TRAINED_METHODS = ("lgbm_full", *RERANKER_METHODS)  # lgbm_full: LightGBM LambdaMART, 100% of page labels
+ALL_METHODS = ("merge", *TRAINED_METHODS)
 
 
 def method_config(name: str, base: PretrainConfig) -> PretrainConfig:
@@ -66,6 +69,8 @@ def _init_worker(prep_path: str) -> None:
 def run_job(name: str, seed: int, base: PretrainConfig, prep: Prepared | None = None) -> dict:
     """Train and evaluate one (method, seed) on the test split."""
     prep = prep or _PREP
+    if name == "lgbm_full":
+        return _run_lgbm(seed, base, prep)
     cfg = method_config(name, base).with_seed(seed)
     t0 = time.perf_counter()
     annotation = annotate_pool(prep.scored["pool"], cfg)
@@ -92,15 +97,45 @@ def run_job(name: str, seed: int, base: PretrainConfig, prep: Prepared | None = 
     }
 
 
+def _run_lgbm(seed: int, base: PretrainConfig, prep: Prepared) -> dict:
+    """lgbm_full: every pool label through the oracle (ledger at 100%), LambdaMART tuned on valid."""
+    cfg = replace(base, method="sft").with_seed(seed)
+    t0 = time.perf_counter()
+    annotation = annotate_pool(prep.scored["pool"], cfg)
+    valid = prep.scored["valid"]
+    model, info = train_lgbm(
+        annotation.pages,
+        annotation.pages.relevance,
+        valid.pages,
+        valid.truth.relevance,
+        LGBMConfig(seed=seed),
+    )
+    test = prep.scored["test"]
+    scores = model.score_pages(test.pages)
+    return {
+        "method": "lgbm_full",
+        "seed": seed,
+        "annotation_fraction": annotation.ledger.fraction,
+        "annotation": annotation.summary(),
+        "lgbm": info,
+        "seconds": time.perf_counter() - t0,
+        "within_modality_ndcg@10": within_modality_ndcg(scores, test.pages, test.truth.relevance),
+        **evaluate_scores(scores, test.pages, test.truth.relevance),
+    }
+
+
 def _aggregate(results: list[dict], merge_metrics: dict) -> dict:
     methods: dict[str, dict] = {
         "merge": {"annotation_fraction": 0.0, **{m: {"mean": merge_metrics[m], "std": 0.0} for m in METRICS}}
     }
-    for name in RERANKER_METHODS:
+    for name in TRAINED_METHODS:
         rows = [r for r in results if r["method"] == name]
         if not rows:
             continue
-        methods[name] = {"annotation_fraction": float(np.mean([r["annotation_fraction"] for r in rows]))}
+        methods[name] = {
+            "annotation_fraction": float(np.mean([r["annotation_fraction"] for r in rows])),
+            "seconds": float(np.mean([r["seconds"] for r in rows])),
+        }
         for m in METRICS:
             v = np.array([r[m] for r in rows], np.float64)
             methods[name][m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
@@ -171,19 +206,34 @@ def bench(
     base: PretrainConfig | None = None,
     workers: int = 2,
     progress: bool = True,
+    data: str | Path | None = None,
+    data_config: DataConfig | None = None,
+    methods: tuple[str, ...] = TRAINED_METHODS,
 ) -> dict:
-    """Run the benchmark, write report.json and ndcg_vs_budget.png into `out`, return the report."""
+    """Run the benchmark, write report.json and ndcg_vs_budget.png into `out`, return the report.
+
+    `data`: a `smar import` output folder to run on instead of the synthetic world."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = base or PretrainConfig()
+    unknown = [m for m in methods if m not in TRAINED_METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; expected among {TRAINED_METHODS}")
     t0 = time.perf_counter()
-    world = generate_world(world_config or WorldConfig())
+    if data is not None:
+        world = load_data(data, data_config)
+        source = world.describe()
+    else:
+        world = generate_world(world_config or WorldConfig())
+        source = {"world": world.config.to_json()}
+    t_prep = time.perf_counter()
     prep = prepare(world, base, progress)
+    prep_seconds = time.perf_counter() - t_prep
     test = prep.scored["test"]
     merge_metrics = evaluate_scores(
         MergeScorer(prep.merge).score(test.pages), test.pages, test.truth.relevance
     )
-    jobs = [(name, seed) for seed in range(seeds) for name in RERANKER_METHODS]
+    jobs = [(name, seed) for seed in range(seeds) for name in TRAINED_METHODS if name in methods]
     results: list[dict] = []
     bar = tqdm(total=len(jobs), desc="bench pretrain", disable=not progress)
     if workers <= 1:
@@ -208,7 +258,13 @@ def bench(
         "methods": methods,
         "meta": {
             "seeds": seeds,
-            "world": world.config.to_json(),
+            **source,
+            "single_modal_source": (
+                world.single_modal_source
+                if data is not None
+                else "single-modal rankers on the world's single-modal pages"
+            ),
+            "prepare_seconds": prep_seconds,
             "config": base.to_json(),
             "single_modal_test_within_modality_ndcg@10": {
                 m: prep.ranker_metrics[m]["test_within_modality_ndcg@10"]
@@ -232,6 +288,14 @@ def format_report(report: dict) -> str:
             title=f"pretrain benchmark: test split, mean ± std over {meta['seeds']} seed(s)",
         )
     ]
+    if "data" in meta:
+        lines.append(f"data {meta['data']} ({meta['format']}), pages {meta['pages']}")
+    lines.append(f"single-modal scores: {meta['single_modal_source']}")
+    lines.append(
+        "seconds per run (mean over seeds): "
+        + ", ".join(f"{n} {r['seconds']:.0f}" for n, r in report["methods"].items() if "seconds" in r)
+        + f"; shared single-modal stage {meta['prepare_seconds']:.0f}"
+    )
     sm = meta["single_modal_test_within_modality_ndcg@10"]
     lines.append("within-modality NDCG@10 on test pages (mean over seeds):")
     lines.append(f"  {'single-modal rankers':<26}" + "  ".join(f"{m} {v:.4f}" for m, v in sm.items()))
@@ -248,12 +312,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results/pretrain")
     p.add_argument("--workers", type=int, default=2, help="parallel training processes")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--data", default=None, help="`smar import` output folder (default: the synthetic world)")
+    p.add_argument("--valid-fraction", type=float, default=DataConfig().valid_fraction)
+    p.add_argument(
+        "--methods",
+        default=",".join(TRAINED_METHODS),
+        help=f"comma-separated subset of {','.join(TRAINED_METHODS)} (merge always runs)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise SystemExit("--seeds must be >= 1")
-    report = bench(args.seeds, args.out, workers=args.workers, progress=not args.quiet)
+    report = bench(
+        args.seeds,
+        args.out,
+        workers=args.workers,
+        progress=not args.quiet,
+        data=args.data,
+        data_config=DataConfig(valid_fraction=args.valid_fraction),
+        methods=tuple(m for m in args.methods.split(",") if m),
+    )
     print(format_report(report))
     print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'ndcg_vs_budget.png'}")
     return 0

@@ -1,4 +1,7 @@
-"""Test-split evaluation of any scorer: NDCG@10, NDCG@5, MRR@10 and single-modal consistency.
+"""Test-split evaluation of any scorer: NDCG@10, NDCG@5, MRR@10, MRR@1 and single-modal consistency.
+
+MRR@1 is the share of pages whose top item is relevant (grade >= 3, `envs.metrics.mrr_at_k`'s
+threshold): the metric of the SMAR paper's Baidu table.
 
 Metrics come from `envs.metrics` (one implementation for every stage). Consistency is the mean over
 pages of the within-modality pairwise agreement between the scorer's order and the single-modal
@@ -12,7 +15,7 @@ import numpy as np
 from envs.metrics import mrr_at_k, ndcg_of_scores, within_modality_agreement
 from envs.pages import Pages
 
-METRICS = ("ndcg@10", "ndcg@5", "mrr@10", "consistency")
+METRICS = ("ndcg@10", "ndcg@5", "mrr@10", "mrr@1", "consistency")
 
 
 def evaluate_scores(scores: np.ndarray, pages: Pages, relevance: np.ndarray) -> dict[str, float]:
@@ -27,7 +30,7 @@ def evaluate_scores(scores: np.ndarray, pages: Pages, relevance: np.ndarray) -> 
         raise ValueError("evaluation needs a grade for every item; field 'relevance' has -1")
     ref = pages.single_modal_score
     has_ref = not np.isnan(ref).any()
-    n10, n5, mrr, cons = [], [], [], []
+    n10, n5, mrr, mrr1, cons = [], [], [], [], []
     for p in range(len(pages)):
         sl = pages.item_slice(p)
         s, r = scores[sl], np.asarray(relevance[sl])
@@ -35,6 +38,7 @@ def evaluate_scores(scores: np.ndarray, pages: Pages, relevance: np.ndarray) -> 
         n5.append(ndcg_of_scores(s, r, 5))
         order = np.argsort(-s, kind="stable")
         mrr.append(mrr_at_k(r[order], 10))
+        mrr1.append(mrr_at_k(r[order], 1))
         if has_ref:
             agree, n = within_modality_agreement(s, ref[sl], pages.modality[sl])
             if n:
@@ -43,6 +47,7 @@ def evaluate_scores(scores: np.ndarray, pages: Pages, relevance: np.ndarray) -> 
         "ndcg@10": float(np.mean(n10)),
         "ndcg@5": float(np.mean(n5)),
         "mrr@10": float(np.mean(mrr)),
+        "mrr@1": float(np.mean(mrr1)),
         "consistency": float(np.mean(cons)) if cons else float("nan"),
     }
 

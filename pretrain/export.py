@@ -46,10 +46,10 @@ MODAL_MAP_ARG = ",".join(f"{c}={m}" for m, c in MODAL_CODES.items())
 FORMATS = ("crossrank",)
 
 
-def _list_col(mat: np.ndarray, dtype=pa.float32()) -> pa.ListArray:
+def _list_col(mat: np.ndarray) -> pa.ListArray:
     n, k = mat.shape
     return pa.ListArray.from_arrays(
-        pa.array(np.arange(n + 1, dtype=np.int32) * k), pa.array(mat.ravel(), dtype)
+        pa.array(np.arange(n + 1, dtype=np.int32) * k), pa.array(mat.ravel(), pa.float32())
     )
 
 
@@ -158,9 +158,7 @@ def _chunks(n: int, size: int):
         yield np.arange(s, min(n, s + size))
 
 
-def export_crossrank(
-    world, out: str | Path, single_modal: bool = True, batch_pages: int = 2048
-) -> dict:
+def export_crossrank(world, out: str | Path, single_modal: bool = True, batch_pages: int = 2048) -> dict:
     """Write `world` (an envs.world.World) in CrossRank's schema under `out`; returns a summary."""
     t0 = time.perf_counter()
     out = Path(out)
@@ -169,7 +167,9 @@ def export_crossrank(
     counts: dict[str, int] = {}
     train = [world.pool, world.valid]
     corpus_rows = sum(s.pages.n_items for s in (*train, world.test))
-    corpus = _CrossRankWriter(out / "Multimodal_Train.parquet", [out / "MultiModalCorpus.parquet"], corpus_rows, width)
+    corpus = _CrossRankWriter(
+        out / "Multimodal_Train.parquet", [out / "MultiModalCorpus.parquet"], corpus_rows, width
+    )
     search_idx = 0
     # one corpus for train and test: candidate ids run on across both search files
     for name, splits in (("Multimodal_Train.parquet", train), ("Multimodal_Test.parquet", [world.test])):

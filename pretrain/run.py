@@ -25,6 +25,7 @@ import numpy as np
 from envs.pages import MODALITIES, Pages
 from envs.world import WHOLE_PAGE_SPLITS, Split
 from pretrain.checkpoint import Checkpoint, load_checkpoint
+from pretrain.data import DATA_SPLITS, DataConfig
 from pretrain.merge import MergeCalibration, MergeScorer
 from pretrain.page import read_pages, write_pages
 from pretrain.reranker import WholePageReranker
@@ -48,7 +49,12 @@ def world_reference(root: str | Path, world_dir: str | Path) -> str:
 
 
 def write_run_json(
-    root: str | Path, world_dir: str | Path, config: dict, reranker_version: str, metrics: dict
+    root: str | Path,
+    world_dir: str | Path,
+    config: dict,
+    reranker_version: str,
+    metrics: dict,
+    data: bool = False,
 ) -> Path:
     """Write run.json atomically (last step of a run: its presence marks the run complete)."""
     root = Path(root)
@@ -58,6 +64,7 @@ def write_run_json(
         "config": config,
         "reranker_version": reranker_version,
         "metrics": metrics,
+        **({"data": True} if data else {}),
     }
     tmp = root / f".{RUN_JSON}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(doc, indent=2, default=_json_default))
@@ -111,24 +118,32 @@ class PretrainRun:
             if key not in info:
                 raise ValueError(f"{root / RUN_JSON}: missing field {key!r}")
         run = PretrainRun(root, info)
+        # A run on imported data (`smar pretrain --data`) has no traffic split and no simulator truth;
+        # without a single-modal part it has no rankers either (the data's upstream scores stand in).
+        splits = DATA_SPLITS if run.is_data else WHOLE_PAGE_SPLITS
         missing = [
             str(p)
             for p in (
                 run.reranker_path / "manifest.json",
                 root / MERGE_JSON,
-                *(root / SCORED_DIR / f"{s}.parquet" for s in WHOLE_PAGE_SPLITS),
+                *(root / SCORED_DIR / f"{s}.parquet" for s in splits),
             )
             if not p.exists()
         ]
-        if not any((root / RANKERS_DIR / m).exists() for m in MODALITIES):
+        if not run.is_data and not any((root / RANKERS_DIR / m).exists() for m in MODALITIES):
             missing.append(str(root / RANKERS_DIR / "{modality}"))
-        if not (run.world_dir / "truth").exists():
+        if not run.is_data and not (run.world_dir / "truth").exists():
             missing.append(str(run.world_dir / "truth"))
         if missing:
             raise FileNotFoundError(f"pretrain run {root} is incomplete; missing: {', '.join(missing)}")
         return run
 
     # ------------------------------------------------------------------ run.json fields
+    @property
+    def is_data(self) -> bool:
+        """True for a run on imported real data (`smar pretrain --data`)."""
+        return bool(self.info.get("data", False))
+
     @property
     def config(self) -> dict:
         return self.info["config"]
@@ -151,6 +166,11 @@ class PretrainRun:
     def split(self, name: str) -> Split:
         """Scored pages plus the simulator truth (read from the world's truth/ files)."""
         pages = self.scored_pages(name)
+        if self.is_data:
+            from pretrain.data import load_data
+
+            data = load_data(self.world_dir, DataConfig(**self.metrics["data"]["config"]))
+            return Split(pages, data.whole_page_splits()[name].truth)
         truth_path = self.world_dir / "truth" / f"{name}.parquet"
         if not truth_path.exists():
             raise FileNotFoundError(f"no simulator truth for split {name!r} at {truth_path}")

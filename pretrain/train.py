@@ -27,6 +27,7 @@ from envs.pages import MODALITIES, Pages
 from envs.world import Split, World, WorldConfig, generate_world
 from pretrain.annotation import Annotation, AnnotationConfig, AnnotatorOracle, annotate, annotate_all
 from pretrain.checkpoint import make_version, save_checkpoint
+from pretrain.data import DataConfig, ImportedData, load_data
 from pretrain.evaluate import evaluate_scores, format_table
 from pretrain.losses import CONSISTENCY_KINDS, LossConfig, smar_loss
 from pretrain.merge import MergeCalibration, MergeScorer, fit_merge
@@ -146,25 +147,48 @@ class PretrainConfig:
 class Prepared:
     """Single-modal rankers, the merge calibration and every whole-page split scored by the rankers."""
 
-    world: World
-    rankers: SingleModalRankers
+    world: World | ImportedData
+    rankers: SingleModalRankers | None  # None: the data's own upstream scores are the single-modal scores
     ranker_metrics: dict
     merge: MergeCalibration
     scored: dict[str, Split]  # pool/valid/test/traffic with single_modal_score filled (pool labels hidden)
 
 
-def prepare(world: World, cfg: PretrainConfig, progress: bool = True) -> Prepared:
-    """Train the single-modal rankers, score every whole page, fit the merge calibration."""
+def prepare(world: World | ImportedData, cfg: PretrainConfig, progress: bool = True) -> Prepared:
+    """Train the single-modal rankers, score every whole page, fit the merge calibration.
+
+    Data without a single-modal part (an `ImportedData` with no `single_modal`) keeps its own upstream
+    scores as the single-modal scores (no rankers: `Prepared.rankers` is None) and fits the merge
+    calibration on the pool's upstream scores (no labels).
+    """
     single = {m: s.pages for m, s in world.single_modal.items()}
-    rankers, metrics = train_rankers(single, cfg.single_modal, progress)
-    scored = {
-        name: Split(rankers.fill(split.pages), split.truth)
-        for name, split in world.whole_page_splits().items()
-    }
+    if single:
+        rankers, metrics = train_rankers(single, cfg.single_modal, progress)
+        scored = {
+            name: Split(rankers.fill(split.pages), split.truth)
+            for name, split in world.whole_page_splits().items()
+        }
+        merge = fit_merge(rankers, single, cfg.merge)
+    else:
+        rankers, metrics = None, {}
+        scored = dict(world.whole_page_splits())
+        for name, split in scored.items():
+            if np.isnan(split.pages.single_modal_score).any():
+                raise ValueError(
+                    f"split {name!r}: field 'single_modal_score' is missing and no rankers exist"
+                )
+        pool = scored["pool"].pages
+        merge = MergeCalibration.fit(
+            {
+                m: pool.single_modal_score[pool.modality == mid]
+                for mid, m in enumerate(MODALITIES)
+                if (pool.modality == mid).sum() >= 2
+            },
+            cfg.merge,
+        )
     test = scored["test"]
     for m, v in within_modality_ndcg(test.pages.single_modal_score, test.pages, test.truth.relevance).items():
-        metrics[m]["test_within_modality_ndcg@10"] = v
-    merge = fit_merge(rankers, single, cfg.merge)
+        metrics.setdefault(m, {})["test_within_modality_ndcg@10"] = v
     return Prepared(world, rankers, metrics, merge, scored)
 
 
@@ -371,7 +395,9 @@ def train_reranker(
 
 
 # ----------------------------------------------------------------------------- run folder
-def _as_world(world: World | str | Path | None, out: Path) -> tuple[World, Path]:
+def _as_world(world: World | ImportedData | str | Path | None, out: Path) -> tuple[World, Path]:
+    if isinstance(world, ImportedData):
+        return world, world.root
     if isinstance(world, World):
         world_dir = out / "world"
         save_world(world, world_dir)
@@ -385,7 +411,7 @@ def _as_world(world: World | str | Path | None, out: Path) -> tuple[World, Path]
 
 
 def run_pretrain(
-    world: World | str | Path | None,
+    world: World | ImportedData | str | Path | None,
     out: str | Path,
     config: PretrainConfig | None = None,
     progress: bool = True,
@@ -398,7 +424,8 @@ def run_pretrain(
     (out / "run.json").unlink(missing_ok=True)  # an interrupted rewrite must not look complete
     w, world_dir = _as_world(world, out)
     prep = prepare(w, cfg, progress)
-    prep.rankers.save(out / RANKERS_DIR, prep.ranker_metrics)
+    if prep.rankers is not None:
+        prep.rankers.save(out / RANKERS_DIR, prep.ranker_metrics)
     prep.merge.save(out / MERGE_JSON)
     for name, split in prep.scored.items():
         write_scored(out, name, split.pages)
@@ -441,7 +468,9 @@ def run_pretrain(
             "metrics": {"test": rows, "annotation": annotation.summary()},
         },
     )
-    write_run_json(out, world_dir, cfg.to_json(), version, metrics)
+    if isinstance(w, ImportedData):
+        metrics["data"] = w.describe()
+    write_run_json(out, world_dir, cfg.to_json(), version, metrics, data=isinstance(w, ImportedData))
     return PretrainRun.open(out)
 
 
@@ -457,6 +486,11 @@ def run_table(run: PretrainRun) -> str:
             if m in sm
         )
     )
+    if "data" in run.metrics:
+        d = run.metrics["data"]
+        lines.append(
+            f"data {d['data']} ({d['format']}): pages {d['pages']}; single-modal scores: {d['single_modal_source']}"
+        )
     a = run.metrics["annotation"]
     lines.append(
         f"annotation: {a['judgements']} judgements = {a['fraction']:.1%} of {a['total_items']} pool items "
@@ -470,6 +504,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = PretrainConfig()
     p.add_argument(
         "--world", default=None, help="world folder (default: generate the default world into OUT/world)"
+    )
+    p.add_argument(
+        "--data", default=None, help="`smar import` output folder: run the whole pipeline on real data"
+    )
+    p.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=DataConfig().valid_fraction,
+        help="--data: last fraction of train pages held out as the valid split",
     )
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument(
@@ -503,7 +546,13 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    r = run_pretrain(args.world, args.out, cfg, progress=not args.quiet)
+    if args.data is not None and args.world is not None:
+        raise SystemExit("smar pretrain: give --world or --data, not both")
+    source = args.world
+    if args.data is not None:
+        source = load_data(args.data, DataConfig(valid_fraction=args.valid_fraction))
+        print(f"single-modal scores: {source.single_modal_source}")
+    r = run_pretrain(source, args.out, cfg, progress=not args.quiet)
     print(run_table(r))
     print(f"wrote {r.root} (reranker {r.reranker_version})")
     return 0

@@ -135,7 +135,9 @@ def numeric_matrix(
         off = np.nonzero(valid & (lens != k))[0]
         if len(off):
             i = int(off[0])
-            raise SourceFormatError(f"{file}: column {column!r}, row {i}: {int(lens[i])} values, expected {k}")
+            raise SourceFormatError(
+                f"{file}: column {column!r}, row {i}: {int(lens[i])} values, expected {k}"
+            )
         out = np.full((n, k), np.nan, np.float64)
         if valid.any():
             flat = arr.filter(pa.array(valid)).flatten().cast(pa.float64()).fill_null(np.nan)

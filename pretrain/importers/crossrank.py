@@ -164,7 +164,7 @@ class CrossRankImporter:
             if self.single_corpus.numeric_names != self.corpus_numeric_names:
                 raise SourceFormatError(
                     f"{self.single_corpus.file}: numeric column widths {self.single_corpus.numeric_names} "
-                    f"differ from {c.file}'s {self.corpus_numeric_names}"
+                    f"differ from {self.corpus_file}'s {self.corpus_numeric_names}"
                 )
         self.impression_width = self._impression_widths()
 
@@ -191,7 +191,9 @@ class CrossRankImporter:
         for f in files:
             names = pq.read_schema(f).names
             parts.append(
-                pq.read_table(f, columns=[*CORPUS_COLUMNS, *(["candidate_idx"] if "candidate_idx" in names else [])])
+                pq.read_table(
+                    f, columns=[*CORPUS_COLUMNS, *(["candidate_idx"] if "candidate_idx" in names else [])]
+                )
             )
         if len({"candidate_idx" in t.column_names for t in parts}) > 1:
             raise SourceFormatError(f"{files}: some corpus parts have a 'candidate_idx' column, others not")
