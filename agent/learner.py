@@ -33,12 +33,14 @@ from typing import Any
 import torch
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
+from ray.rllib.utils.annotations import override
 
+from agent.constraint import Lagrangian, LagrangianConfig, topk_agreement
 from agent.rl_module import SCORES
 from envs.pages import Pages
 from pretrain import plackett_luce as pl
 from pretrain.checkpoint import load_checkpoint
-from pretrain.losses import pairwise_consistency
+from pretrain.losses import LossConfig
 from pretrain.page import collate
 from pretrain.reranker import WholePageReranker
 
@@ -49,6 +51,9 @@ AGREEMENT = "consistency_agreement"
 TARGET = "consistency_target"
 REFERENCE_KL = "reference_kl"
 CLIP_FRACTION = "clip_fraction"  # share of the minibatch's slates whose PPO ratio is outside 1 +- clip
+APPROX_KL = "approx_kl"  # E[(r - 1) - log r] over the minibatch, r = pi / pi_old of the sampled slate
+EXPLAINED_VAR = "vf_explained_var"  # RLlib's own (PPOTorchLearner logs it)
+OFFSET_OPTIMIZER = "offset_head"  # the second named optimizer (ConstraintConfig.offset_lr_scale != 1)
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,8 @@ class ConstraintConfig:
     enabled: bool = True  # False: plain PPO (agreement is still measured and logged)
     target: float | None = None  # absolute agreement target in [0, 1]; None -> target_fraction x initial
     target_fraction: float = 0.99
-    margin: float = 1.0  # hinge margin gamma (SMAR authors' code: 1; agent.train passes SMAR's own)
+    # hinge margin gamma; agent.train passes the SMAR checkpoint's own (agent.constraint.checkpoint_margin)
+    margin: float = LossConfig().margin
     multiplier_init: float = 0.0
     multiplier_lr: float = 20.0  # dual step per unit of agreement shortfall
     multiplier_max: float = 50.0
@@ -87,6 +93,16 @@ class ConstraintConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def lagrangian(self) -> LagrangianConfig:
+        """The shared constraint's part of this config (agent.constraint)."""
+        return LagrangianConfig(
+            enabled=self.enabled,
+            margin=self.margin,
+            multiplier_init=self.multiplier_init,
+            multiplier_lr=self.multiplier_lr,
+            multiplier_max=self.multiplier_max,
+        )
+
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> ConstraintConfig:
         d = dict(d or {})
@@ -99,44 +115,16 @@ class ConstraintConfig:
         return ConstraintConfig(**d)
 
 
-def topk_agreement(
-    scores: torch.Tensor,
-    reference: torch.Tensor,
-    modality: torch.Tensor,
-    mask: torch.Tensor,
-    k: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Within-modality pairwise agreement of `scores` with `reference` (envs.metrics semantics), torch.
-
-    Pairs: same page, same modality, both real, reference strictly ordered; if `k` is given only pairs
-    where both items are in the top-k by score (= `shown_order_agreement` of the deterministic slate).
-    A tie in `scores` counts half. Returns (concordant mass, number of pairs), both scalars, so callers
-    can pool batches exactly; agreement = mass / pairs.
-    """
-    mask = mask.bool()
-    keep = mask
-    if k is not None:
-        top = torch.topk(scores.masked_fill(~mask, float("-inf")), k, dim=-1).indices
-        keep = torch.zeros_like(mask).scatter(-1, top, True) & mask
-    dr = torch.sign(reference[:, :, None] - reference[:, None, :])
-    ds = torch.sign(scores[:, :, None] - scores[:, None, :])
-    same = modality[:, :, None] == modality[:, None, :]
-    upper = torch.ones(scores.shape[-1], scores.shape[-1], dtype=torch.bool, device=scores.device).triu(1)
-    valid = same & upper & (dr != 0) & keep[:, :, None] & keep[:, None, :]
-    agree = torch.where(ds == dr, 1.0, torch.where(ds == 0, 0.5, 0.0))
-    return (agree * valid).sum(), valid.sum()
-
-
 class ConstrainedPPOLearner(PPOTorchLearner):
     """PPOTorchLearner + Lagrangian consistency constraint + optional frozen-SMAR KL. See module docstring."""
 
+    @override(PPOTorchLearner)
     def build(self) -> None:
         # Parsed before super().build(): configure_optimizers_for_module reads offset_lr_scale.
         self.constraint = ConstraintConfig.from_dict(self.config.learner_config_dict)
         super().build()
-        self.multipliers: dict[str, float] = {}
+        self.lagrangians: dict[str, Lagrangian] = {}
         self.targets: dict[str, float] = {}
-        self._agreement_sums: dict[str, list[float]] = {}
         # The frozen SMAR policy: a plain attribute of the learner, NOT a submodule of the trained
         # RLModule (a parameter without gradient inside the trained module breaks RLlib's gradient
         # handling, and it must not be synced or exported).
@@ -147,38 +135,48 @@ class ConstrainedPPOLearner(PPOTorchLearner):
                 p.requires_grad_(False)
             self._reference = net.eval()
 
-    # ------------------------------------------------------------------ the optimiser
+    @property
+    def multipliers(self) -> dict[str, float]:
+        return {m: lag.multiplier for m, lag in self.lagrangians.items()}
+
+    def _lagrangian(self, module_id: str) -> Lagrangian:
+        if module_id not in self.lagrangians:
+            k = self.module[module_id].unwrapped().slate_size
+            self.lagrangians[module_id] = Lagrangian(self.constraint.lagrangian(), k)
+        return self.lagrangians[module_id]
+
+    # ------------------------------------------------------------------ the optimisers
+    @override(PPOTorchLearner)
     def configure_optimizers_for_module(self, module_id: str, config: Any = None) -> None:
-        """Adam over the module, with the reranker's offset head in its own group at `offset_lr_scale` x
-        the (scheduled) learning rate; every other parameter at the learning rate itself."""
+        """Adam over the module at the (scheduled) learning rate; with offset_lr_scale != 1 the
+        reranker's modality-offset head gets a second named Adam (OFFSET_OPTIMIZER) whose schedule is
+        the same one scaled by offset_lr_scale. RLlib steps and schedules both."""
         module = self._module[module_id]
         params = self.get_parameters(module)
         offset_head = getattr(module.unwrapped().reranker, "offset_head", None)
-        fast = set()
-        if offset_head is not None and self.constraint.offset_lr_scale != 1.0:
-            fast = {id(p) for p in offset_head.parameters()}
-        groups = [{"params": [p for p in params if id(p) not in fast], "lr_scale": 1.0}]
-        if fast:
-            groups.append(
-                {"params": [p for p in params if id(p) in fast], "lr_scale": self.constraint.offset_lr_scale}
-            )
+        scale = self.constraint.offset_lr_scale
+        fast = (
+            {id(p) for p in offset_head.parameters()} if offset_head is not None and scale != 1.0 else set()
+        )
+        body = [p for p in params if id(p) not in fast]
         self.register_optimizer(
             module_id=module_id,
-            optimizer=torch.optim.Adam(groups),
-            params=params,
+            optimizer=torch.optim.Adam(body),
+            params=body,
             lr_or_lr_schedule=config.lr,
         )
-
-    @staticmethod
-    def _set_optimizer_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-        for g in optimizer.param_groups:  # RLlib's scheduler sets one lr; each group keeps its scale
-            g["lr"] = lr * g.get("lr_scale", 1.0)
-
-    @staticmethod
-    def _get_optimizer_lr(optimizer: torch.optim.Optimizer) -> float:
-        return optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0)
+        if fast:
+            head = [p for p in params if id(p) in fast]
+            self.register_optimizer(
+                module_id=module_id,
+                optimizer_name=OFFSET_OPTIMIZER,
+                optimizer=torch.optim.Adam(head),
+                params=head,
+                lr_or_lr_schedule=scaled_schedule(config.lr, scale),
+            )
 
     # ------------------------------------------------------------------ the loss
+    @override(PPOTorchLearner)
     def compute_loss_for_module(
         self, *, module_id: str, config: Any, batch: dict[str, Any], fwd_out: dict[str, Any]
     ) -> torch.Tensor:
@@ -187,37 +185,30 @@ class ConstrainedPPOLearner(PPOTorchLearner):
         total = super().compute_loss_for_module(
             module_id=module_id, config=config, batch=batch, fwd_out=fwd_out
         )
-        with torch.no_grad():  # how much of the batch PPO's clip has already switched off
-            ratio = torch.exp(
+        rows = batch[Columns.LOSS_MASK].bool() if Columns.LOSS_MASK in batch else None
+        with torch.no_grad():  # the trust region: clip share and approximate KL to the sampling policy
+            log_ratio = (
                 pl.log_prob(fwd_out[Columns.ACTION_DIST_INPUTS], batch[Columns.ACTIONS].long())
                 - batch[Columns.ACTION_LOGP]
             )
-            clipped = ((ratio - 1.0).abs() > config.clip_param).float()
-            if Columns.LOSS_MASK in batch:
-                clipped = clipped[batch[Columns.LOSS_MASK].bool()]
-            self.metrics.log_value(
-                (module_id, CLIP_FRACTION), clipped.mean() if clipped.numel() else 0.0, window=1
-            )
+            if rows is not None:
+                log_ratio = log_ratio[rows]
+            stats = trust_region_stats(log_ratio, config.clip_param)
+            for key, value in stats.items():
+                self.metrics.log_value((module_id, key), value, window=1)
         obs = batch[Columns.OBS]
         mask = obs["mask"].bool()
-        if Columns.LOSS_MASK in batch:  # RLlib's artificial bootstrap timesteps carry no loss
-            mask = mask & batch[Columns.LOSS_MASK].bool()[:, None]
+        if rows is not None:  # RLlib's artificial bootstrap timesteps carry no loss
+            mask = mask & rows[:, None]
         scores = fwd_out[SCORES]
         reference, modality = obs["single_modal_score"], obs["modality"].long()
 
-        with torch.no_grad():
-            mass, pairs = topk_agreement(scores, reference, modality, mask, module.slate_size)
-        acc = self._agreement_sums.setdefault(module_id, [0.0, 0.0])
-        acc[0] += float(mass)
-        acc[1] += float(pairs)
-        if module_id not in self.targets:
-            self.multipliers[module_id] = c.multiplier_init
-            first = float(mass) / max(float(pairs), 1.0)
+        lag = self._lagrangian(module_id)
+        penalty, hinge = lag.penalty(scores, reference, modality, mask)
+        if module_id not in self.targets:  # target_fraction x the first batch's agreement
+            first = lag.agreement if lag.agreement is not None else 1.0
             self.targets[module_id] = c.target if c.target is not None else c.target_fraction * first
-
-        hinge = pairwise_consistency(scores, reference, modality, mask, margin=c.margin)
-        if c.enabled:
-            total = total + self.multipliers[module_id] * hinge
+        total = total + penalty
 
         if self._reference is not None:
             with torch.no_grad():
@@ -228,8 +219,8 @@ class ConstrainedPPOLearner(PPOTorchLearner):
             kl = pl.kl_estimate(
                 ref_logits, fwd_out[Columns.ACTION_DIST_INPUTS], module.slate_size, c.kl_samples
             )
-            rows = mask.any(-1)
-            kl = kl[rows].mean() if rows.any() else kl.sum() * 0.0
+            keep = mask.any(-1)
+            kl = kl[keep].mean() if keep.any() else kl.sum() * 0.0
             total = total + c.reference_kl_coeff * kl
             self.metrics.log_value((module_id, REFERENCE_KL), kl.detach(), window=1)
 
@@ -237,34 +228,51 @@ class ConstrainedPPOLearner(PPOTorchLearner):
         return total
 
     # ------------------------------------------------------------------ dual ascent
+    @override(PPOTorchLearner)
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().after_gradient_based_update(timesteps=timesteps)
-        c = self.constraint
-        for module_id, (mass, pairs) in list(self._agreement_sums.items()):
-            if pairs <= 0:
+        for module_id, lag in self.lagrangians.items():
+            agreement = lag.dual_step(self.targets[module_id])
+            if agreement is None:
                 continue  # no single-modal scores in this batch: nothing measured, no dual step
-            agreement = mass / pairs
-            target = self.targets[module_id]
-            lam = self.multipliers[module_id]
-            if c.enabled:
-                lam = min(max(lam + c.multiplier_lr * (target - agreement), 0.0), c.multiplier_max)
-                self.multipliers[module_id] = lam
             self.metrics.log_value((module_id, AGREEMENT), agreement, window=1)
-            self.metrics.log_value((module_id, TARGET), target, window=1)
-            self.metrics.log_value((module_id, MULTIPLIER), lam, window=1)
-        self._agreement_sums.clear()
+            self.metrics.log_value((module_id, TARGET), self.targets[module_id], window=1)
+            self.metrics.log_value((module_id, MULTIPLIER), lag.multiplier, window=1)
 
     # ------------------------------------------------------------------ checkpointing (--resume)
+    @override(PPOTorchLearner)
     def get_state(self, *args, **kwargs) -> dict[str, Any]:
         state = super().get_state(*args, **kwargs)
-        state["constraint"] = {"multipliers": dict(self.multipliers), "targets": dict(self.targets)}
+        state["constraint"] = {"multipliers": self.multipliers, "targets": dict(self.targets)}
         return state
 
+    @override(PPOTorchLearner)
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
         if "constraint" in state:
-            self.multipliers = dict(state["constraint"]["multipliers"])
+            for module_id, lam in state["constraint"]["multipliers"].items():
+                self._lagrangian(module_id).multiplier = float(lam)
             self.targets = dict(state["constraint"]["targets"])
+
+
+def scaled_schedule(lr: float | list, scale: float) -> float | list:
+    """An RLlib learning rate (constant or [[timestep, lr], ...]) times `scale`."""
+    if isinstance(lr, (int, float)):
+        return float(lr) * scale
+    return [[t, v * scale] for t, v in lr]
+
+
+def trust_region_stats(log_ratio: torch.Tensor, clip: float) -> dict[str, float]:
+    """How far the updated policy is from the sampling one on its samples (log pi / pi_old):
+    the share of ratios outside 1 +- clip, and the approximate KL(pi_old || pi), the unbiased
+    non-negative estimator E[(r - 1) - log r] (Schulman's k3)."""
+    if not log_ratio.numel():
+        return {CLIP_FRACTION: 0.0, APPROX_KL: 0.0}
+    ratio = torch.exp(log_ratio)
+    return {
+        CLIP_FRACTION: float(((ratio - 1.0).abs() > clip).float().mean()),
+        APPROX_KL: float(((ratio - 1.0) - log_ratio).mean()),
+    }
 
 
 @torch.no_grad()

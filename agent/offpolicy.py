@@ -11,9 +11,10 @@ is PPO's clipped surrogate applied to the logged rankings, treating each positio
     A_k     = reward-to-go from position k minus its per-position mean (cascade: position k's choice
               affects what is seen below it), normalised
 
-plus the same constraint as `smar train` (agent.learner): the SMAR pairwise hinge against each
-modality's single-modal order, weighted by a Lagrange multiplier raised by dual ascent while the
-measured within-modality agreement of the top-K is below its target, and a KL to the serving policy
+plus the same constraint as `smar train` (agent.constraint, shared with agent.learner): the SMAR
+pairwise hinge against each modality's single-modal order, weighted by a Lagrange multiplier raised by
+dual ascent (one step per epoch) while the measured within-modality agreement of the top-K is below
+its target, and a KL to the serving policy
 (kept outside the trained parameters) so one round cannot move far from what was logged.
 """
 
@@ -27,12 +28,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from agent.learner import topk_agreement
+from agent.constraint import Lagrangian, LagrangianConfig
 from envs.pages import Pages
 from envs.reward import RewardConfig, observed_satisfying
 from envs.user_model import UserModelConfig, satisfied_dwell_thresholds
 from pretrain import plackett_luce as pl
-from pretrain.losses import pairwise_consistency
+from pretrain.losses import LossConfig
 from pretrain.page import PageBatch, collate, from_arrow
 from pretrain.reranker import WholePageReranker
 
@@ -169,7 +170,9 @@ class UpdateConfig:
     grad_clip: float = 1.0
     kl_coeff: float = 0.05  # KL(pi_serving || pi_theta), serving policy frozen
     kl_samples: int = 2
-    margin: float = 1.0  # SMAR hinge margin
+    # SMAR hinge margin: pass agent.constraint.checkpoint_margin of the SMAR checkpoint (the default is
+    # the margin `smar pretrain` trains SMAR with, as `smar train` reads it from the checkpoint)
+    margin: float = LossConfig().margin
     multiplier_init: float = 0.0
     multiplier_lr: float = 20.0
     multiplier_max: float = 50.0
@@ -178,6 +181,15 @@ class UpdateConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    def lagrangian(self) -> LagrangianConfig:
+        """The shared constraint (agent.constraint), as `smar train`'s learner uses it."""
+        return LagrangianConfig(
+            margin=self.margin,
+            multiplier_init=self.multiplier_init,
+            multiplier_lr=self.multiplier_lr,
+            multiplier_max=self.multiplier_max,
+        )
 
 
 def _advantages(reward: np.ndarray, kind: str) -> np.ndarray:
@@ -225,11 +237,10 @@ def offpolicy_update(
     opt = torch.optim.Adam(cand.parameters(), lr=cfg.lr)
     pb, ranking, logged_logp, adv, temp = _tensors(batch, cfg.advantage)
     k = ranking.shape[1]
-    lam = cfg.multiplier_init
+    lagrangian = Lagrangian(cfg.lagrangian(), k)
     rng = np.random.default_rng(cfg.seed)
     history: dict[str, list[float]] = {"ppo": [], "hinge": [], "kl": [], "agreement": [], "multiplier": []}
     for _ in range(cfg.epochs):
-        mass = pairs = 0.0
         for idx in np.array_split(rng.permutation(len(batch)), max(len(batch) // cfg.minibatch, 1)):
             i = torch.from_numpy(idx)
             mask = pb.mask[i]
@@ -239,9 +250,8 @@ def offpolicy_update(
             ratio = torch.exp(logp - logged_logp[i])
             a = adv[i]
             ppo = -torch.minimum(ratio * a, torch.clamp(ratio, 1 - cfg.clip, 1 + cfg.clip) * a).mean()
-            sm = pb.single_modal_score[i]
             known = mask & pb.has_score[i]
-            hinge = pairwise_consistency(scores, sm, pb.modality[i], known, margin=cfg.margin)
+            penalty, hinge = lagrangian.penalty(scores, pb.single_modal_score[i], pb.modality[i], known)
             with torch.no_grad():
                 ref_logits = (
                     pl.masked_logits(
@@ -249,21 +259,18 @@ def offpolicy_update(
                     )
                     / temp[i]
                 )
-                m, c = topk_agreement(scores, sm, pb.modality[i], known, k)
             kl = pl.kl_estimate(ref_logits, logits, k, cfg.kl_samples).mean()
-            loss = ppo + lam * hinge + cfg.kl_coeff * kl
+            loss = ppo + penalty + cfg.kl_coeff * kl
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(cand.parameters(), cfg.grad_clip)
             opt.step()
-            mass, pairs = mass + float(m), pairs + float(c)
             history["ppo"].append(ppo.item())
             history["hinge"].append(hinge.item())
             history["kl"].append(kl.item())
-        agreement = mass / max(pairs, 1.0)
-        lam = min(max(lam + cfg.multiplier_lr * (target_agreement - agreement), 0.0), cfg.multiplier_max)
-        history["agreement"].append(agreement)
-        history["multiplier"].append(lam)
+        agreement = lagrangian.dual_step(target_agreement)
+        history["agreement"].append(float("nan") if agreement is None else agreement)
+        history["multiplier"].append(lagrangian.multiplier)
     cand.eval()
     stats = {
         "impressions": len(batch),
@@ -271,7 +278,8 @@ def offpolicy_update(
         "hinge": float(np.mean(history["hinge"][-10:])),
         "kl_to_serving": float(np.mean(history["kl"][-10:])),
         "train_agreement": history["agreement"][-1],
-        "multiplier": lam,
+        "multiplier": lagrangian.multiplier,
+        "margin": cfg.margin,
     }
     return cand, stats
 

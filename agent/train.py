@@ -59,6 +59,7 @@ CSV_COLUMNS = (
     "vf_loss",
     "ppo_kl",
     "clip_fraction",
+    "vf_explained_var",
     "select_reward",
     "select_agreement",
     "eval_reward",
@@ -221,9 +222,10 @@ def lr_schedule(cfg: TrainConfig) -> float | list[list[float]]:
 
 
 def pretrain_margin(ckpt) -> float:
-    """The consistency-hinge margin a reranker checkpoint was pretrained with (1.0 if not recorded)."""
-    loss = (ckpt.manifest.get("pretrain_config") or {}).get("loss") or {}
-    return float(loss.get("margin", 1.0))
+    """The consistency-hinge margin a reranker checkpoint was pretrained with (agent.constraint)."""
+    from agent.constraint import checkpoint_margin
+
+    return checkpoint_margin(ckpt.manifest)
 
 
 def build_ppo_config(
@@ -232,7 +234,7 @@ def build_ppo_config(
     model_config: dict,
     serp: SerpConfig,
     target: float | None,
-    margin: float = 1.0,
+    margin: float | None = None,
 ):
     from ray.rllib.algorithms.ppo import PPOConfig
 
@@ -243,7 +245,7 @@ def build_ppo_config(
         enabled=cfg.constraint,
         target=target,
         target_fraction=cfg.target_fraction,
-        margin=margin,
+        margin=ConstraintConfig.margin if margin is None else margin,
         multiplier_lr=cfg.multiplier_lr,
         multiplier_init=cfg.multiplier_init,
         reference_checkpoint=model_config.get("reference_checkpoint"),
@@ -285,7 +287,16 @@ def build_ppo_config(
 
 
 def _row(iteration: int, result: dict, elapsed: float, evaluation: dict | None) -> dict[str, float]:
-    from agent.learner import AGREEMENT, CLIP_FRACTION, HINGE, MULTIPLIER, REFERENCE_KL, TARGET
+    from agent.learner import (
+        AGREEMENT,
+        APPROX_KL,
+        CLIP_FRACTION,
+        EXPLAINED_VAR,
+        HINGE,
+        MULTIPLIER,
+        REFERENCE_KL,
+        TARGET,
+    )
 
     lr = result.get("learners", {}).get(MODULE_ID, {})
     er = result.get("env_runners", {})
@@ -311,8 +322,9 @@ def _row(iteration: int, result: dict, elapsed: float, evaluation: dict | None) 
         "entropy": f(lr.get("entropy")),
         "policy_loss": f(lr.get("policy_loss")),
         "vf_loss": f(lr.get("vf_loss")),
-        "ppo_kl": f(lr.get("mean_kl_loss")),
+        "ppo_kl": f(lr.get(APPROX_KL)),  # approximate KL(pi_old || pi) of the last minibatch
         "clip_fraction": f(lr.get(CLIP_FRACTION)),
+        "vf_explained_var": f(lr.get(EXPLAINED_VAR)),
         "select_reward": float("nan"),  # filled in by best-iterate selection when it runs
         "select_agreement": float("nan"),
     }

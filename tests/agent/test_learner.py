@@ -8,14 +8,18 @@ import pytest
 import torch
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.learner import DEFAULT_OPTIMIZER
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
 from agent.learner import (
     AGREEMENT,
     MULTIPLIER,
+    OFFSET_OPTIMIZER,
     ConstrainedPPOLearner,
     ConstraintConfig,
+    scaled_schedule,
     topk_agreement,
+    trust_region_stats,
 )
 from agent.rl_module import SCORES, module_spec, scratch_model_config
 from envs.metrics import shown_order_agreement, within_modality_agreement
@@ -172,18 +176,31 @@ def test_reference_kl_is_kept_outside_the_trained_module(env, tiny_world, tmp_pa
     assert learner.metrics.peek(("default_policy", "reference_kl")) > 0
 
 
-def test_offset_head_learns_at_its_scale_of_the_scheduled_learning_rate(env, tiny_world):
+def test_offset_head_is_a_second_named_optimizer_on_the_scaled_schedule(env, tiny_world):
     learner = _learner(env, tiny_world, offsets=True, offset_lr_scale=10.0)
-    (_, opt), *_ = learner.get_optimizers_for_module("default_policy")
+    opts = dict(learner.get_optimizers_for_module("default_policy"))
+    assert set(opts) == {DEFAULT_OPTIMIZER, OFFSET_OPTIMIZER}
     head = {id(p) for p in learner.module["default_policy"].reranker.offset_head.parameters()}
-    body, fast = opt.param_groups
-    assert {id(p) for p in fast["params"]} == head and not head & {id(p) for p in body["params"]}
-    learner._set_optimizer_lr(opt, 1e-3)  # what RLlib's lr schedule calls every iteration
-    assert (body["lr"], fast["lr"]) == pytest.approx((1e-3, 1e-2))
-    assert learner._get_optimizer_lr(opt) == pytest.approx(1e-3)
-    plain = _learner(env, tiny_world, offsets=True)  # scale 1: one group, RLlib's behaviour
-    (_, opt), *_ = plain.get_optimizers_for_module("default_policy")
-    assert len(opt.param_groups) == 1
+    body, fast = opts[DEFAULT_OPTIMIZER], opts[OFFSET_OPTIMIZER]
+    assert {id(p) for g in fast.param_groups for p in g["params"]} == head
+    assert not head & {id(p) for g in body.param_groups for p in g["params"]}
+    # RLlib's own scheduler moves both learning rates: the head's is the body's x 10 at every step
+    learner.after_gradient_based_update(timesteps={"num_env_steps_sampled_lifetime": 0})
+    lr = learner.config.lr
+    assert body.param_groups[0]["lr"] == pytest.approx(lr)
+    assert fast.param_groups[0]["lr"] == pytest.approx(10 * lr)
+    assert scaled_schedule([[0, 1e-3], [100, 0.0]], 10.0) == [[0, 1e-2], [100, 0.0]]
+    plain = _learner(env, tiny_world, offsets=True)  # scale 1: one optimizer, RLlib's behaviour
+    assert len(plain.get_optimizers_for_module("default_policy")) == 1
+
+
+def test_trust_region_stats_are_the_clip_share_and_k3_kl():
+    log_ratio = torch.log(torch.tensor([1.0, 1.1, 0.5, 2.0]))
+    stats = trust_region_stats(log_ratio, 0.2)
+    assert stats["clip_fraction"] == pytest.approx(0.5)
+    r = log_ratio.exp()
+    assert stats["approx_kl"] == pytest.approx(float(((r - 1) - log_ratio).mean()))
+    assert stats["approx_kl"] > 0 and trust_region_stats(torch.zeros(3), 0.2)["approx_kl"] == 0.0
 
 
 def test_constraint_config_validates():

@@ -1,0 +1,140 @@
+"""The single-modal consistency constraint, defined once for every learner that optimises the policy.
+
+Used by `agent.learner.ConstrainedPPOLearner` (`smar train`, on-policy RLlib PPO) and by
+`agent.offpolicy.offpolicy_update` (the online loop's update on logged rankings):
+
+    hinge      = SMAR's pairwise hinge (`pretrain.losses.pairwise_consistency`, equal beta_m) of the
+                 policy's raw scores against each modality's single-modal order; margin = the one the
+                 SMAR reranker was pretrained with (`checkpoint_margin`), so the constraint asks for the
+                 score gaps SMAR's own consistency loss asked for, in the same units
+    agreement  = within-modality pairwise agreement (envs.metrics semantics) of the deterministic
+                 policy's top-K with the single-modal scores (`topk_agreement`), pooled exactly over
+                 the minibatches of one dual period
+    dual step  = lambda <- clip(lambda + multiplier_lr * (target - agreement), 0, multiplier_max)
+    penalty    = lambda * hinge (0 with the constraint disabled; agreement is still measured)
+
+`Lagrangian` holds lambda and the pooled agreement of the current period; a caller adds
+`lagrangian.penalty(...)` to its loss on every minibatch and calls `lagrangian.dual_step(target)` at
+the end of the period (an RLlib training iteration; an epoch of the off-policy update).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from pretrain.losses import LossConfig, pairwise_consistency
+
+
+def checkpoint_margin(manifest: dict[str, Any]) -> float:
+    """The hinge margin of a reranker checkpoint's pretraining loss (`manifest["pretrain_config"]
+    ["loss"]["margin"]`); for a checkpoint a constrained update wrote (no pretraining config), the
+    margin that update used (`manifest["update"]["margin"]`); else `LossConfig`'s default, the margin
+    `smar pretrain` trains SMAR with."""
+    loss = (manifest.get("pretrain_config") or {}).get("loss") or {}
+    if "margin" in loss:
+        return float(loss["margin"])
+    update = manifest.get("update") or {}
+    if "margin" in update:
+        return float(update["margin"])
+    return float(LossConfig().margin)
+
+
+def consistency_hinge(
+    scores: torch.Tensor, reference: torch.Tensor, modality: torch.Tensor, mask: torch.Tensor, margin: float
+) -> torch.Tensor:
+    """SMAR's pairwise hinge of `scores` against the single-modal `reference` order (equal beta_m)."""
+    return pairwise_consistency(scores, reference, modality, mask.bool(), margin=margin)
+
+
+def topk_agreement(
+    scores: torch.Tensor,
+    reference: torch.Tensor,
+    modality: torch.Tensor,
+    mask: torch.Tensor,
+    k: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Within-modality pairwise agreement of `scores` with `reference` (envs.metrics semantics), torch.
+
+    Pairs: same page, same modality, both real, reference strictly ordered; if `k` is given only pairs
+    where both items are in the top-k by score (= `shown_order_agreement` of the deterministic slate).
+    A tie in `scores` counts half. Returns (concordant mass, number of pairs), both scalars, so callers
+    can pool batches exactly; agreement = mass / pairs.
+    """
+    mask = mask.bool()
+    keep = mask
+    if k is not None:
+        top = torch.topk(scores.masked_fill(~mask, float("-inf")), k, dim=-1).indices
+        keep = torch.zeros_like(mask).scatter(-1, top, True) & mask
+    dr = torch.sign(reference[:, :, None] - reference[:, None, :])
+    ds = torch.sign(scores[:, :, None] - scores[:, None, :])
+    same = modality[:, :, None] == modality[:, None, :]
+    upper = torch.ones(scores.shape[-1], scores.shape[-1], dtype=torch.bool, device=scores.device).triu(1)
+    valid = same & upper & (dr != 0) & keep[:, :, None] & keep[:, None, :]
+    agree = torch.where(ds == dr, 1.0, torch.where(ds == 0, 0.5, 0.0))
+    return (agree * valid).sum(), valid.sum()
+
+
+def dual_step(multiplier: float, target: float, agreement: float, lr: float, maximum: float) -> float:
+    """Projected dual ascent on the Lagrange multiplier of `agreement >= target`."""
+    return min(max(multiplier + lr * (target - agreement), 0.0), maximum)
+
+
+@dataclass(frozen=True)
+class LagrangianConfig:
+    """The constraint's hinge margin and dual ascent."""
+
+    enabled: bool = True  # False: no penalty, no dual step (agreement is still measured)
+    margin: float = 0.25  # callers pass `checkpoint_margin` of the SMAR checkpoint
+    multiplier_init: float = 0.0
+    multiplier_lr: float = 20.0  # dual step per unit of agreement shortfall
+    multiplier_max: float = 50.0
+
+    def __post_init__(self) -> None:
+        for name in ("margin", "multiplier_init", "multiplier_lr", "multiplier_max"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"LagrangianConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Lagrangian:
+    """lambda and the agreement pooled over one dual period. See the module docstring."""
+
+    def __init__(self, cfg: LagrangianConfig, slate_size: int) -> None:
+        self.cfg, self.k = cfg, slate_size
+        self.multiplier = cfg.multiplier_init
+        self.mass = self.pairs = 0.0
+
+    def penalty(
+        self, scores: torch.Tensor, reference: torch.Tensor, modality: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lambda * hinge, hinge) on one minibatch; the minibatch's top-K agreement joins the period's."""
+        mask = mask.bool()
+        with torch.no_grad():
+            m, c = topk_agreement(scores.detach(), reference, modality, mask, self.k)
+        self.mass += float(m)
+        self.pairs += float(c)
+        hinge = consistency_hinge(scores, reference, modality, mask, self.cfg.margin)
+        weight = self.multiplier if self.cfg.enabled else 0.0
+        return weight * hinge, hinge
+
+    @property
+    def agreement(self) -> float | None:
+        """The period's pooled agreement so far (None before any pair was measured)."""
+        return self.mass / self.pairs if self.pairs > 0 else None
+
+    def dual_step(self, target: float) -> float | None:
+        """End the period: move lambda toward `agreement >= target`; returns the period's agreement
+        (None, and no step, if no pair was measured)."""
+        agreement = self.agreement
+        self.mass = self.pairs = 0.0
+        if agreement is None:
+            return None
+        if self.cfg.enabled:
+            c = self.cfg
+            self.multiplier = dual_step(self.multiplier, target, agreement, c.multiplier_lr, c.multiplier_max)
+        return agreement

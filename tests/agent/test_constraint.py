@@ -1,0 +1,163 @@
+"""The one constrained objective (agent.constraint): golden hinge, agreement and dual step, and the same
+figures through both callers (the RLlib learner and the off-policy update)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.core.columns import Columns
+from ray.rllib.evaluation.postprocessing import Postprocessing
+
+from agent.constraint import (
+    Lagrangian,
+    LagrangianConfig,
+    checkpoint_margin,
+    consistency_hinge,
+    dual_step,
+    topk_agreement,
+)
+from agent.learner import ConstrainedPPOLearner, ConstraintConfig
+from agent.offpolicy import LoggedBatch, UpdateConfig, offpolicy_update
+from agent.rl_module import SCORES, module_spec, scratch_model_config
+from envs.serp_env import SerpEnv
+from pretrain import plackett_luce as pl
+from pretrain.page import collate
+
+# One page, two modalities: modality 0 = items 0, 1 (single-modal order 0 > 1, kept with a gap of
+# 0.1); modality 1 = items 2, 3 (order 2 > 3, inverted by 0.5).
+SCORES_ = torch.tensor([[2.0, 1.9, 0.0, 0.5]])
+REF = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+MOD = torch.tensor([[0, 0, 1, 1]])
+MASK = torch.ones(1, 4, dtype=torch.bool)
+
+
+def test_hinge_golden():
+    # sum over modalities of the mean max(0, margin - (f_i - f_j)) over ordered pairs
+    assert float(consistency_hinge(SCORES_, REF, MOD, MASK, 0.25)) == pytest.approx(0.15 + 0.75)
+    assert float(consistency_hinge(SCORES_, REF, MOD, MASK, 1.0)) == pytest.approx(0.9 + 1.5)
+    masked = MASK.clone()
+    masked[0, 3] = False  # modality 1 loses its only pair
+    assert float(consistency_hinge(SCORES_, REF, MOD, masked, 0.25)) == pytest.approx(0.15)
+
+
+def test_agreement_golden():
+    assert [float(x) for x in topk_agreement(SCORES_, REF, MOD, MASK)] == [1.0, 2.0]
+    # top-3 by score = items 0, 1, 3: only modality 0's pair is shown
+    assert [float(x) for x in topk_agreement(SCORES_, REF, MOD, MASK, k=3)] == [1.0, 1.0]
+    tie = torch.tensor([[1.0, 1.0, 0.0, 0.5]])  # a tie in the scores counts half
+    assert [float(x) for x in topk_agreement(tie, REF, MOD, MASK)] == [0.5, 2.0]
+
+
+def test_dual_step_golden():
+    assert dual_step(1.0, target=0.9, agreement=0.8, lr=20.0, maximum=50.0) == pytest.approx(3.0)
+    assert dual_step(1.0, target=0.5, agreement=0.9, lr=20.0, maximum=50.0) == 0.0  # projected at 0
+    assert dual_step(49.0, target=1.0, agreement=0.0, lr=20.0, maximum=50.0) == 50.0  # and at the max
+    lag = Lagrangian(LagrangianConfig(margin=0.25, multiplier_init=2.0, multiplier_lr=10.0), slate_size=4)
+    penalty, hinge = lag.penalty(SCORES_, REF, MOD, MASK)
+    assert float(penalty) == pytest.approx(2.0 * 0.9) and float(hinge) == pytest.approx(0.9)
+    lag.penalty(torch.tensor([[2.0, 1.0, 1.0, 0.0]]), REF, MOD, MASK)  # both pairs concordant
+    assert lag.agreement == pytest.approx(3 / 4)  # pooled over the period: (1 + 2) / (2 + 2)
+    assert lag.dual_step(target=0.95) == pytest.approx(0.75)
+    assert lag.multiplier == pytest.approx(2.0 + 10.0 * 0.2) and lag.agreement is None
+    off = Lagrangian(LagrangianConfig(enabled=False, multiplier_init=2.0), slate_size=4)
+    assert float(off.penalty(SCORES_, REF, MOD, MASK)[0]) == 0.0
+    assert off.dual_step(1.0) == pytest.approx(0.5) and off.multiplier == 2.0
+
+
+def test_margin_comes_from_the_checkpoint():
+    assert checkpoint_margin({"pretrain_config": {"loss": {"margin": 0.4}}}) == 0.4
+    assert checkpoint_margin({"update": {"margin": 0.3}}) == 0.3  # a candidate the online loop wrote
+    assert checkpoint_margin({}) == ConstraintConfig.margin == UpdateConfig.margin
+
+
+# --------------------------------------------------------------------------- through both callers
+@pytest.fixture(scope="module")
+def env(tiny_world):
+    pages = tiny_world.traffic.pages
+    ref = np.random.default_rng(1).normal(size=pages.n_items).astype(np.float32)
+    return SerpEnv(
+        pages.with_items(single_modal_score=ref), tiny_world.traffic.truth, {"n_max": 16, "slate_size": 5}
+    )
+
+
+def test_learner_adds_lambda_hinge_and_takes_the_golden_dual_step(env, tiny_world):
+    mc = scratch_model_config(tiny_world.traffic.pages, seed=0, hidden=16, heads=2, layers=1)
+    losses = {}
+    for enabled in (True, False):
+        cc = ConstraintConfig(
+            enabled=enabled, margin=0.7, multiplier_init=2.0, multiplier_lr=5.0, target=0.99
+        )
+        learner = (
+            PPOConfig()
+            .environment(observation_space=env.observation_space, action_space=env.action_space)
+            .rl_module(rl_module_spec=module_spec(mc))
+            .learners(learner_class=ConstrainedPPOLearner, learner_config_dict=cc.to_dict())
+            .training(entropy_coeff=0.0, use_kl_loss=False)
+            .build_learner(env=env)
+        )
+        env.reset(seed=0)
+        obs = [env.reset(options={"session": s})[0] for s in range(10)]
+        o = {k: torch.as_tensor(np.stack([x[k] for x in obs])) for k in obs[0]}
+        scores = torch.randn(o["mask"].shape, generator=torch.Generator().manual_seed(3))
+        logits = pl.masked_logits(scores, o["mask"], 1.0)
+        actions = pl.greedy_topk(logits, 5)
+        batch = {
+            Columns.OBS: o,
+            Columns.ACTIONS: actions,
+            Columns.ACTION_DIST_INPUTS: logits,
+            Columns.ACTION_LOGP: pl.log_prob(logits, actions),
+            Postprocessing.ADVANTAGES: torch.zeros(10),
+            Postprocessing.VALUE_TARGETS: torch.zeros(10),
+        }
+        fwd = {Columns.ACTION_DIST_INPUTS: logits, SCORES: scores}
+        losses[enabled] = float(
+            learner.compute_loss_for_module(
+                module_id="default_policy", config=learner.config, batch=batch, fwd_out=fwd
+            )
+        )
+        learner.after_gradient_based_update(timesteps={})
+        ref, mod, mask = o["single_modal_score"], o["modality"].long(), o["mask"].bool()
+        mass, pairs = topk_agreement(scores, ref, mod, mask, 5)
+        agreement = float(mass) / float(pairs)
+        expected = dual_step(2.0, 0.99, agreement, 5.0, 50.0) if enabled else 2.0
+        assert learner.multipliers["default_policy"] == pytest.approx(expected)
+    hinge = float(consistency_hinge(scores, ref, mod, mask, 0.7))
+    assert losses[True] - losses[False] == pytest.approx(2.0 * hinge, rel=1e-5)
+
+
+def test_offpolicy_update_uses_the_same_hinge_agreement_and_dual_step(tiny_run):
+    from agent.learner import topk_consistency
+
+    split = tiny_run.split("traffic")
+    model, _ = tiny_run.reranker()
+    pages = split.pages.select(np.arange(min(len(split.pages), 40)))
+    k = 5
+    pb = collate(pages, int(pages.sizes.max()))
+    with torch.no_grad():
+        scores = model.score_batch(pb)
+        logits = pl.masked_logits(scores, pb.mask)
+        ranking = pl.greedy_topk(logits, k)
+        logp = pl.stepwise_log_probs(logits, ranking)
+    n = len(pages)
+    batch = LoggedBatch(
+        pages=pages,
+        ranking=ranking.numpy(),
+        logged_logp=logp.numpy().astype(np.float64),
+        reward=np.zeros((n, k)),
+        temperature=np.ones(n),
+        event_id=np.arange(n).astype(object),
+        model_version=np.array(["v"] * n, dtype=object),
+        ts_ms=np.zeros(n, np.int64),
+    )
+    # lr 0 and one minibatch: the candidate is the serving model, so every figure is the model's own
+    cfg = UpdateConfig(epochs=1, minibatch=n, lr=0.0, kl_coeff=0.0, margin=0.7, multiplier_init=2.0)
+    cand, stats = offpolicy_update(model, batch, target_agreement=1.0, cfg=cfg)
+    known = pb.mask & pb.has_score
+    hinge = float(consistency_hinge(scores, pb.single_modal_score, pb.modality, known, 0.7))
+    agreement = topk_consistency(model, pages, k)
+    assert stats["hinge"] == pytest.approx(hinge, rel=1e-5)
+    assert stats["train_agreement"] == pytest.approx(agreement)
+    assert stats["multiplier"] == pytest.approx(dual_step(2.0, 1.0, agreement, 20.0, 50.0))
+    assert stats["margin"] == 0.7
