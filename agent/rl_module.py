@@ -129,8 +129,18 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
         return {Columns.ACTION_DIST_INPUTS: self.logits(batch[Columns.OBS])}
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        """Scores for the rows that carry a loss only. PPO's learner connector appends one artificial
+        timestep to every episode (for the value bootstrap) and masks it out of the loss; sessions are
+        1-3 pages, so those rows are a third or more of the batch. They get zero scores (a uniform,
+        finite policy, no gradient) instead of a reranker forward and backward pass."""
         obs = batch[Columns.OBS]
-        scores = self.scores(obs)
+        rows = batch.get(Columns.LOSS_MASK)
+        if rows is None or bool(rows.all()):
+            scores = self.scores(obs)
+        else:
+            keep = rows.bool()
+            part = self.scores({k: v[keep] for k, v in obs.items()})
+            scores = part.new_zeros(obs["mask"].shape).index_put((keep,), part)
         return {Columns.ACTION_DIST_INPUTS: self.logits(obs, scores), SCORES: scores}
 
     # ------------------------------------------------------------------ value

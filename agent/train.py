@@ -120,6 +120,7 @@ class TrainConfig:
     offset_lr_scale: float = 1.0  # the reranker's modality-offset head learns at this x lr
     # environment / evaluation
     serp: dict = field(default_factory=dict)  # SerpConfig overrides (n_max defaults to the longest page)
+    reward: str = "success"  # the product reward by name (envs.reward.RewardConfig), unless serp sets one
     eval_every: int = 1  # iterations between evaluations (0 = only at start and end)
     # Best-iterate selection on TRAINING traffic (never test): every `select_every` iterations (and at
     # the start and the end) the deterministic policy plays the traffic sessions `select_repeats`
@@ -440,7 +441,9 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     run = open_run(cfg.run)
     train_split, test_split = run.split("traffic"), run.split("test")
-    serp = serp_config_for([train_split.pages, test_split.pages], cfg.serp)
+    serp = serp_config_for(
+        [train_split.pages, test_split.pages], {"reward": {"name": cfg.reward}, **cfg.serp}
+    )
     k = serp.slate_size
 
     smar_net, smar_ckpt = run.reranker()
@@ -688,6 +691,11 @@ def add_ppo_arguments(p: argparse.ArgumentParser) -> None:
         help="learning-rate multiplier of the reranker's modality-offset head (the page layout)",
     )
     p.add_argument(
+        "--reward",
+        default=TrainConfig.reward,
+        help="product reward by name (envs.reward.REWARD_NAMES) the policy plays and learns from",
+    )
+    p.add_argument(
         "--target-fraction",
         type=float,
         default=TrainConfig.target_fraction,
@@ -706,6 +714,7 @@ def ppo_options(args: argparse.Namespace) -> dict[str, Any]:
         "temperature": args.temperature,
         "offset_lr_scale": args.offset_lr_scale,
         "target_fraction": args.target_fraction,
+        "reward": args.reward,
     }
 
 
