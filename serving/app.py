@@ -14,6 +14,7 @@ restarts. A version that fails to load is refused and the old one keeps serving.
 import asyncio
 import os
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from ray.serve.handle import DeploymentHandle
 from pretrain.checkpoint import CheckpointError
 from serving.errors import document_body, install_error_handlers, parse_body
 from serving.feedback_log import FEEDBACK, IMPRESSIONS, LogWriter, impression_row, now_ms
-from serving.ledger import EventLedger, issued_s, new_event_id
+from serving.ledger import EventLedger
 from serving.registry import Registry, RegistryError
 from serving.schemas import (
     FeedbackRequest,
@@ -41,6 +42,9 @@ from serving.schemas import (
 )
 from serving.scoring import Prepared, Ranked, Scorer
 from serving.settings import RANKER, AppSettings, RuntimeConfig
+from serving.tokens import EventSigner
+
+RETRY_AFTER_S = 1  # the Retry-After hint (seconds) of a 503 when the feedback log cannot be written
 
 # Set by each replica's constructor; read by the body-size middleware (per replica process).
 _LIMITS = {"max_body_bytes": AppSettings().max_body_bytes}
@@ -126,6 +130,7 @@ class Ranker:
         self.settings = AppSettings.from_dict(settings)
         _LIMITS["max_body_bytes"] = self.settings.max_body_bytes
         self.ledger = ledger
+        self.signer = EventSigner.from_dir(self.settings.state_dir)  # the same key file for every replica
         self.registry = Registry(self.settings.registry)
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
@@ -212,7 +217,7 @@ class Ranker:
         """
         runtime = self.runtime
         ts = now_ms()
-        eids = [new_event_id(ts / 1000) for _ in items]
+        eids = [self.signer.issue(it.scorer.version, ts / 1000) for it in items]
         events = [
             (eid, it.scorer.version, [c.item_id for c in it.req.candidates]) for eid, it in zip(eids, items)
         ]
@@ -280,10 +285,18 @@ class Ranker:
     )
     async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
         check_feedback(req, self.settings.max_candidates)
-        if issued_s(req.event_id) is None:
+        token = self.signer.verify(req.event_id)  # forged / altered ids stop here, with no hop
+        if token is None:
             raise FieldError(("body", "event_id"), "unknown event (never served by this app)", 404)
+        age = time.time() - token.issued_s
+        if age > self.settings.event_ttl_s:
+            raise FieldError(
+                ("body", "event_id"),
+                f"expired: issued {age:.0f}s ago, ttl {self.settings.event_ttl_s:.0f}s",
+                410,
+            )
         items = [f.item_id for f in req.feedback]
-        res = await self.ledger.claim.remote(req.event_id, items)
+        res = await self.ledger.claim.remote(req.event_id, items, token.model_version)
         status = res["status"]
         if status == "unknown":
             raise FieldError(("body", "event_id"), "unknown event (never served by this app)", 404)
@@ -318,6 +331,7 @@ class Ranker:
             return JSONResponse(
                 {"detail": [{"loc": ["body"], "msg": f"feedback log unavailable ({e}); retry"}]},
                 status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         await self.ledger.commit.remote(req.event_id)
         return FeedbackResponse(event_id=req.event_id, status="accepted", model_version=res["model_version"])
@@ -348,5 +362,5 @@ class Ranker:
 def build_app(args: dict | None = None) -> serve.Application:
     """Application builder (config.yaml `import_path: serving.app:build_app`, `args:` = AppSettings)."""
     settings = AppSettings.from_dict(args).resolved()
-    ledger = EventLedger.bind(settings.event_ttl_s, settings.max_events)
+    ledger = EventLedger.bind(settings.event_ttl_s, settings.max_events, 2.0, settings.state_dir)
     return Ranker.bind(ledger, settings.to_dict())

@@ -12,6 +12,7 @@ which restarts replicas, whereas re-applying a config whose only change is a dep
 from __future__ import annotations
 
 import copy
+import os
 import socket
 import time
 from typing import Any
@@ -45,14 +46,82 @@ def base_url(config: dict[str, Any]) -> str:
     return f"http://{host}:{int(http.get('port', 8000))}"
 
 
+# Serve's fast request path (ray/serve/_private/constants.py): direct ingress (the ingress replica runs
+# its own HTTP server, the proxy is bypassed), user code and router on the replica's main loop, gRPC
+# for handle calls, buffered request logs. Read at import in every Ray process: set before ray.init().
+FAST_PATH_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# Direct-ingress replicas otherwise drain >= 30 s on shutdown; tests and benches set it to 0.
+NO_DRAIN_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
+
+
+def enable_fast_path(no_drain: bool = False) -> None:
+    """Put the fast-path flags in this process's environment (inherited by the Ray it starts)."""
+    if ray.is_initialized():
+        raise RuntimeError("enable_fast_path() must run before ray.init(): Ray processes read it at import")
+    for k, v in {**FAST_PATH_ENV, **(NO_DRAIN_ENV if no_drain else {})}.items():
+        os.environ.setdefault(k, v)
+
+
+def fast_path_on() -> bool:
+    from ray.serve._private import constants
+
+    return bool(constants.RAY_SERVE_ENABLE_DIRECT_INGRESS)
+
+
+def endpoints(app: str = APP_NAME) -> dict[str, Any]:
+    """The app's real addresses from Serve's details: {"direct": [one URL per ingress replica serving
+    its own HTTP port], "proxy": the proxy's URL or None}. Direct URLs exist only with the fast path."""
+    details = _client().get_serve_details()
+    http = details.get("http_options") or {}
+    # Replica servers bind `http_options.host` (ray/serve/_private/replica.py); targets carry the node
+    # IP. On one node with a specific bind address (127.0.0.1 here) that address is the one to dial.
+    bind = http.get("host") or "0.0.0.0"
+    direct, proxy = [], None
+    for tg in details.get("target_groups") or []:
+        if str(tg.get("protocol", "")).upper().endswith("HTTP"):
+            urls = [f"http://{_dial(bind, t['ip'])}:{int(t['port'])}" for t in tg.get("targets", [])]
+            if tg.get("app_name") == app:
+                direct.extend(urls)
+            elif not tg.get("app_name") and urls:
+                proxy = urls[0]
+    if proxy is None and details.get("proxies"):
+        proxy = base_url({"http_options": http})
+    return {"direct": sorted(direct), "proxy": proxy}
+
+
+def _dial(bind: str, ip: str) -> str:
+    return ip if bind in ("0.0.0.0", "::", "") else bind
+
+
+def endpoint_url(app: str = APP_NAME, timeout_s: float = 60.0, prefer: str = "direct") -> str:
+    """The URL clients should use: a direct-ingress replica when the fast path is on, else the proxy.
+    Waits (bounded) for the controller to publish the replicas' ports."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ep = endpoints(app)
+        if prefer == "proxy" and ep["proxy"]:
+            return ep["proxy"]
+        if ep["direct"]:
+            return ep["direct"][0]
+        if not fast_path_on() and ep["proxy"]:
+            return ep["proxy"]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve published no HTTP address for {app!r} after {timeout_s}s: {ep}")
+        time.sleep(0.2)
+
+
 def deploy(config: dict[str, Any], wait: bool = True, timeout_s: float = 120.0) -> str:
-    """Start Serve if needed and apply `config` (a ServeDeploySchema dict). Returns the base URL."""
+    """Start Serve if needed and apply `config` (a ServeDeploySchema dict). Returns the URL clients
+    should use (`endpoint_url`: a direct-ingress replica with the fast path on, else the proxy)."""
     schema = ServeDeploySchema.model_validate(config)
     serve.start(proxy_location=schema.proxy_location, http_options=schema.http_options.model_dump())
     _client().deploy_apps(schema, _blocking=False)
     url = base_url(config)
-    if wait:
-        wait_ready(url, timeout_s=timeout_s)
+    if not wait:
+        return url
+    wait_ready(url, timeout_s=timeout_s)  # through the proxy: every route answers once the app runs
+    url = endpoint_url(timeout_s=timeout_s)
+    wait_ready(url, timeout_s=timeout_s)
     return url
 
 

@@ -78,7 +78,7 @@ class ItemFeedback(_Strict):
 
 
 class FeedbackRequest(_Strict):
-    event_id: str = Field(min_length=1, max_length=128)
+    event_id: str = Field(min_length=1, max_length=256)
     feedback: list[ItemFeedback] = Field(max_length=MAX_LIST)
 
 

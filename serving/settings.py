@@ -49,6 +49,7 @@ class AppSettings:
 
     registry: str = "runs/registry"
     log_dir: str = "runs/serve_logs"
+    state_dir: str = "runs/serve_state"  # event-signing key + the ledger's SQLite book (serving.ledger)
     max_candidates: int = 64
     max_body_bytes: int = 1 << 20
     max_item_id_len: int = 128
@@ -79,6 +80,7 @@ class AppSettings:
         d = self.to_dict()
         d["registry"] = str(Path(self.registry).expanduser().resolve())
         d["log_dir"] = str(Path(self.log_dir).expanduser().resolve())
+        d["state_dir"] = str(Path(self.state_dir).expanduser().resolve())
         return AppSettings.from_dict(d)
 
 

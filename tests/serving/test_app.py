@@ -26,6 +26,7 @@ from serving.feedback_log import read_logs
 from serving.ledger import new_event_id
 from serving.registry import Registry
 from serving.settings import APP_NAME, load_config, with_overrides
+from serving.tokens import EventSigner
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +45,7 @@ def app(ray_session, serving_ckpts, tiny_world, tmp_path_factory):
         args={
             "registry": str(reg.root),
             "log_dir": str(log_dir),
+            "state_dir": str(root / "state"),
             "max_candidates": 20,
             "logs": {"impression_max_rows": 100_000, "impression_max_age_s": 3600.0},
         },
@@ -249,9 +251,10 @@ def test_forged_unknown_expired_and_unshown_items_rejected(app):
     ):
         r = feedback(app, forged, one)
         assert r.status_code == 404 and "event_id" in detail_text(r), (forged, r.text)
-    r = feedback(app, new_event_id(time.time() - 7200), one)
+    signer = EventSigner.from_dir(app.root / "state")  # the app's own key: a genuine but old event
+    r = feedback(app, signer.issue("v-a", time.time() - 7200), one)
     assert r.status_code == 410 and "expired" in detail_text(r)
-    r = feedback(app, "x" * 200, one)
+    r = feedback(app, "x" * 300, one)
     assert r.status_code == 422 and "event_id" in detail_text(r)
     r = feedback(app, out["event_id"], [{"item_id": "never-shown", "click": True, "dwell_s": 1.0}])
     assert r.status_code == 422 and "item_id" in detail_text(r)

@@ -107,3 +107,44 @@ def test_ledger_claim_waits_for_an_in_flight_registration():
         assert not ledger._waiting
 
     asyncio.run(scenario())
+
+
+def test_book_survives_a_restart_accepted_once_then_duplicate(tmp_path):
+    """The ledger's process dies and a new one opens the same file: nothing it acknowledged is lost."""
+    clock = Clock(5000.0)
+    path = tmp_path / "ledger.sqlite"
+    book = EventBook(ttl_s=60, max_events=100, pending_timeout_s=5, clock=clock, path=path)
+    served = [new_event_id(5000.0) for _ in range(3)]
+    book.register([(e, "v1", ["a", "b"]) for e in served])
+    assert book.claim(served[0], ["a"])["status"] == "accepted"
+    book.commit(served[0])
+    assert book.claim(served[1], ["a"])["status"] == "accepted"  # claimed, never committed (crash)
+    del book  # no close(): as after SIGKILL, only what SQLite committed is there
+
+    book = EventBook(ttl_s=60, max_events=100, pending_timeout_s=5, clock=clock, path=path)
+    assert len(book) == 3
+    assert book.claim(served[0], ["a"])["status"] == "duplicate"
+    assert book.claim(served[1], ["a"])["status"] == "in_progress"
+    assert book.claim(served[2], ["zzz"])["status"] == "bad_item"  # the shown items survived too
+    assert book.claim(served[2], ["b"])["status"] == "accepted"
+    book.commit(served[2])
+    clock.t += 6  # the pending claim's writer is gone: a retry may take it
+    assert book.claim(served[1], ["a"])["status"] == "accepted"
+    book.close()
+    book = EventBook(ttl_s=60, max_events=100, pending_timeout_s=5, clock=clock, path=path)
+    assert book.claim(served[2], ["b"])["status"] == "duplicate"
+
+
+def test_verified_id_whose_registration_was_lost_is_accepted_once(tmp_path):
+    clock = Clock(5000.0)
+    book = EventBook(ttl_s=60, max_events=100, clock=clock, path=tmp_path / "l.sqlite")
+    eid = new_event_id(4990.0)
+    assert book.claim(eid, ["a"])["status"] == "unknown"  # unsigned: not taken on trust
+    res = book.claim(eid, ["a"], version="v7")  # the ingress verified its signature
+    assert res == {"status": "accepted", "model_version": "v7", "items_checked": False}
+    book.commit(eid)
+    assert book.claim(eid, ["a"], version="v7")["status"] == "duplicate"
+    book.register([(eid, "v7", ["a"])])  # a late registration does not reopen it
+    assert book.claim(eid, ["a"], version="v7")["status"] == "duplicate"
+    clock.t += 120
+    assert book.claim(new_event_id(5000.0), [], version="v7")["status"] == "expired"
