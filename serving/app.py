@@ -12,6 +12,7 @@ restarts. A version that fails to load is refused and the old one keeps serving.
 """
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -296,7 +297,10 @@ class Ranker:
                 410,
             )
         items = [f.item_id for f in req.feedback]
-        res = await self.ledger.claim.remote(req.event_id, items, token.model_version)
+        try:
+            res = await self.ledger.claim.remote(req.event_id, items, token.model_version)
+        except Exception as e:  # noqa: BLE001 - the ledger is restarting: nothing was taken, retry
+            return _unavailable(f"event ledger unavailable ({type(e).__name__}); retry")
         status = res["status"]
         if status == "unknown":
             raise FieldError(("body", "event_id"), "unknown event (never served by this app)", 404)
@@ -327,19 +331,24 @@ class Ranker:
         try:
             await asyncio.wrap_future(self.feedbacks.append([row]))  # acknowledged only once durable
         except Exception as e:  # noqa: BLE001 - storage failure: let the client retry later
-            await self.ledger.release.remote(req.event_id)
-            return JSONResponse(
-                {"detail": [{"loc": ["body"], "msg": f"feedback log unavailable ({e}); retry"}]},
-                status_code=503,
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
-        await self.ledger.commit.remote(req.event_id)
+            with contextlib.suppress(Exception):  # else the claim lapses after pending_timeout_s
+                await self.ledger.release.remote(req.event_id)
+            return _unavailable(f"feedback log unavailable ({e}); retry")
+        # Already durable in the log. If the commit is lost, a retry after the pending timeout may log
+        # it twice, and read_logs keeps the earliest copy.
+        with contextlib.suppress(Exception):
+            await self.ledger.commit.remote(req.event_id)
         return FeedbackResponse(event_id=req.event_id, status="accepted", model_version=res["model_version"])
 
     # ------------------------------------------------------------------ introspection
     @fastapi_app.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "ok", "model_version": self.scorer.version if self.scorer else None}
+        return {
+            "status": "ok",
+            "model_version": self.scorer.version if self.scorer else None,
+            "replica": self.replica,
+            "pid": os.getpid(),
+        }
 
     @fastapi_app.get("/version", response_model=VersionResponse)
     async def version(self) -> VersionResponse:
@@ -357,6 +366,14 @@ class Ranker:
             replica=self.replica,
             last_reload_error=self.last_reload_error,
         )
+
+
+def _unavailable(msg: str) -> JSONResponse:
+    return JSONResponse(
+        {"detail": [{"loc": ["body"], "msg": msg, "type": "unavailable"}]},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 def build_app(args: dict | None = None) -> serve.Application:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Serve's fast path for every Serve test, and no 30 s drain of direct-ingress replicas on shutdown.
+# Ray processes read these at import, so they are set here, at collection, before any ray.init().
+os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0")
 
 
 def make_checkpoint(pages, path, version: str, seed: int):
