@@ -26,7 +26,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "pretrain": ("pretrain.bench", "SMAR vs merge vs full supervision, NDCG against annotation budget"),
     "simulate": ("agent.user_bench", "the user model: calibration to real logs, reward landscape, speed"),
     "agent": ("agent.bench", "random / merge / SMAR / PPO variants on held-out sessions"),
-    "serve": ("serving.bench", "model floor vs plain FastAPI vs Serve (with and without batching)"),
+    "serve": ("serving.bench", "model floor vs plain FastAPI vs Serve fast path vs Serve proxy"),
 }
 
 

@@ -29,6 +29,7 @@ from pretrain.checkpoint import CheckpointError
 from serving.errors import document_body, install_error_handlers, parse_body
 from serving.feedback_log import FEEDBACK, IMPRESSIONS, LogWriter, impression_row, now_ms
 from serving.ledger import EventLedger
+from serving.metrics import RouteMetrics, set_model_version
 from serving.registry import Registry, RegistryError
 from serving.schemas import (
     FeedbackRequest,
@@ -99,10 +100,21 @@ fastapi_app = FastAPI(
     version="1",
 )
 fastapi_app.add_middleware(BodyLimit)
+fastapi_app.add_middleware(RouteMetrics)  # outermost: counts 413s too
 
 
 install_error_handlers(fastapi_app)
 document_body(fastapi_app, "/rank", RankRequest)
+
+
+# Defined before the deployment class: Serve serialises the class (and the module globals its methods
+# name) when the decorator runs, at import, so a helper defined below it would be missing in replicas.
+def _unavailable(msg: str) -> JSONResponse:
+    return JSONResponse(
+        {"detail": [{"loc": ["body"], "msg": msg, "type": "unavailable"}]},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 @dataclass
@@ -175,6 +187,7 @@ class Ranker:
         self._rank_batch.set_max_batch_size(runtime.max_batch_size)
         self._rank_batch.set_batch_wait_timeout_s(runtime.batch_wait_timeout_s)
         self.scorer, self.runtime, self.last_reload_error = scorer, runtime, None  # the swap
+        set_model_version(scorer.version)
 
     def _resolve(self, runtime: RuntimeConfig) -> Scorer:
         """The scorer for `runtime.version` (or the registry pointer): the current one if unchanged,
@@ -366,14 +379,6 @@ class Ranker:
             replica=self.replica,
             last_reload_error=self.last_reload_error,
         )
-
-
-def _unavailable(msg: str) -> JSONResponse:
-    return JSONResponse(
-        {"detail": [{"loc": ["body"], "msg": msg, "type": "unavailable"}]},
-        status_code=503,
-        headers={"Retry-After": str(RETRY_AFTER_S)},
-    )
 
 
 def build_app(args: dict | None = None) -> serve.Application:

@@ -37,6 +37,7 @@ from ray import serve
 from serving.settings import LEDGER
 
 BOOK_FILE = "ledger.sqlite"
+PID_FILE = "ledger.pid"
 
 
 def new_event_id(now_s: float | None = None) -> str:
@@ -246,6 +247,10 @@ class EventLedger:
     ) -> None:
         path = None if state_dir is None else Path(state_dir) / BOOK_FILE
         self.book = EventBook(ttl_s, max_events, path=path)
+        if state_dir is not None:  # who owns the book now (operators; the fault tests' SIGKILL)
+            tmp = Path(state_dir) / f".{PID_FILE}.{os.getpid()}"
+            tmp.write_text(str(os.getpid()))
+            tmp.replace(Path(state_dir) / PID_FILE)
         self.grace_s = float(grace_s)
         self._waiting: dict[str, asyncio.Event] = {}
 
@@ -277,7 +282,3 @@ class EventLedger:
 
     async def size(self) -> int:
         return len(self.book)
-
-    async def pid(self) -> int:
-        """The replica's process id (the fault tests kill it with SIGKILL)."""
-        return os.getpid()

@@ -5,7 +5,6 @@ traffic, an unwritable feedback log, malformed load during a hot swap. One deplo
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import threading
@@ -18,9 +17,9 @@ import pytest
 
 from serving import deploy
 from serving.client import page_request
-from serving.ledger import issued_s
+from serving.ledger import PID_FILE, issued_s
 from serving.registry import Registry
-from serving.settings import APP_NAME, LEDGER, load_config, with_overrides
+from serving.settings import load_config, with_overrides
 
 pytestmark = pytest.mark.slow
 IMPRESSION_MAX_AGE_S = 2.0
@@ -82,16 +81,9 @@ def _wait(pred, timeout_s: float, what: str):
     raise TimeoutError(what)
 
 
-def _ledger_pid() -> int:
-    """The ledger replica's pid, through a handle (with the fast path's flags a handle lives on the
-    caller's event loop, so it is made and used inside one)."""
-    from ray import serve
-
-    async def ask() -> int:
-        h = serve.get_deployment_handle(LEDGER, APP_NAME)
-        return await asyncio.wait_for(h.pid.remote(), timeout=10)
-
-    return asyncio.run(ask())
+def _ledger_pid(app) -> int:
+    """The ledger replica's pid, which it writes beside its book on start."""
+    return int((app.root / "state" / PID_FILE).read_text())
 
 
 def test_ledger_sigkill_then_accepted_once_and_repeat_is_duplicate(app):
@@ -100,9 +92,9 @@ def test_ledger_sigkill_then_accepted_once_and_repeat_is_duplicate(app):
     for out in outs[:3]:
         r = http.post("/feedback", json=_fb_body(out))
         assert r.status_code == 200 and r.json()["status"] == "accepted", r.text
-    pid = _ledger_pid()
+    pid = _ledger_pid(app)
     os.kill(pid, signal.SIGKILL)
-    _wait(lambda: _ledger_pid() != pid, 90, "the ledger was not restarted")
+    _wait(lambda: _ledger_pid(app) != pid, 90, "the ledger was not restarted")
     for out in outs[:3]:  # accepted before the kill: still known as taken
         r = _wait(
             lambda o=out: (x := http.post("/feedback", json=_fb_body(o))).status_code == 200 and x, 30, ""
