@@ -102,7 +102,7 @@ CREATE TABLE IF NOT EXISTS events (
     items BLOB,               -- item_digest of the shown items; NULL when the registration was lost
     state TEXT NOT NULL DEFAULT 'open',   -- open | pending | done
     claimed_at REAL NOT NULL DEFAULT 0
-) WITHOUT ROWID;
+);  -- with a rowid: the insertion order breaks ties of `issued` on eviction
 CREATE INDEX IF NOT EXISTS events_issued ON events (issued);
 """
 
@@ -148,7 +148,7 @@ class EventBook:
         over = len(self) - self.max_events
         if over > 0:
             db.execute(
-                "DELETE FROM events WHERE event_id IN (SELECT event_id FROM events ORDER BY issued LIMIT ?)",
+                "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY issued, rowid LIMIT ?)",
                 (over,),
             )
         self._count = len(self)

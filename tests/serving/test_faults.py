@@ -210,7 +210,7 @@ def test_ranker_sigkill_under_traffic_acknowledged_feedback_survives(app):
     threads = [threading.Thread(target=hammer, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
-    time.sleep(2.0)
+    _wait(lambda: len(acked) >= 8, 60, "no feedback acknowledged before the kill")  # a loaded machine
     t_kill = time.time()
     os.kill(victim, signal.SIGKILL)
     time.sleep(3.0)
@@ -219,7 +219,7 @@ def test_ranker_sigkill_under_traffic_acknowledged_feedback_survives(app):
         t.join()
     with lock:
         acked_now, served_now = set(acked), dict(served)
-    assert len(acked_now) > 10
+    assert len(acked_now) >= 8
     assert acked_now <= _feedback_on_disk(app.log_dir)  # every acknowledged feedback is in the logs
     time.sleep(IMPRESSION_MAX_AGE_S + 1.5)  # the survivor flushes its impressions by age
     imp = app.log_dir / "impressions"
