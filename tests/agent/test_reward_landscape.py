@@ -122,9 +122,7 @@ def test_layout_gradient_points_to_the_modality_that_earns(tiny_run):
     split = tiny_run.split("traffic")
     video = split.pages.modality == MODALITY_ID["video"]
     truth = ItemTruth(split.truth.relevance, video.astype(np.float32), split.truth.preferred_modality)
-    serp = SerpConfig(
-        n_max=16, slate_size=5, reward=RewardConfig(name="clicks")
-    )
+    serp = SerpConfig(n_max=16, slate_size=5, reward=RewardConfig(name="clicks"))
     flat = np.zeros(split.pages.n_items, np.float32)
     g = layout_gradient(flat, split.pages, truth, serp, temperature=1.0, batch=256, repeats=20)
     grad, z = np.array(g["gradient"]), np.array(g["z_per_batch"])
