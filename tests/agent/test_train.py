@@ -58,12 +58,15 @@ def test_ppo_smoke_from_tiny_smar_checkpoint(trained, tiny_run):
             "target",
             "hinge",
             "clip_fraction",
+            "ppo_kl",
+            "vf_explained_var",
             "eval_reward",
             "eval_consistency",
         ):
             assert np.isfinite(float(r[key])), key
         assert 0.0 <= float(r["agreement"]) <= 1.0 and float(r["multiplier"]) >= 0.0
         assert 0.0 <= float(r["clip_fraction"]) <= 1.0
+        assert float(r["ppo_kl"]) >= 0.0  # the approximate KL to the sampling policy, really measured
     assert (out / "learning_curves.png").stat().st_size > 0
     assert any((out / "tb").iterdir())
     manifest = json.loads((res.policy_path / "manifest.json").read_text())
