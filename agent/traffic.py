@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from agent.evaluation import session_page_lists
-from envs.serp_env import RewardConfig
+from envs.reward import RewardConfig
 from envs.user_model import UserModel, UserModelConfig
 from envs.world import Split
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -78,9 +79,7 @@ def ladder(
                 policy = RandomPolicy()
             else:
                 policy = GreedyPolicy(name, fixed_scorer(split.pages, fixed))
-            log = simulate(
-                policy, split.pages, split.truth, SimulationConfig(**{**cfg.__dict__, "seed": seed})
-            )
+            log = simulate(policy, split.pages, split.truth, dataclasses.replace(cfg, seed=seed))
             summary = log.summary()
             rewards.append(summary["mean_reward_per_session"])
             ndcgs.append(summary["mean_ndcg@10"])

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.pages import Pages, pad_items
+from envs.pages import Pages
+from envs.simulation import GreedyPolicy, RandomPolicy, sessions_of
 from envs.user_model import UserModel, UserModelConfig
 from envs.world import ItemTruth
 
@@ -75,15 +76,9 @@ class Played:
     n_sessions: int
 
 
-def _sessions(pages: Pages) -> list[np.ndarray]:
-    qids, first, inverse = np.unique(pages.query_id.astype(str), return_index=True, return_inverse=True)
-    return [np.flatnonzero(inverse == i) for i in np.argsort(first)]
-
-
 def shown_slates(scores: np.ndarray, pages: Pages, k: int) -> np.ndarray:
-    """Top-k candidate indices per page [P, k] by descending score (ties by index)."""
-    padded = pad_items(pages, np.asarray(scores, np.float64), int(pages.sizes.max()), fill=-np.inf)
-    return np.argsort(-padded, axis=1, kind="stable")[:, :k]
+    """Top-k candidate indices per page [P, k] by descending score (the simulator's greedy policy)."""
+    return GreedyPolicy("production", lambda _: scores).rank(pages, k, np.random.default_rng(0)).ranking
 
 
 def play_sessions(
@@ -98,7 +93,7 @@ def play_sessions(
     """Play `sessions` query sessions (drawn with replacement) under fixed slates [P, K]."""
     rng = np.random.default_rng([seed, 21])
     model = UserModel(config)
-    session_pages = _sessions(pages)
+    session_pages = sessions_of(pages)
     chosen = rng.integers(len(session_pages), size=sessions)
     lengths = np.array([len(session_pages[c]) for c in chosen])
     item = pages.offsets[:-1, None] + slates
@@ -143,11 +138,8 @@ def calibration_statistics(production: Played, random: Played) -> dict[str, floa
 
 
 def random_slates(pages: Pages, k: int, seed: int) -> np.ndarray:
-    """Uniformly random top-k candidate indices per page [P, k]."""
-    rng = np.random.default_rng([seed, 22])
-    keys = rng.random((len(pages), int(pages.sizes.max())))
-    keys[np.arange(keys.shape[1]) >= pages.sizes[:, None]] = 2.0
-    return np.argsort(keys, axis=1, kind="stable")[:, :k]
+    """Uniformly random top-k candidate indices per page [P, k] (the simulator's random policy)."""
+    return RandomPolicy().rank(pages, k, np.random.default_rng([seed, 22])).ranking
 
 
 def measure(

@@ -186,7 +186,7 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return path
 
 
-def _sessions_of(pages: Pages) -> list[np.ndarray]:
+def sessions_of(pages: Pages) -> list[np.ndarray]:
     """Page indices of each query_id (in page order), sessions in order of first appearance."""
     _, first, inverse = np.unique(pages.query_id.astype(str), return_index=True, return_inverse=True)
     groups = np.argsort(inverse, kind="stable")
@@ -211,7 +211,7 @@ def simulate(
     rng = np.random.default_rng([cfg.seed, 4])
     user = UserModel(cfg.user)
     k = cfg.slate_size
-    sessions = _sessions_of(pages)
+    sessions = sessions_of(pages)
     chosen = rng.integers(len(sessions), size=cfg.sessions)
     sm_known = ~np.isnan(pages.single_modal_score)
     tag = f"{policy.name}-{cfg.seed}"

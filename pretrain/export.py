@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from envs.pages import MODALITIES, Pages
-from pretrain.importers.crossrank import SINGLE_MODAL_MIN_SEARCH_IDX
+from pretrain.importers.crossrank import DETAIL_FIELDS, SINGLE_MODAL_MIN_SEARCH_IDX
 
 MODAL_CODES: dict[str, str] = {"doc": "0", "video": "1", "image": "2", "answer": "3"}
 MODAL_MAP_ARG = ",".join(f"{c}={m}" for m, c in MODAL_CODES.items())
@@ -106,14 +106,7 @@ class _CrossRankWriter:
                 zeros,
                 zeros,
             ],
-            names=[
-                "candidate_idx",
-                "label",
-                "position",
-                "upstream_label",
-                "candidate_feat_4",
-                "candidate_feat_5",
-            ],
+            names=list(DETAIL_FIELDS),
         )
         search = pa.table(
             {

@@ -92,8 +92,8 @@ def test_satisfaction_per_click_does_not_depend_on_modality():
             clicked = out.click[:, 0] & ~out.answer_satisfied[:, 0]
             rates.append(out.satisfied_click[clicked, 0].mean())
         assert max(rates) - min(rates) <= 0.05, (g, rates)
-        dw = []
     # Dwell itself does differ by modality (video is watched longer than images are glanced at).
+    dw = []
     for mid in (IMAGE, VIDEO):
         out = m.simulate(np.full((b, 1), 2), np.full((b, 1), 0.5), np.full((b, 1), mid), None, rng)
         dw.append(np.median(out.dwell[out.click]))
