@@ -24,7 +24,6 @@ DIR/runs/{method}/seed{s}/ (each run's `smar train` folder).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from agent.train import (
     serp_config_for,
     train_policy,
 )
+from envs.atomic_io import write_json_atomic
 
 RL_METHODS = ("ppo_scratch", "ppo_unconstrained", "ppo_constrained")
 BASELINES = ("random", "merge", "smar")
@@ -307,7 +307,7 @@ def run_bench(args) -> dict:
             "seconds": round(time.time() - t0, 1),
         },
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    write_json_atomic(out / "report.json", report)
     plot_curves(histories, out / "learning_curves.png")
     plot_landscape(methods, references, out / "reward_vs_ndcg.png")
     return report

@@ -8,10 +8,10 @@ Every artefact lands under --out; the plots' paths are printed at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
+from envs.atomic_io import write_json_atomic
 from envs.world import WorldConfig, format_summary, generate_world
 from pretrain.world_io import save_world
 
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         "reward: the deterministic top-10 (what the policy ranks); served: Plackett-Luce slates at the\n"
         "endpoint's exploration temperature (what users of the exploring endpoint see), 3 samples per page"
     )
-    (out / "summary.json").write_text(json.dumps({"closing_table": table, "plots": plots}, indent=2))
+    write_json_atomic(out / "summary.json", {"closing_table": table, "plots": plots})
     print("\nplots:")
     for name, path in plots.items():
         print(f"  {name:<28} {path}")

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from envs.atomic_io import write_json_atomic
 from envs.serp_env import SerpConfig, SerpEnv
 
 DEFAULT_RUN = "runs/pretrain"
@@ -410,9 +411,9 @@ def _save_algo(algo, out: Path, iteration: int, env_steps: int, keep: int) -> Pa
     if path.exists():
         shutil.rmtree(path)
     algo.save_to_path(str(path.resolve()))
-    tmp = ck_root / ".latest.json.tmp"
-    tmp.write_text(json.dumps({"iteration": iteration, "env_steps": env_steps, "path": path.name}))
-    tmp.replace(ck_root / "latest.json")
+    write_json_atomic(
+        ck_root / "latest.json", {"iteration": iteration, "env_steps": env_steps, "path": path.name}
+    )
     old = sorted(p for p in ck_root.glob("iter_*") if p.is_dir())
     for p in old[:-keep] if keep > 0 else []:
         shutil.rmtree(p, ignore_errors=True)
@@ -593,7 +594,7 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
         "consistency_target": target,
         "seconds": round(seconds, 1),
     }
-    (out / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_json_atomic(out / "result.json", summary, default=str)
     return TrainResult(out, policy_path, version, rows, initial_eval, final_eval, env_steps, seconds)
 
 

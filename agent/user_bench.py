@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 
+from envs.atomic_io import write_json_atomic
 from envs.calibration import TARGETS, measure, report
 from envs.reward import REWARD_NAMES, RewardConfig
-from envs.simulation import GreedyPolicy, RandomPolicy, SimulationConfig, simulate, write_text_atomic
+from envs.simulation import GreedyPolicy, RandomPolicy, SimulationConfig, simulate
 from envs.user_model import UserModelConfig
 
 NOISE_LADDER = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         "ladder_checks": checks,
         "speed": speed,
     }
-    write_text_atomic(out / "report.json", json.dumps(report_, indent=2, default=float))
+    write_json_atomic(out / "report.json", report_)
     p = plot(rows, out / "reward_landscape.png", args.reward)
     print(f"wrote {out / 'report.json'} and {p}")
     return 0

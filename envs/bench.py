@@ -15,13 +15,13 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from envs.atomic_io import write_json_atomic  # noqa: E402
 from envs.pages import MODALITIES  # noqa: E402
 from envs.user_model import UserModel, UserModelConfig, UserOutcome, simulate_reference  # noqa: E402
 from envs.world import WorldConfig, WorldGenerator  # noqa: E402
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = run_bench(args.pages, args.repeats, args.seed)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_json_atomic(out / "report.json", report)
     plot = plot_report(report, out / "simulate_bench.png")
     pps = report["pages_per_s"]
     v, r = report["click_stats"]["vectorised"], report["click_stats"]["reference"]

@@ -29,17 +29,14 @@ clicks, satisfied, good_abandon, abandon, reformulate, reward, ndcg@10, consiste
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from envs.atomic_io import write_json_atomic, write_parquet_atomic
 from envs.metrics import ndcg_at_k, shown_order_agreement
 from envs.pages import MAX_GRADE, MODALITIES, Pages, pad_items
 from envs.reward import RewardConfig
@@ -158,32 +155,10 @@ class SimulationLog:
             "pages": write_parquet_atomic(self.pages, out / "pages.parquet"),
         }
         summary = {"policy": self.policy, "config": self.config.to_json(), **self.summary()}
-        paths["summary"] = write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+        paths["summary"] = write_json_atomic(out / "summary.json", summary)
         if plots:
             paths.update(plot_feedback(self.feedback, out))
         return paths
-
-
-def write_parquet_atomic(table: pa.Table, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
 
 
 def sessions_of(pages: Pages) -> list[np.ndarray]:

@@ -11,7 +11,6 @@ each single-threaded (faster than intra-op threads on 2 shared cores).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from envs.atomic_io import write_json_atomic
 from envs.pages import MODALITIES
 from envs.world import WorldConfig, generate_world
 from pretrain.data import DataConfig, load_data
@@ -275,7 +275,7 @@ def bench(
             "seconds": time.perf_counter() - t0,
         },
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_json_atomic(out / "report.json", report)
     plot(methods, out / "ndcg_vs_budget.png")
     return report
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 import torch
 
+from envs.atomic_io import atomic_dir
 from pretrain.reranker import RerankerConfig, WholePageReranker
 
 FORMAT = "smar-reranker/1"
@@ -67,9 +66,7 @@ def write_model_folder(
     path = Path(path)
     if path.exists() and not overwrite:
         raise CheckpointError(f"checkpoint {path} already exists (pass overwrite=True to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path, overwrite=True) as tmp:
         torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp / WEIGHTS)
         manifest = {
             "format": fmt,
@@ -78,16 +75,6 @@ def write_model_folder(
             **manifest,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.urandom(3).hex()}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

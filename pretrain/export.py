@@ -30,7 +30,6 @@ Written in batches of pages (ParquetWriter), so memory stays bounded by the worl
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from envs.atomic_io import write_json_atomic
 from envs.pages import MODALITIES, Pages
 from pretrain.importers.crossrank import DETAIL_FIELDS, SINGLE_MODAL_MIN_SEARCH_IDX
 
@@ -203,7 +203,7 @@ def export_crossrank(world, out: str | Path, single_modal: bool = True, batch_pa
         "modal_map": MODAL_MAP_ARG,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    (out / "export.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "export.json", summary)
     return summary
 
 

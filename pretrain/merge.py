@@ -15,12 +15,12 @@ nothing about which modality suits the query: exactly what page-level supervisio
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from envs.atomic_io import write_json_atomic
 from envs.pages import MODALITIES, MODALITY_ID, Pages
 
 FORMAT = "smar-merge/1"
@@ -98,12 +98,7 @@ class MergeCalibration:
         return MergeCalibration(d["method"], d["knots"], d["levels"], d["mean"], d["std"])
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2))
-        tmp.replace(path)
-        return path
+        return write_json_atomic(path, self.to_json())
 
     @staticmethod
     def load(path: str | Path) -> MergeCalibration:

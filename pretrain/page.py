@@ -25,6 +25,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
 
+from envs.atomic_io import write_parquet_atomic
 from envs.pages import MAX_GRADE, MODALITIES, MODALITY_ID, Pages, pad_items
 
 SCHEMA_VERSION = "1"
@@ -275,12 +276,7 @@ def validate(pages: Pages, source: str = "<pages>") -> Pages:
 # --------------------------------------------------------------------------- Parquet
 def write_pages(pages: Pages, path: str | Path, row_group_pages: int = 2048) -> Path:
     """Write pages to one Parquet file, atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(to_arrow(pages), tmp, row_group_size=row_group_pages, compression="zstd")
-    tmp.replace(path)
-    return path
+    return write_parquet_atomic(to_arrow(pages), path, row_group_size=row_group_pages, compression="zstd")
 
 
 def read_pages(path: str | Path) -> Pages:

@@ -16,12 +16,12 @@ absolute otherwise. Simulator truth is never copied into the run: `split()` read
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from envs.atomic_io import write_json_atomic
 from envs.pages import MODALITIES, Pages
 from envs.world import WHOLE_PAGE_SPLITS, Split
 from pretrain.checkpoint import Checkpoint, load_checkpoint
@@ -66,10 +66,7 @@ def write_run_json(
         "metrics": metrics,
         **({"data": True} if data else {}),
     }
-    tmp = root / f".{RUN_JSON}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2, default=_json_default))
-    tmp.replace(root / RUN_JSON)
-    return root / RUN_JSON
+    return write_json_atomic(root / RUN_JSON, doc, default=_json_default)
 
 
 def _json_default(o: Any) -> Any:

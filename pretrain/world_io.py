@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from envs.atomic_io import write_json_atomic, write_parquet_atomic
 from envs.pages import MODALITIES, Pages
 from envs.world import WHOLE_PAGE_SPLITS, ItemTruth, Split, World, WorldConfig, format_summary, generate_world
 from pretrain.page import read_pages, write_pages
@@ -52,12 +53,14 @@ def save_world(world: World, out: str | Path) -> Path:
     (out / "single_modal").mkdir(parents=True, exist_ok=True)
     for m, split in world.single_modal.items():
         write_pages(split.pages, out / "single_modal" / f"{m}.parquet")
-        pq.write_table(_truth_table(split.pages, split.truth), out / "truth" / f"single_modal_{m}.parquet")
+        write_parquet_atomic(
+            _truth_table(split.pages, split.truth), out / "truth" / f"single_modal_{m}.parquet"
+        )
     for name, split in world.whole_page_splits().items():
         write_pages(split.pages, out / f"{name}.parquet")
-        pq.write_table(_truth_table(split.pages, split.truth), out / "truth" / f"{name}.parquet")
+        write_parquet_atomic(_truth_table(split.pages, split.truth), out / "truth" / f"{name}.parquet")
     meta = {"config": world.config.to_json(), "summary": world.summary()}
-    (out / "world.json").write_text(json.dumps(meta, indent=2))
+    write_json_atomic(out / "world.json", meta)
     return out
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from envs.atomic_io import write_json_atomic
+
 CONCURRENCY = (1, 8, 32)
 HTTP_RUNS = ("fastapi", "serve_fast", "serve_proxy")
 N_CANDIDATES = 50
@@ -316,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
     for name in HTTP_RUNS:
         report["runs"][name] = {"concurrency": http[name]}
     report["ratios"] = ratios(report)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_json_atomic(out / "report.json", report)
     _plot(report, out / "serve_bench.png")
     for k, v in report["ratios"].items():
         print(f"  {k}: {v:.3f}" if isinstance(v, float) else f"  {k}: {v}")

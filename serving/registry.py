@@ -22,11 +22,11 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from envs.atomic_io import atomic_dir, write_text_atomic
 from pretrain.checkpoint import CheckpointError, load_checkpoint, verify_checkpoint
 
 _VERSION_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -47,19 +47,6 @@ class Entry:
     path: Path
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class Registry:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
@@ -73,7 +60,7 @@ class Registry:
         """Configure (or rotate) the admin token; returns it. Only its SHA-256 is stored."""
         token = token or secrets.token_urlsafe(24)
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.token_file, hashlib.sha256(token.encode()).hexdigest() + "\n")
+        write_text_atomic(self.token_file, hashlib.sha256(token.encode()).hexdigest() + "\n")
         os.chmod(self.token_file, 0o600)
         return token
 
@@ -145,14 +132,9 @@ class Registry:
                     f"({have.sha256[:12]}… vs {ckpt.sha256[:12]}…)"
                 )
         else:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.versions_dir))
-            try:
+            with atomic_dir(dest) as tmp:
                 for name in ("weights.pt", "manifest.json"):
                     shutil.copy2(src / name, tmp / name)
-                os.replace(tmp, dest)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
         copied = verify_checkpoint(dest)
         if copied.sha256 != ckpt.sha256:
             raise CheckpointError(f"{dest}: copy does not match its source checksum")
@@ -174,7 +156,9 @@ class Registry:
     def _move(self, version: str, sha256: str, stack: list[str], action: str, source: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         before = self.current()
-        _atomic_write(self.pointer, json.dumps({"version": version, "sha256": sha256, "stack": stack}) + "\n")
+        write_text_atomic(
+            self.pointer, json.dumps({"version": version, "sha256": sha256, "stack": stack}) + "\n"
+        )
         rec = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "action": action,

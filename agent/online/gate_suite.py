@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 
 from agent.gate import GateConfig, value_check
 from agent.ope import PositionModalityRewardModel, cascade_terms
+from envs.atomic_io import write_json_atomic
 from pretrain.plackett_luce import masked_logits, sample_topk, stepwise_log_probs
 
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  true value {k:.3f} x serving: published {v:.0%}")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=2))
+        write_json_atomic(a.out, res)
     return 0
 
 

@@ -32,18 +32,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from envs.atomic_io import write_json_atomic, write_parquet_atomic
 
 DEFAULT_OUT = "runs/online"
 DEFAULT_RUN = "runs/pretrain"
@@ -93,16 +92,6 @@ class OnlineConfig:
             raise ValueError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction}")
         if self.temperature <= 0:
             raise ValueError(f"the endpoint explores: temperature must be > 0, got {self.temperature}")
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=float)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def ensure_run(cfg: OnlineConfig) -> Path:
@@ -358,7 +347,6 @@ class OnlineLoop:
             save_candidate,
         )
         from agent.traffic import run_traffic
-        from envs.simulation import write_parquet_atomic
         from pretrain.checkpoint import make_version
         from serving import deploy
         from serving.feedback_log import read_logs
@@ -489,8 +477,8 @@ class OnlineLoop:
         self.state["rounds"].append(rec)
         self.state["round"] = r + 1
         self.state["cursor_ms"] = cursor
-        _atomic_json(self.state_path, self.state)
-        _atomic_json(self.report_path, self.report())
+        write_json_atomic(self.state_path, self.state)
+        write_json_atomic(self.report_path, self.report())
         return rec
 
     def summary(self) -> dict:
@@ -700,8 +688,8 @@ def run(args: argparse.Namespace) -> int:
             f"offline re-evaluation of each version ({args.evaluate_versions} sessions x 2 seeds, T={cfg.temperature}):"
         )
         loop.state["offline_versions"] = evaluate_versions(loop, args.evaluate_versions)
-        _atomic_json(loop.state_path, loop.state)
-        _atomic_json(
+        write_json_atomic(loop.state_path, loop.state)
+        write_json_atomic(
             loop.report_path,
             {**loop.report(), "offline_versions": loop.state["offline_versions"]},
         )

@@ -3,7 +3,6 @@ parsing, and a streaming, validating, atomic writer of the page contract."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from envs.atomic_io import write_json_atomic
 from envs.pages import MAX_GRADE, MODALITIES, Pages
 from pretrain.page import FEATURE_DIMS_KEY, PageValidationError, from_arrow, to_arrow
 
@@ -229,7 +229,7 @@ class PageFileWriter:
 
 def write_summary(out: Path, summary: dict) -> dict:
     """DIR/import.json: what was imported, how features and labels were made, counts per split."""
-    (Path(out) / "import.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    write_json_atomic(Path(out) / "import.json", summary)
     return summary
 
 
