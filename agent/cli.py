@@ -1,14 +1,19 @@
 """`smar`: one console script; each subcommand's code lives in its own stage package.
 
 The dispatcher imports only the module of the command being run (so `smar world` never imports Ray).
-A command module provides `add_arguments(parser)` and `run(args) -> int`.
+A command module provides `add_arguments(parser)` and `run(args) -> int`. The parser is jsonargparse's,
+so a command adds its typed config dataclasses whole (`parser.add_class_arguments(WorldConfig, "world")`:
+every field becomes `--world.FIELD`, and `run` receives the dataclass). Every command takes
+`--config FILE` (YAML or JSON, keys as in `--help`; an unknown key is an error naming it), and a command
+with an `--out` folder writes its fully resolved settings there as `resolved.yaml`: fed back with
+`--config`, it reproduces the run.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
+from pathlib import Path
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -53,9 +58,44 @@ def _dispatch(table: dict[str, tuple[str, str]], argv: list[str], prog: str) -> 
         print(f"{prog}: unknown command {name!r}\n\n{_usage(table, prog)}", file=sys.stderr)
         return 2
     module = importlib.import_module(table[name][0])
-    parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=table[name][1])
+    parser = command_parser(f"{prog} {name}", table[name][1])
     module.add_arguments(parser)
-    return int(module.run(parser.parse_args(rest)) or 0)
+    parsed = parser.parse_args(rest)
+    try:
+        args = parser.instantiate(parsed)
+    except (ValueError, TypeError) as e:  # a dataclass's own validation (__post_init__)
+        parser.error(f"invalid settings: {e}")
+    code = int(module.run(args) or 0)
+    if code == 0:
+        write_resolved_config(parser, parsed)
+    return code
+
+
+RESOLVED = "resolved.yaml"
+
+
+def command_parser(prog: str, description: str):
+    """A command's parser: jsonargparse (dataclass groups, strict config files) with `--config`."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--config",
+        action=ActionConfigFile,
+        help=f"YAML/JSON file of this command's settings (a run's {RESOLVED} reproduces it); "
+        "options after it override it",
+    )
+    return parser
+
+
+def write_resolved_config(parser, parsed) -> Path | None:
+    """Write the settings a run actually used beside its outputs (`--out` folder), if it has one."""
+    out = getattr(parsed, "out", None)
+    if not out or not Path(out).is_dir():
+        return None
+    from envs.atomic_io import write_text_atomic
+
+    return write_text_atomic(Path(out) / RESOLVED, parser.dump(parsed))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from envs.pages import Pages, pad_items
-from envs.reward import REWARD_NAMES, RewardConfig
 from envs.simulation import (
     GreedyPolicy,
     RandomPolicy,
@@ -80,7 +79,7 @@ def load_split(args: argparse.Namespace) -> Split:
 
         return getattr(load_world(args.world), args.split)
     print("no --run or --world: generating the default world in memory (single-modal scores unknown)")
-    return getattr(generate_world(WorldConfig(seed=args.seed)), args.split)
+    return getattr(generate_world(WorldConfig(seed=args.simulation.seed)), args.split)
 
 
 def make_policy(args: argparse.Namespace):
@@ -123,24 +122,13 @@ def property_checks(summary: dict) -> list[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", required=True, help="random | merge | checkpoint:PATH")
-    p.add_argument("--sessions", type=int, default=1000)
     p.add_argument("--out", required=True, help="output folder (feedback.parquet, pages.parquet, plots)")
     p.add_argument("--run", help="pretrain run folder (scored pages, merge, truth)")
     p.add_argument("--world", help="world folder (when no pretrain run is available)")
     p.add_argument("--split", default="traffic", choices=WHOLE_PAGE_SPLITS)
     p.add_argument("--temperature", type=float, default=1.0, help="PL temperature; 0 = greedy")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--slate-size", type=int, default=10)
-    p.add_argument("--max-queries", type=int, default=3)
-    p.add_argument(
-        "--reward", default=RewardConfig().name, choices=REWARD_NAMES, help="named reward (envs.reward)"
-    )
-    p.add_argument(
-        "--gamma", type=float, default=RewardConfig().gamma, help="success: factor per result above"
-    )
-    p.add_argument(
-        "--delta", type=float, default=RewardConfig().delta, help="success: factor per reformulation"
-    )
+    # sessions, seed, slate size, the user model (--simulation.user.*) and the reward (--simulation.reward.*)
+    p.add_class_arguments(SimulationConfig, "simulation")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -150,13 +138,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"smar simulate: --temperature must be >= 0, got {args.temperature}")
     split = load_split(args)
     policy = make_policy(args)
-    cfg = SimulationConfig(
-        sessions=args.sessions,
-        slate_size=args.slate_size,
-        max_queries=args.max_queries,
-        seed=args.seed,
-        reward=RewardConfig(name=args.reward, gamma=args.gamma, delta=args.delta),
-    )
+    cfg = args.simulation
     log = simulate(policy, split.pages, split.truth, cfg, progress=True)
     paths = log.write(args.out, plots=not args.no_plots)
     summary = log.summary()

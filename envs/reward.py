@@ -23,17 +23,19 @@ Named rewards:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Literal, get_args
 
 import numpy as np
 
-REWARD_NAMES = ("success", "clicks", "satisfied", "err")
+RewardName = Literal["success", "clicks", "satisfied", "err"]
+REWARD_NAMES: tuple[str, ...] = get_args(RewardName)
 
 
 @dataclass(frozen=True)
 class RewardConfig:
     """Which reward, by name, and its parameters."""
 
-    name: str = "success"
+    name: RewardName = "success"
     gamma: float = 0.9  # success: factor per result ranked above the satisfying one
     delta: float = 0.5  # success: factor per reformulation before it
     click_weight: float = 0.1  # satisfied: reward per click on top of each satisfying event

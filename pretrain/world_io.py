@@ -81,23 +81,13 @@ def load_world(path: str | Path) -> World:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = WorldConfig()
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--queries", type=int, default=d.queries, help="whole-page queries over all splits")
-    p.add_argument("--candidates-per-modality", type=int, default=d.candidates_per_modality)
-    p.add_argument("--single-modal-queries", type=int, default=d.single_modal_queries)
+    p.add_class_arguments(WorldConfig, "world")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = WorldConfig(
-        seed=args.seed,
-        queries=args.queries,
-        candidates_per_modality=args.candidates_per_modality,
-        single_modal_queries=args.single_modal_queries,
-    )
-    world = generate_world(cfg)
+    world = generate_world(args.world)
     out = save_world(world, args.out)
     summary = world.summary()
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))

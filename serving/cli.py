@@ -37,7 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="HTTP port (default: config.yaml, 8000)")
     p.add_argument("--replicas", type=int, help="Ranker replicas (default 1)")
     p.add_argument("--num-cpus", type=float, help="CPUs reserved per Ranker replica (default 1)")
-    p.add_argument("--config", help="a Serve deploy config to use instead of the shipped serving/config.yaml")
+    p.add_argument(
+        "--serve-config", help="a Serve deploy config to use instead of the shipped serving/config.yaml"
+    )
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray for run; 'auto' else)")
     p.add_argument(
         "--duration", type=float, help="serve for this many seconds then shut down (default: until Ctrl-C)"
@@ -48,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> dict:
-    base = load_config(args.config) if args.config else load_config()
+    base = load_config(args.serve_config) if args.serve_config else load_config()
     over = {k: v for k, v in {"registry": args.registry, "log_dir": args.log_dir}.items() if v}
     return with_overrides(base, port=args.port, replicas=args.replicas, num_cpus=args.num_cpus, args=over)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 from agent.cli import main
 from envs.world import WHOLE_PAGE_SPLITS, WorldConfig, generate_world
@@ -13,8 +15,8 @@ from pretrain.world_io import load_world
 
 def test_smar_world_writes_a_loadable_world(tmp_path, capsys):
     out = tmp_path / "world"
-    args = ["world", "--out", str(out), "--seed", "3", "--queries", "20"]
-    code = main([*args, "--candidates-per-modality", "3", "--single-modal-queries", "10"])
+    args = ["world", "--out", str(out), "--world.seed", "3", "--world.queries", "20"]
+    code = main([*args, "--world.candidates_per_modality", "3", "--world.single_modal_queries", "10"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "world (seed 3)" in printed and "single_modal/answer" in printed and str(out) in printed
@@ -45,9 +47,9 @@ def test_smar_world_json_summary(tmp_path, capsys):
                 "world",
                 "--out",
                 str(tmp_path / "w"),
-                "--queries",
+                "--world.queries",
                 "10",
-                "--single-modal-queries",
+                "--world.single_modal_queries",
                 "4",
                 "--json",
             ]
@@ -57,6 +59,27 @@ def test_smar_world_json_summary(tmp_path, capsys):
     text = capsys.readouterr().out
     summary = json.loads(text[: text.rindex("}") + 1])
     assert set(summary["splits"]) >= {"pool", "valid", "test", "traffic"}
+
+
+def test_resolved_config_reproduces_a_world_and_reaches_every_field(tmp_path, capsys):
+    first, second = tmp_path / "a", tmp_path / "b"
+    cli = ["--world.queries", "12", "--world.single_modal_queries", "4", "--world.w_match", "0.5"]
+    assert main(["world", "--out", str(first), *cli, "--world.intent_probs", "[0.1, 0.2, 0.3, 0.4]"]) == 0
+    resolved = (first / "resolved.yaml").read_text()
+    for name in dataclasses.asdict(WorldConfig()):  # every setting is written, so every one is reachable
+        assert f"  {name}:" in resolved, name
+    assert main(["world", "--config", str(first / "resolved.yaml"), "--out", str(second)]) == 0
+    a, b = (json.loads((d / "world.json").read_text()) for d in (first, second))
+    assert a == b and a["config"]["w_match"] == 0.5 and a["config"]["intent_probs"] == [0.1, 0.2, 0.3, 0.4]
+
+
+def test_config_file_with_an_unknown_key_names_it(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("world:\n  querys: 10\n")
+    with pytest.raises(SystemExit):
+        main(["world", "--config", str(bad), "--out", str(tmp_path / "w")])
+    assert "querys" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
 
 
 def test_unknown_command_exits_2(capsys):

@@ -63,7 +63,17 @@ def test_pl_sampling_matches_its_propensities(tiny_world):
 def test_smar_simulate_random_on_world(world_dir, tmp_path, capsys):
     out = tmp_path / "r"
     code = main(
-        ["simulate", "--policy", "random", "--world", str(world_dir), "--sessions", "300", "--out", str(out)]
+        [
+            "simulate",
+            "--policy",
+            "random",
+            "--world",
+            str(world_dir),
+            "--simulation.sessions",
+            "300",
+            "--out",
+            str(out),
+        ]
     )
     assert code == 0
     text = capsys.readouterr().out
@@ -78,14 +88,14 @@ def test_smar_simulate_checkpoint_on_world(world_dir, checkpoint_dir, tmp_path, 
     out = tmp_path / f"c{temperature}"
     argv = ["simulate", "--policy", f"checkpoint:{checkpoint_dir}", "--world", str(world_dir)]
     argv += [
-        "--sessions",
+        "--simulation.sessions",
         "200",
         "--out",
         str(out),
         "--temperature",
         temperature,
         "--no-plots",
-        "--seed",
+        "--simulation.seed",
         "4",
     ]
     assert main(argv) == 0
@@ -115,7 +125,16 @@ def test_smar_simulate_merge_and_reranker_on_a_pretrain_run(tiny_run, tmp_path, 
     """Pages, truth, merge and the SMAR reranker from a real (tiny) pretrain run; consistency is known."""
     run_dir = str(tiny_run.root)
     out_m, out_r = tmp_path / "merge", tmp_path / "smar"
-    common = ["--run", run_dir, "--sessions", "150", "--temperature", temperature, "--no-plots", "--json"]
+    common = [
+        "--run",
+        run_dir,
+        "--simulation.sessions",
+        "150",
+        "--temperature",
+        temperature,
+        "--no-plots",
+        "--json",
+    ]
     assert main(["simulate", "--policy", "merge", "--out", str(out_m), *common]) == 0
     assert (
         main(["simulate", "--policy", f"checkpoint:{tiny_run.reranker_path}", "--out", str(out_r), *common])
