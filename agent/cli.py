@@ -12,6 +12,8 @@ with an `--out` folder writes its fully resolved settings there as `resolved.yam
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -98,8 +100,23 @@ def write_resolved_config(parser, parsed) -> Path | None:
     return write_text_atomic(Path(out) / RESOLVED, parser.dump(parsed))
 
 
+def configure_logging() -> None:
+    """Library code logs (`logging.getLogger(__name__)`); the CLI decides what reaches the terminal:
+    INFO and above on stderr, one plain line each, or the level named by SMAR_LOG_LEVEL."""
+    level = os.environ.get("SMAR_LOG_LEVEL", "INFO").upper()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("agent", "envs", "pretrain", "serving"):
+        lg = logging.getLogger(name)
+        lg.setLevel(level)
+        if not lg.handlers:
+            lg.addHandler(handler)
+        lg.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    configure_logging()
     if argv and argv[0] == "bench":
         return _dispatch(BENCHES, argv[1:], "smar bench")
     return _dispatch(COMMANDS, argv, "smar")

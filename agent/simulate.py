@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from envs.simulation import (
 )
 from envs.world import WHOLE_PAGE_SPLITS, Split, WorldConfig, generate_world
 from pretrain.plackett_luce import masked_logits, sample_topk, stepwise_log_probs
+
+log = logging.getLogger(__name__)
 
 
 class PlackettLucePolicy:
@@ -78,7 +81,7 @@ def load_split(args: argparse.Namespace) -> Split:
         from pretrain.world_io import load_world
 
         return getattr(load_world(args.world), args.split)
-    print("no --run or --world: generating the default world in memory (single-modal scores unknown)")
+    log.info("no --run or --world: generating the default world in memory (single-modal scores unknown)")
     return getattr(generate_world(WorldConfig(seed=args.simulation.seed)), args.split)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import math
 import os
 import shutil
@@ -42,6 +43,8 @@ import numpy as np
 
 from envs.atomic_io import write_json_atomic
 from envs.serp_env import SerpConfig, SerpEnv
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RUN = "runs/pretrain"
 MODULE_ID = "default_policy"
@@ -500,7 +503,7 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
                 if (out / "metrics.csv").exists():
                     rows = [r for r in read_csv(out / "metrics.csv") if r["iteration"] <= start_iter]
             elif cfg.resume:
-                print(f"--resume: no checkpoint under {out / 'checkpoints'}; starting fresh")
+                log.info("--resume: no checkpoint under %s; starting fresh", out / "checkpoints")
             selection = Selection(out / "best", cfg.constraint, target)
             if cfg.resume and start_iter > 0:
                 selection.restore()
@@ -664,7 +667,7 @@ def _progress(it, enabled: bool, **kw):
         return it
     from tqdm import tqdm
 
-    return tqdm(it, desc="ppo", unit="iter", **kw)
+    return tqdm(it, desc="ppo", unit="iter", disable=None, **kw)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -235,7 +235,7 @@ def bench(
     )
     jobs = [(name, seed) for seed in range(seeds) for name in TRAINED_METHODS if name in methods]
     results: list[dict] = []
-    bar = tqdm(total=len(jobs), desc="bench pretrain", disable=not progress)
+    bar = tqdm(total=len(jobs), desc="bench pretrain", disable=None if progress else True)
     if workers <= 1:
         for name, seed in jobs:
             results.append(run_job(name, seed, base, prep))

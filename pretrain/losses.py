@@ -209,15 +209,13 @@ class LossConfig:
 
     page_weight: float = 1.0
     # Calibration: score ~ grade on annotated items (`pointwise_grade`), so scores are in grade units
-    # across pages. Measured on the default world (3 seeds, offsets + EMA on): SMAR 10% top band
-    # 0.720 -> 0.751 NDCG@10, SFT 0.720 -> 0.735. It is what lets one judged item per modality and
-    # page teach the cross-modal placement.
+    # across pages: what lets one judged item per modality and page teach the cross-modal placement
+    # (ListMLE sees neither a page's score scale nor its offset; README, "SMAR pretraining").
     pointwise_weight: float = 1.0
     # 0 = no single-modal consistency (ablation). The authors use unit weights; ours is larger because
     # the term also runs on single-modal pages (RerankerTrainConfig.sm_batch_pages), i.e. it carries
-    # the knowledge of many more queries than the page term. With the pointwise term, 5 vs 3 measured
-    # (3 seeds, default world) 0.744 +- 0.001 vs 0.743 +- 0.012 NDCG@10 at 10% and 0.765 +- 0.002 vs
-    # 0.739 +- 0.008 at 30%, where more page labels otherwise pull the order away from g^m.
+    # the knowledge of many more queries than the page term, and more page labels (30%) otherwise pull
+    # the order away from g^m (weights compared in the README).
     consistency_weight: float = 5.0
     # "pairwise" (paper hinge), "listwise" (authors' ListMLE variant) or "soft" (graded pairwise:
     # soft targets from the single-modal score gaps, `soft_pairwise_consistency`)

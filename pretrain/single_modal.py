@@ -228,7 +228,9 @@ def train_ranker(
     hold_q = torch.from_numpy(hold.query_features[hold.page_of_item].astype(np.float32))
     opt = torch.optim.Adam(ranker.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best, best_state, best_epoch, bad = -1.0, None, 0, 0
-    bar = tqdm(range(cfg.epochs), desc=f"single-modal {modality}", disable=not progress, leave=False)
+    bar = tqdm(
+        range(cfg.epochs), desc=f"single-modal {modality}", disable=None if progress else True, leave=False
+    )
     for epoch in bar:
         ranker.train()
         order = torch.randperm(len(x), generator=gen)

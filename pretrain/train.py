@@ -45,17 +45,15 @@ METHODS = ("smar", "sft")
 class RerankerTrainConfig:
     """Shape of the reranker and its optimisation."""
 
-    # 64: the match is a query-item interaction (envs.world); at 32 every method lost 0.03-0.04 NDCG@10
-    # on the default world (measured with SFT and SMAR alike).
+    # The match is a query-item interaction (envs.world), which a narrower network under-fits.
     hidden: int = 64
     heads: int = 2
     layers: int = 2
     dropout: float = 0.0
-    # RerankerConfig.modality_offsets: +0.007 NDCG@10 for SFT and SMAR 10% alike (3 seeds).
+    # RerankerConfig.modality_offsets: a per-modality offset read from the query/user context.
     modality_offsets: bool = True
-    # With a 10% budget the holdout NDCG is measured on a few judged items per page and is noisy: a
-    # patience of 6 stopped SMAR 10% runs on noise (best epochs 18-26 of 30; 27-35 with 40 / 10, mean
-    # NDCG@10 0.692 -> 0.705 over 3 seeds); SFT's holdout is fully labelled, its best epochs 17-34.
+    # With a 10% budget the holdout NDCG rests on a few judged items per page and is noisy, so the
+    # patience is long enough not to stop a run on noise.
     epochs: int = 40
     patience: int = 10
     lr: float = 2e-3
@@ -65,7 +63,7 @@ class RerankerTrainConfig:
     # Exponential moving average of the weights (decay per step; 0 = off): the averaged weights are
     # the ones evaluated for model selection and returned. Bias-corrected (step t weighs the average
     # of steps 1..t only), so a short run is not pulled back to its random initialisation.
-    # 0.98 (about 50 steps): +0.01 NDCG@10 for SFT and SMAR 10% alike (3 seeds), less seed spread.
+    # 0.98 averages over about 50 steps.
     ema: float = 0.98
     # Model selection. "holdout": early stopping on NDCG@10 (over annotated items) of a held-out part
     # of the method's OWN annotated pages, so no label beyond the budget is used. "valid": on the fully
@@ -314,7 +312,7 @@ def train_reranker(
         opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         ema_model, ema_steps = (copy.deepcopy(model) if tc.ema > 0 else None), 0
         best, best_state, best_epoch, bad, history = -1.0, None, -1, 0, []
-        bar = tqdm(range(tc.epochs), desc=desc, disable=not progress, leave=False)
+        bar = tqdm(range(tc.epochs), desc=desc, disable=None if progress else True, leave=False)
         for epoch in bar:
             model.train()
             perm = train_idx[torch.randperm(len(train_idx), generator=gen)]

@@ -236,7 +236,7 @@ def _http_runs(checkpoint: str, bodies: list[dict], base_n: int, port: int, out:
         peer = _Peer(checkpoint, deploy.free_port(), out / "peer_logs")
         targets["fastapi"] = peer.url
         steps = [(c, r) for c in CONCURRENCY for r in range(rounds)]
-        for c, _ in tqdm(steps, desc="http rounds", leave=False):
+        for c, _ in tqdm(steps, desc="http rounds", leave=False, disable=None):
             n = max(1, base_n * {1: 1, 8: 2, 32: 4}[c] // rounds)
             for name in HTTP_RUNS:
                 parts[name][str(c)].append(asyncio.run(_load(targets[name], bodies, c, n)))

@@ -422,7 +422,7 @@ class CrossRankImporter:
             n = count_rows([f])
             total = n if self.cfg.limit is None else min(n, self.cfg.limit)
             left = total
-            bar = tqdm(total=total, desc=f"crossrank {split}", unit="page", leave=False)
+            bar = tqdm(total=total, desc=f"crossrank {split}", unit="page", leave=False, disable=None)
             try:
                 for b in batches([f], list(SEARCH_COLUMNS), self.cfg.batch_rows):
                     if left <= 0:

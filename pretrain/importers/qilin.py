@@ -285,7 +285,7 @@ class QilinImporter:
         want[needed] = True
         start, kept, imputed = 0, 0, 0
         cols = list(NOTE_COLUMNS)
-        bar = tqdm(total=n_rows, desc="notes", unit="note", leave=False)
+        bar = tqdm(total=n_rows, desc="notes", unit="note", leave=False, disable=None)
         for b in batches(self.notes_files, cols, 8192):
             ids = (
                 explicit[start : start + b.num_rows]
@@ -676,7 +676,7 @@ class QilinImporter:
     def _write_split(self, out, split, files, notes, users, answers, matched, skip=False) -> dict | None:
         writer = PageFileWriter(out / f"{split}.parquet", self.feature_dims)
         total = count_rows(files) if self.cfg.limit is None else min(self.cfg.limit, count_rows(files))
-        bar = tqdm(total=total, desc=f"qilin {split}", unit="page", leave=False)
+        bar = tqdm(total=total, desc=f"qilin {split}", unit="page", leave=False, disable=None)
         try:
             for b in self._limited(files, list(SEARCH_COLUMNS)):
                 bar.update(b.num_rows)
