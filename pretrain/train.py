@@ -29,7 +29,7 @@ from pretrain.annotation import Annotation, AnnotationConfig, AnnotatorOracle, a
 from pretrain.checkpoint import make_version, save_checkpoint
 from pretrain.data import DataConfig, ImportedData, load_data
 from pretrain.evaluate import evaluate_scores, format_table
-from pretrain.losses import CONSISTENCY_KINDS, LossConfig, smar_loss
+from pretrain.losses import LossConfig, smar_loss
 from pretrain.merge import MergeCalibration, MergeScorer, fit_merge
 from pretrain.page import PageBatch, collate
 from pretrain.reranker import RerankerConfig, WholePageReranker
@@ -499,56 +499,40 @@ def run_table(run: PretrainRun) -> str:
 
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = PretrainConfig()
     p.add_argument(
         "--world", default=None, help="world folder (default: generate the default world into OUT/world)"
     )
     p.add_argument(
         "--data", default=None, help="`smar import` output folder: run the whole pipeline on real data"
     )
-    p.add_argument(
-        "--valid-fraction",
-        type=float,
-        default=DataConfig().valid_fraction,
-        help="--data: last fraction of train pages held out as the valid split",
-    )
+    p.add_class_arguments(DataConfig, "data_split", help="--data: how the imported train pages are split")
     p.add_argument("--out", required=True, help="run folder to write")
-    p.add_argument(
-        "--budget", type=float, default=d.annotation.budget, help="fraction of pool items annotated"
-    )
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--method", choices=METHODS, default=d.method, help="smar, or sft on 100%% of page labels")
-    p.add_argument("--band", default=d.annotation.band, choices=("top", "middle", "bottom", "random"))
-    p.add_argument("--no-anchors", action="store_true", help="spend the whole budget on bands")
-    p.add_argument("--no-consistency", action="store_true", help="drop the single-modal consistency term")
-    p.add_argument("--consistency", default=d.loss.consistency, choices=CONSISTENCY_KINDS)
-    p.add_argument("--epochs", type=int, default=d.train.epochs)
+    # Every pretraining setting: --pretrain.method, --pretrain.annotation.budget, --pretrain.loss.*, ...
+    p.add_class_arguments(PretrainConfig, "pretrain")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def config_from_args(args: argparse.Namespace) -> PretrainConfig:
-    d = PretrainConfig()
-    cfg = replace(
-        d,
-        method=args.method,
-        annotation=replace(d.annotation, budget=args.budget, band=args.band, anchors=not args.no_anchors),
-        loss=replace(
-            d.loss,
-            consistency=args.consistency,
-            consistency_weight=0.0 if args.no_consistency else d.loss.consistency_weight,
-        ),
-        train=replace(d.train, epochs=args.epochs),
-    )
-    return cfg.with_seed(args.seed)
+def seeded(cfg: PretrainConfig) -> PretrainConfig:
+    """`pretrain.seed` seeds every stage; a stage seed set to something else is a conflict, not ignored."""
+    out = cfg.with_seed(cfg.seed)
+    default = PretrainConfig()
+    for stage in ("single_modal", "annotation"):
+        have = getattr(cfg, stage).seed
+        if have not in (getattr(default, stage).seed, cfg.seed):
+            raise SystemExit(
+                f"smar pretrain: pretrain.{stage}.seed={have} conflicts with pretrain.seed={cfg.seed}; "
+                "set pretrain.seed only (it seeds every stage)"
+            )
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
+    cfg = seeded(args.pretrain)
     if args.data is not None and args.world is not None:
         raise SystemExit("smar pretrain: give --world or --data, not both")
     source = args.world
     if args.data is not None:
-        source = load_data(args.data, DataConfig(valid_fraction=args.valid_fraction))
+        source = load_data(args.data, args.data_split)
         print(f"single-modal scores: {source.single_modal_source}")
     r = run_pretrain(source, args.out, cfg, progress=not args.quiet)
     print(run_table(r))

@@ -12,7 +12,9 @@ from pretrain.importers.qilin import QilinConfig, import_qilin
 from pretrain.page import PageValidationError
 
 
-def _modal_map(text: str) -> dict[str, str]:
+def _modal_map(text: str | dict) -> dict[str, str]:
+    if isinstance(text, dict):  # already parsed (a config file or a resolved.yaml)
+        return {str(k): str(v) for k, v in text.items()}
     try:
         pairs = [p.split("=", 1) for p in text.split(",") if p]
         return {k.strip(): v.strip() for k, v in pairs}
@@ -20,9 +22,9 @@ def _modal_map(text: str) -> dict[str, str]:
         raise argparse.ArgumentTypeError(f"expected like 0=doc,1=video, got {text!r}") from None
 
 
-def _cuts(text: str) -> tuple[float, float]:
+def _cuts(text: str | list | tuple) -> tuple[float, float]:
     try:
-        a, b = (float(x) for x in text.split(","))
+        a, b = (float(x) for x in (text.split(",") if isinstance(text, str) else text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected two seconds like 30,120, got {text!r}") from None
     if not 0 < a < b:

@@ -18,8 +18,9 @@ def tiny_run(tiny_world, tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")
     save_world(tiny_world, root / "world")
     code = main(
-        ["pretrain", "--world", str(root / "world"), "--out", str(root / "run"), "--budget", "0.3"]
-        + ["--epochs", "2", "--seed", "1", "--quiet"]
+        ["pretrain", "--world", str(root / "world"), "--out", str(root / "run")]
+        + ["--pretrain.annotation.budget", "0.3", "--pretrain.train.epochs", "2", "--pretrain.seed", "1"]
+        + ["--quiet"]
     )
     assert code == 0
     return root / "run"
@@ -72,3 +73,27 @@ def test_incomplete_run_names_what_is_missing(tiny_run, tmp_path):
     (broken / "run.json").write_text(json.dumps(info))
     with pytest.raises(FileNotFoundError, match="merge.json"):
         PretrainRun.open(broken)
+
+
+def test_resolved_config_reproduces_the_run(tiny_run, tmp_path):
+    """`smar pretrain --config RUN/resolved.yaml` retrains the same model: same config, same metrics."""
+    again = tmp_path / "again"
+    assert main(["pretrain", "--config", str(tiny_run / "resolved.yaml"), "--out", str(again)]) == 0
+    a, b = (json.loads((d / "run.json").read_text()) for d in (tiny_run, again))
+    assert a["config"] == b["config"] and a["config"]["single_modal"]["seed"] == 1
+    assert a["metrics"]["test"] == b["metrics"]["test"]
+
+
+def test_a_stage_seed_that_contradicts_the_run_seed_is_refused(tiny_world, tmp_path):
+    with pytest.raises(SystemExit, match="conflicts with pretrain.seed"):
+        main(
+            [
+                "pretrain",
+                "--out",
+                str(tmp_path / "r"),
+                "--pretrain.seed",
+                "2",
+                "--pretrain.annotation.seed",
+                "5",
+            ]
+        )

@@ -80,8 +80,8 @@ def test_round_trip_keeps_labels_modality_scores(exported):
 def test_pretrain_and_bench_on_data(exported, capsys):
     _, root = exported
     code = main(
-        ["pretrain", "--data", str(root / "imp"), "--out", str(root / "run"), "--budget", "0.3"]
-        + ["--epochs", "2", "--quiet"]
+        ["pretrain", "--data", str(root / "imp"), "--out", str(root / "run")]
+        + ["--pretrain.annotation.budget", "0.3", "--pretrain.train.epochs", "2", "--quiet"]
     )
     assert code == 0
     out = capsys.readouterr().out
@@ -129,7 +129,7 @@ def test_without_single_modal_part_uses_upstream_scores(exported, tmp_path, caps
             str(tmp_path / "imp"),
             "--out",
             str(tmp_path / "run"),
-            "--epochs",
+            "--pretrain.train.epochs",
             "1",
             "--quiet",
         ]
