@@ -27,7 +27,7 @@ logged every iteration under the module id in the learner results.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -37,6 +37,7 @@ from ray.rllib.utils.annotations import override
 
 from agent.constraint import Lagrangian, LagrangianConfig, topk_agreement
 from agent.rl_module import SCORES
+from envs.config_io import from_dict
 from envs.pages import Pages
 from pretrain import plackett_luce as pl
 from pretrain.checkpoint import load_checkpoint
@@ -105,14 +106,7 @@ class ConstraintConfig:
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> ConstraintConfig:
-        d = dict(d or {})
-        known = {f.name for f in fields(ConstraintConfig)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown learner_config_dict keys {unknown}; expected a subset of {sorted(known)}"
-            )
-        return ConstraintConfig(**d)
+        return from_dict(ConstraintConfig, d, "learner_config_dict")
 
 
 class ConstrainedPPOLearner(PPOTorchLearner):

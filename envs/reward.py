@@ -22,10 +22,12 @@ Named rewards:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
 import numpy as np
+
+from envs.config_io import from_dict
 
 RewardName = Literal["success", "clicks", "satisfied", "err"]
 REWARD_NAMES: tuple[str, ...] = get_args(RewardName)
@@ -57,10 +59,7 @@ class RewardConfig:
     def from_json(d: dict | str) -> RewardConfig:
         if isinstance(d, str):
             return RewardConfig(name=d)
-        unknown = sorted(set(d) - {f.name for f in fields(RewardConfig)})
-        if unknown:
-            raise ValueError(f"unknown RewardConfig key(s): {', '.join(unknown)}")
-        return RewardConfig(**d)
+        return from_dict(RewardConfig, d)
 
     def rewards(
         self,

@@ -18,6 +18,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.config_io import from_dict
 from envs.metrics import ndcg_at_k, shown_order_agreement
 from envs.pages import N_MODALITIES, Pages, pad_items
 from envs.reward import RewardConfig
@@ -46,11 +47,9 @@ class SerpConfig:
     @staticmethod
     def from_dict(d: dict) -> SerpConfig:
         d = dict(d)
-        if isinstance(d.get("reward"), dict | str):
-            d["reward"] = RewardConfig.from_json(d["reward"])
-        if isinstance(d.get("user"), dict):
-            d["user"] = UserModelConfig.from_json(d["user"])
-        return SerpConfig(**d)
+        if isinstance(d.get("reward"), str):  # a reward given by name
+            d["reward"] = RewardConfig(name=d["reward"])
+        return from_dict(SerpConfig, d)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from envs.config_io import from_dict
 from envs.pages import MAX_GRADE, MODALITY_ID, N_MODALITIES
 
 ANSWER = MODALITY_ID["answer"]
@@ -139,11 +140,7 @@ class UserModelConfig:
 
     @staticmethod
     def from_json(d: dict) -> UserModelConfig:
-        known = {f.name for f in fields(UserModelConfig)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown UserModelConfig key(s): {', '.join(unknown)}")
-        return UserModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return from_dict(UserModelConfig, d)
 
 
 @dataclass

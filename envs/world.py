@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from envs.config_io import from_dict
 from envs.pages import MAX_GRADE, MODALITIES, N_MODALITIES, Pages
 
 WHOLE_PAGE_SPLITS = ("pool", "valid", "test", "traffic")
@@ -97,11 +98,7 @@ class WorldConfig:
 
     @staticmethod
     def from_json(d: dict) -> WorldConfig:
-        d = dict(d)
-        for k in ("split_fractions", "intent_probs", "grade_cuts"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return WorldConfig(**d)
+        return from_dict(WorldConfig, d)
 
 
 @dataclass

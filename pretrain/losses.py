@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from envs.config_io import from_dict
 from envs.pages import N_MODALITIES
 
 _NEG = -1e9  # stands in for -inf so that gradients stay finite
@@ -245,10 +246,7 @@ class LossConfig:
 
     @staticmethod
     def from_json(d: dict) -> LossConfig:
-        d = dict(d)
-        if "beta" in d:
-            d["beta"] = tuple(d["beta"])
-        return LossConfig(**d)
+        return from_dict(LossConfig, d)
 
 
 def smar_loss(

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from envs.config_io import from_dict
 from envs.pages import MODALITIES, Pages
 from pretrain.page import PageBatch
 
@@ -42,7 +43,7 @@ class RerankerConfig:
 
     @staticmethod
     def from_json(d: dict) -> RerankerConfig:
-        return RerankerConfig(**d)
+        return from_dict(RerankerConfig, d)
 
     @staticmethod
     def for_pages(pages: Pages, **kw) -> RerankerConfig:

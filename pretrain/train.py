@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from envs.config_io import from_dict
 from envs.pages import MODALITIES, Pages
 from envs.world import Split, World, WorldConfig, generate_world
 from pretrain.annotation import Annotation, AnnotationConfig, AnnotatorOracle, annotate, annotate_all
@@ -119,16 +120,7 @@ class PretrainConfig:
 
     @staticmethod
     def from_json(d: dict) -> PretrainConfig:
-        d = dict(d)
-        return PretrainConfig(
-            method=d.get("method", "smar"),
-            seed=d.get("seed", 0),
-            single_modal=SingleModalConfig(**d.get("single_modal", {})),
-            annotation=AnnotationConfig(**d.get("annotation", {})),
-            loss=LossConfig.from_json(d.get("loss", {})),
-            train=RerankerTrainConfig(**d.get("train", {})),
-            merge=d.get("merge", "quantile"),
-        )
+        return from_dict(PretrainConfig, d)
 
     def with_seed(self, seed: int) -> PretrainConfig:
         """The same config with every seed set from one number."""

@@ -11,26 +11,19 @@ same app.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from envs import config_io
 
 CONFIG_PATH = Path(__file__).with_name("config.yaml")
 APP_NAME = "smar"
 RANKER = "Ranker"
 LEDGER = "EventLedger"
 EXPLORATION_MODES = ("greedy", "plackett_luce")
-
-
-def _from_dict(cls, d: dict[str, Any] | None, where: str):
-    d = dict(d or {})
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(names)}")
-    return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -60,7 +53,7 @@ class AppSettings:
 
     def __post_init__(self) -> None:
         if isinstance(self.logs, dict):
-            object.__setattr__(self, "logs", _from_dict(LogSettings, self.logs, "args.logs"))
+            object.__setattr__(self, "logs", config_io.from_dict(LogSettings, self.logs, "args.logs"))
         if self.max_candidates < 1:
             raise ValueError(f"max_candidates must be >= 1, got {self.max_candidates}")
         if self.max_body_bytes < 1024:
@@ -70,7 +63,7 @@ class AppSettings:
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> AppSettings:
-        return _from_dict(AppSettings, d, "args")
+        return config_io.from_dict(AppSettings, d, "args")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,7 +100,7 @@ class RuntimeConfig:
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> RuntimeConfig:
-        return _from_dict(RuntimeConfig, d, "user_config")
+        return config_io.from_dict(RuntimeConfig, d, "user_config")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

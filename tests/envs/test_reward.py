@@ -40,7 +40,7 @@ def test_padding_earns_nothing_and_bad_config_raises():
         RewardConfig(name="dwell")
     with pytest.raises(ValueError, match="gamma"):
         RewardConfig(gamma=1.5)
-    with pytest.raises(ValueError, match="unknown RewardConfig key"):
+    with pytest.raises(ValueError, match="RewardConfig: unknown setting .gama."):
         RewardConfig.from_json({"name": "success", "gama": 0.9})
     assert RewardConfig.from_json("clicks") == RewardConfig(name="clicks")
 
