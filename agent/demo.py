@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     _stage("3. offline simulation: merge vs SMAR (greedy) on the traffic split", t0)
     from agent.simulate import score_policy
-    from envs.simulation import SimulationConfig, format_side_by_side, simulate
+    from envs.feedback_summary import format_side_by_side
+    from envs.simulation import SimulationConfig, simulate
 
     traffic = run_.split("traffic")
     smar_model, smar_ckpt = run_.reranker()

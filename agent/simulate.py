@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from envs.feedback_summary import format_side_by_side
 from envs.pages import Pages, pad_items
 from envs.simulation import (
     GreedyPolicy,
     RandomPolicy,
     SimulationConfig,
     Slates,
-    format_side_by_side,
     simulate,
 )
 from envs.world import WHOLE_PAGE_SPLITS, Split, WorldConfig, generate_world

@@ -7,13 +7,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from envs.feedback_summary import format_side_by_side
 from envs.pages import MODALITIES
 from envs.simulation import (
     GreedyPolicy,
     RandomPolicy,
     SimulationConfig,
     Slates,
-    format_side_by_side,
     simulate,
 )
 from envs.user_model import UserModelConfig
