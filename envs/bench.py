@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 
 from envs.atomic_io import write_json_atomic  # noqa: E402
 from envs.pages import MODALITIES  # noqa: E402
-from envs.user_model import UserModel, UserModelConfig, UserOutcome, simulate_reference  # noqa: E402
+from envs.user_model import UserModel, UserModelConfig, UserOutcome  # noqa: E402
+from envs.user_model_reference import simulate_reference  # noqa: E402
 from envs.world import WorldConfig, WorldGenerator  # noqa: E402
 
 

@@ -15,8 +15,8 @@ from envs.user_model import (
     dwell_log_params,
     examination_probabilities,
     satisfied_click_probability,
-    simulate_reference,
 )
+from envs.user_model_reference import simulate_reference
 
 DOC, IMAGE, VIDEO, ANSWER = (MODALITY_ID[m] for m in ("doc", "image", "video", "answer"))
 CERTAIN_CLICK = 30.0  # click_bias: every examined result is clicked
