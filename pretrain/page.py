@@ -127,7 +127,6 @@ def from_arrow(table: pa.Table, source: str = "<table>", feature_dims: dict[str,
     if any(p is None for p in page_ids):
         raise PageValidationError(f"{source}: field 'page_id' has a null")
     off = _offsets(table.column("item_id"))
-    n_items = int(off[-1])
     for c in ITEM_LIST_COLUMNS:
         if c in table.column_names and table.column(c).null_count == 0:
             o = _offsets(table.column(c))
@@ -135,105 +134,16 @@ def from_arrow(table: pa.Table, source: str = "<table>", feature_dims: dict[str,
             if len(bad):
                 p = bad[0]
                 raise _fail(source, page_ids[p], c, f"{np.diff(o)[p]} entries for {np.diff(off)[p]} items")
-    page_of = np.repeat(np.arange(len(page_ids)), np.diff(off))
-
+    ctx = _Items(table, source, page_ids, off, np.repeat(np.arange(len(page_ids)), np.diff(off)))
     item_id = np.array(_flat(table.column("item_id")).to_pylist(), dtype=object)
-    mod_names = _flat(table.column("modality")).to_pylist()
-    unknown = [i for i, m in enumerate(mod_names) if m not in MODALITY_ID]
-    if unknown:
-        i = unknown[0]
-        raise _fail(
-            source,
-            page_ids[page_of[i]],
-            "modality",
-            f"unknown modality {mod_names[i]!r}; expected {MODALITIES}",
-        )
-    modality = np.array([MODALITY_ID[m] for m in mod_names], np.int8)
-
-    feats_col = _flat(table.column("features"))
-    inner_len = np.diff(np.asarray(feats_col.offsets, np.int64))
-    if feature_dims is None:  # infer: every item of a modality must then agree
-        feature_dims = {}
-        for mid, m in enumerate(MODALITIES):
-            lens = np.unique(inner_len[modality == mid])
-            feature_dims[m] = int(lens[0]) if len(lens) else 0
-    expected = np.array([feature_dims.get(m, 0) for m in MODALITIES], np.int64)[modality]
-    bad = np.nonzero(inner_len != expected)[0]
-    if len(bad):
-        i = bad[0]
-        raise _fail(
-            source,
-            page_ids[page_of[i]],
-            "features",
-            f"item {item_id[i]!r} ({mod_names[i]}) has {inner_len[i]} features, expected {expected[i]}",
-        )
-    flat = np.asarray(feats_col.flatten().to_numpy(zero_copy_only=False), np.float32)
-    if not np.isfinite(flat).all():
-        pos = np.nonzero(~np.isfinite(flat))[0][0]
-        i = int(np.searchsorted(np.cumsum(inner_len), pos, side="right"))
-        raise _fail(source, page_ids[page_of[i]], "features", f"item {item_id[i]!r} has NaN or inf")
-    dmax = max(feature_dims.values()) if feature_dims else 0
-    features = np.zeros((n_items, dmax), np.float32)
-    col_idx = np.arange(dmax)[None, :] < inner_len[:, None]
-    features[col_idx] = flat
-
-    def per_page_matrix(name: str) -> np.ndarray:
-        col = table.column(name)
-        o = _offsets(col)
-        lens = np.unique(np.diff(o))
-        if len(lens) > 1:
-            p = int(np.argmax(np.diff(o) != np.diff(o)[0]))
-            raise _fail(source, page_ids[p], name, f"length {np.diff(o)[p]} differs from {np.diff(o)[0]}")
-        vals = np.asarray(_flat(col).to_numpy(zero_copy_only=False), np.float32)
-        if not np.isfinite(vals).all():
-            p = int(np.nonzero(~np.isfinite(vals))[0][0] // max(int(lens[0]), 1))
-            raise _fail(source, page_ids[p], name, "has NaN or inf")
-        return vals.reshape(len(page_ids), int(lens[0]) if len(lens) else 0)
-
-    def optional(name: str, dtype, null) -> np.ndarray:
-        if name not in table.column_names:
-            return np.full(n_items, null, dtype)
-        col = table.column(name)
-        if col.null_count:  # a null list = unknown for every item of that page
-            arr = col.combine_chunks()
-            sizes = np.diff(off)
-            out = np.full(n_items, null, dtype)
-            o = _offsets(arr)
-            vals = arr.flatten()
-            pos = 0
-            for p in range(len(page_ids)):
-                if arr[p].is_valid:
-                    chunk = vals.slice(o[p], o[p + 1] - o[p])
-                    out[pos : pos + sizes[p]] = _fill(chunk, dtype, null)
-                pos += sizes[p]
-            return out
-        return _fill(_flat(col), dtype, null)
-
-    relevance = optional("relevance", np.int8, -1)
-    bad = np.nonzero((relevance != -1) & ((relevance < 0) | (relevance > MAX_GRADE)))[0]
-    if len(bad):
-        i = bad[0]
-        raise _fail(
-            source,
-            page_ids[page_of[i]],
-            "relevance",
-            f"item {item_id[i]!r} has grade {relevance[i]}, not in 0-4",
-        )
-    score = optional("single_modal_score", np.float32, np.nan)
-    if np.isinf(score).any():
-        i = int(np.nonzero(np.isinf(score))[0][0])
-        raise _fail(source, page_ids[page_of[i]], "single_modal_score", f"item {item_id[i]!r} is inf")
-    click = optional("click", np.int8, -1)
-    dwell = optional("dwell", np.float32, np.nan)
-    if np.isinf(dwell).any() or (dwell < 0).any():
-        i = int(np.nonzero(np.isinf(dwell) | (dwell < 0))[0][0])
-        raise _fail(source, page_ids[page_of[i]], "dwell", f"item {item_id[i]!r} has dwell {dwell[i]}")
-
+    modality = ctx.modalities(item_id)
+    features, feature_dims = ctx.features(item_id, modality, feature_dims)
+    relevance, score, click, dwell = ctx.labels(item_id)
     pages = Pages(
         page_id=page_ids,
         query_id=np.array(table.column("query_id").to_pylist(), dtype=object),
-        query_features=per_page_matrix("query_features"),
-        user_features=per_page_matrix("user_features"),
+        query_features=ctx.per_page_matrix("query_features"),
+        user_features=ctx.per_page_matrix("user_features"),
         offsets=off,
         item_id=item_id,
         modality=modality,
@@ -246,6 +156,111 @@ def from_arrow(table: pa.Table, source: str = "<table>", feature_dims: dict[str,
     )
     _check_unique_items(pages, source)
     return pages
+
+
+@dataclass
+class _Items:
+    """The item columns of one page table being read; each method reads and validates one part."""
+
+    table: pa.Table
+    source: str
+    page_ids: np.ndarray
+    off: np.ndarray  # item offsets per page
+    page_of: np.ndarray  # page index of each item
+
+    def fail(self, item: int, column: str, why: str) -> PageValidationError:
+        return _fail(self.source, self.page_ids[self.page_of[item]], column, why)
+
+    def modalities(self, item_id: np.ndarray) -> np.ndarray:
+        names = _flat(self.table.column("modality")).to_pylist()
+        unknown = [i for i, m in enumerate(names) if m not in MODALITY_ID]
+        if unknown:
+            i = unknown[0]
+            raise self.fail(i, "modality", f"unknown modality {names[i]!r}; expected {MODALITIES}")
+        return np.array([MODALITY_ID[m] for m in names], np.int8)
+
+    def features(
+        self, item_id: np.ndarray, modality: np.ndarray, feature_dims: dict[str, int] | None
+    ) -> tuple[np.ndarray, dict[str, int]]:
+        feats_col = _flat(self.table.column("features"))
+        inner_len = np.diff(np.asarray(feats_col.offsets, np.int64))
+        if feature_dims is None:  # infer: every item of a modality must then agree
+            feature_dims = {}
+            for mid, m in enumerate(MODALITIES):
+                lens = np.unique(inner_len[modality == mid])
+                feature_dims[m] = int(lens[0]) if len(lens) else 0
+        expected = np.array([feature_dims.get(m, 0) for m in MODALITIES], np.int64)[modality]
+        bad = np.nonzero(inner_len != expected)[0]
+        if len(bad):
+            i = bad[0]
+            name = MODALITIES[modality[i]]
+            raise self.fail(
+                i,
+                "features",
+                f"item {item_id[i]!r} ({name}) has {inner_len[i]} features, expected {expected[i]}",
+            )
+        flat = np.asarray(feats_col.flatten().to_numpy(zero_copy_only=False), np.float32)
+        if not np.isfinite(flat).all():
+            pos = np.nonzero(~np.isfinite(flat))[0][0]
+            i = int(np.searchsorted(np.cumsum(inner_len), pos, side="right"))
+            raise self.fail(i, "features", f"item {item_id[i]!r} has NaN or inf")
+        dmax = max(feature_dims.values()) if feature_dims else 0
+        features = np.zeros((len(item_id), dmax), np.float32)
+        features[np.arange(dmax)[None, :] < inner_len[:, None]] = flat
+        return features, feature_dims
+
+    def per_page_matrix(self, name: str) -> np.ndarray:
+        col = self.table.column(name)
+        o = _offsets(col)
+        lens = np.unique(np.diff(o))
+        if len(lens) > 1:
+            p = int(np.argmax(np.diff(o) != np.diff(o)[0]))
+            raise _fail(
+                self.source, self.page_ids[p], name, f"length {np.diff(o)[p]} differs from {np.diff(o)[0]}"
+            )
+        vals = np.asarray(_flat(col).to_numpy(zero_copy_only=False), np.float32)
+        if not np.isfinite(vals).all():
+            p = int(np.nonzero(~np.isfinite(vals))[0][0] // max(int(lens[0]), 1))
+            raise _fail(self.source, self.page_ids[p], name, "has NaN or inf")
+        return vals.reshape(len(self.page_ids), int(lens[0]) if len(lens) else 0)
+
+    def optional(self, name: str, dtype, null) -> np.ndarray:
+        n_items = int(self.off[-1])
+        if name not in self.table.column_names:
+            return np.full(n_items, null, dtype)
+        col = self.table.column(name)
+        if not col.null_count:
+            return _fill(_flat(col), dtype, null)
+        # a null list = unknown for every item of that page
+        arr = col.combine_chunks()
+        sizes = np.diff(self.off)
+        out = np.full(n_items, null, dtype)
+        o = _offsets(arr)
+        vals = arr.flatten()
+        pos = 0
+        for p in range(len(self.page_ids)):
+            if arr[p].is_valid:
+                out[pos : pos + sizes[p]] = _fill(vals.slice(o[p], o[p + 1] - o[p]), dtype, null)
+            pos += sizes[p]
+        return out
+
+    def labels(self, item_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Relevance, single-modal score, click and dwell, each checked for its valid range."""
+        relevance = self.optional("relevance", np.int8, -1)
+        bad = np.nonzero((relevance != -1) & ((relevance < 0) | (relevance > MAX_GRADE)))[0]
+        if len(bad):
+            i = bad[0]
+            raise self.fail(i, "relevance", f"item {item_id[i]!r} has grade {relevance[i]}, not in 0-4")
+        score = self.optional("single_modal_score", np.float32, np.nan)
+        if np.isinf(score).any():
+            i = int(np.nonzero(np.isinf(score))[0][0])
+            raise self.fail(i, "single_modal_score", f"item {item_id[i]!r} is inf")
+        click = self.optional("click", np.int8, -1)
+        dwell = self.optional("dwell", np.float32, np.nan)
+        if np.isinf(dwell).any() or (dwell < 0).any():
+            i = int(np.nonzero(np.isinf(dwell) | (dwell < 0))[0][0])
+            raise self.fail(i, "dwell", f"item {item_id[i]!r} has dwell {dwell[i]}")
+        return relevance, score, click, dwell
 
 
 def _fill(arr: pa.Array, dtype, null) -> np.ndarray:
