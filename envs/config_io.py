@@ -41,6 +41,17 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     return cls(**kwargs)
 
 
+class JsonConfig:
+    """Mixin of every config dataclass: `to_json()` plain data, `from_json(d)` the strict loader."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Any:
+        return from_dict(cls, data)
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """Plain data of a config dataclass (tuples stay tuples; json writes them as lists)."""
     return dataclasses.asdict(obj)

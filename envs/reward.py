@@ -22,19 +22,19 @@ Named rewards:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
 
-from envs.config_io import from_dict
+from envs.config_io import JsonConfig, from_dict
 
 RewardName = Literal["success", "clicks", "satisfied", "err"]
 REWARD_NAMES: tuple[str, ...] = get_args(RewardName)
 
 
 @dataclass(frozen=True)
-class RewardConfig:
+class RewardConfig(JsonConfig):
     """Which reward, by name, and its parameters."""
 
     name: RewardName = "success"
@@ -52,14 +52,10 @@ class RewardConfig:
         if not np.isfinite(self.click_weight):
             raise ValueError("RewardConfig.click_weight must be finite")
 
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @staticmethod
-    def from_json(d: dict | str) -> RewardConfig:
-        if isinstance(d, str):
-            return RewardConfig(name=d)
-        return from_dict(RewardConfig, d)
+    @classmethod
+    def from_json(cls, d: dict | str | None) -> RewardConfig:
+        """Also takes a reward by name."""
+        return RewardConfig(name=d) if isinstance(d, str) else from_dict(RewardConfig, d)
 
     def rewards(
         self,

@@ -12,13 +12,13 @@ The observation/action/info contract is stated in `SerpEnv`'s docstring; the RL 
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.config_io import from_dict
+from envs.config_io import JsonConfig, from_dict
 from envs.metrics import ndcg_at_k, shown_order_agreement
 from envs.pages import N_MODALITIES, Pages, pad_items
 from envs.reward import RewardConfig
@@ -27,7 +27,7 @@ from envs.world import ItemTruth, WorldConfig, WorldGenerator
 
 
 @dataclass(frozen=True)
-class SerpConfig:
+class SerpConfig(JsonConfig):
     """Shape of the environment. `n_max` must be at least the longest page."""
 
     n_max: int = 40  # 4 modalities x 10 candidates in the default world
@@ -50,9 +50,6 @@ class SerpConfig:
         if isinstance(d.get("reward"), str):  # a reward given by name
             d["reward"] = RewardConfig(name=d["reward"])
         return from_dict(SerpConfig, d)
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 # A small default world's traffic split, built once per process (vector envs share it).

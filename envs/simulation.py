@@ -29,7 +29,7 @@ clicks, satisfied, good_abandon, abandon, reformulate, reward, ndcg@10, consiste
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from envs.atomic_io import write_json_atomic, write_parquet_atomic
+from envs.config_io import JsonConfig
 from envs.feedback_summary import plot_feedback, summarise
 from envs.metrics import ndcg_at_k, shown_order_agreement
 from envs.pages import MODALITIES, Pages, pad_items
@@ -123,7 +124,7 @@ class GreedyPolicy:
 
 
 @dataclass(frozen=True)
-class SimulationConfig:
+class SimulationConfig(JsonConfig):
     sessions: int = 1000
     slate_size: int = 10
     max_queries: int = 3
@@ -131,9 +132,6 @@ class SimulationConfig:
     batch_pages: int = 2048  # pages per policy/user-model call
     reward: RewardConfig = field(default_factory=RewardConfig)
     user: UserModelConfig = field(default_factory=UserModelConfig)
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

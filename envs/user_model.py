@@ -40,11 +40,11 @@ positions actually reached are those before the first stopping event (a cumulati
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-from envs.config_io import from_dict
+from envs.config_io import JsonConfig
 from envs.pages import MAX_GRADE, MODALITY_ID, N_MODALITIES
 
 ANSWER = MODALITY_ID["answer"]
@@ -67,7 +67,7 @@ ERR_SATISFACTION = (0.02, 0.0625, 0.1875, 0.4375, 0.9375)
 
 
 @dataclass(frozen=True)
-class UserModelConfig:
+class UserModelConfig(JsonConfig):
     """Parameters of the simulated user. Per-modality tuples are ordered (doc, image, video, answer).
 
     The defaults are fitted to published search-log statistics with the SMAR reranker as the
@@ -134,13 +134,6 @@ class UserModelConfig:
             tail = table[-1] * ratio ** np.arange(1, k - len(table) + 1)
             table = np.concatenate([table, tail])
         return self.examination_top * table[:k]
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @staticmethod
-    def from_json(d: dict) -> UserModelConfig:
-        return from_dict(UserModelConfig, d)
 
 
 @dataclass

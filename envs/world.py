@@ -41,18 +41,18 @@ only the query features do.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from envs.config_io import from_dict
+from envs.config_io import JsonConfig
 from envs.pages import MAX_GRADE, MODALITIES, N_MODALITIES, Pages
 
 WHOLE_PAGE_SPLITS = ("pool", "valid", "test", "traffic")
 
 
 @dataclass(frozen=True)
-class WorldConfig:
+class WorldConfig(JsonConfig):
     """Size and shape of the synthetic world. Defaults are the built-in demo world."""
 
     seed: int = 0
@@ -92,13 +92,6 @@ class WorldConfig:
                 f"query_dim ({self.query_dim}) must be >= {N_MODALITIES} + topic_dim ({self.topic_dim}) "
                 "so that query features carry the intent and the topic"
             )
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @staticmethod
-    def from_json(d: dict) -> WorldConfig:
-        return from_dict(WorldConfig, d)
 
 
 @dataclass

@@ -29,10 +29,11 @@ of pages with `anchor_share` of the budget; bands then use the rest (unused anch
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from envs.config_io import JsonConfig
 from envs.pages import Pages
 from envs.world import Split
 
@@ -114,7 +115,7 @@ class AnnotatorOracle:
 
 
 @dataclass(frozen=True)
-class AnnotationConfig:
+class AnnotationConfig(JsonConfig):
     """How the budget is spent. Defaults: the authors' middle band (from 20%) plus iso-label anchors."""
 
     budget: float = 0.1  # fraction of candidate items judged (bands + anchors)
@@ -136,9 +137,6 @@ class AnnotationConfig:
             raise ValueError(f"anchor_share must be in [0, 1], got {self.anchor_share}")
         if self.anchor_levels < 1:
             raise ValueError(f"anchor_levels must be >= 1, got {self.anchor_levels}")
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -19,11 +19,12 @@ DIR holds `train.parquet`, `test.parquet`, optionally `single_modal.parquet`, an
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from envs.config_io import JsonConfig
 from envs.pages import MODALITIES, Pages
 from envs.world import ItemTruth, Split
 from pretrain.page import read_pages
@@ -32,15 +33,12 @@ DATA_SPLITS = ("pool", "valid", "test")
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(JsonConfig):
     valid_fraction: float = 1.0 / 3.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 def keep_items(pages: Pages, keep: np.ndarray) -> Pages:

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
+from envs.config_io import JsonConfig
 from envs.pages import N_MODALITIES, Pages
 from pretrain.single_modal import mean_ndcg
 
 
 @dataclass(frozen=True)
-class LGBMConfig:
+class LGBMConfig(JsonConfig):
     num_leaves: tuple[int, ...] = (15, 63)
     learning_rate: tuple[float, ...] = (0.05, 0.1)
     min_data_in_leaf: tuple[int, ...] = (20, 100)
@@ -37,9 +38,6 @@ class LGBMConfig:
             {"num_leaves": a, "learning_rate": b, "min_data_in_leaf": c}
             for a, b, c in itertools.product(self.num_leaves, self.learning_rate, self.min_data_in_leaf)
         ]
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 def item_matrix(pages: Pages) -> np.ndarray:

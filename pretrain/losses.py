@@ -12,12 +12,12 @@ loss on the iso-label cross-modal pairs, see `pretrain.annotation`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from envs.config_io import from_dict
+from envs.config_io import JsonConfig
 from envs.pages import N_MODALITIES
 
 _NEG = -1e9  # stands in for -inf so that gradients stay finite
@@ -205,7 +205,7 @@ CONSISTENCY_KINDS = ("pairwise", "listwise", "soft")
 
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossConfig(JsonConfig):
     """Weights of the SMAR objective: page + consistency_weight * consistency + anchor_weight * anchors."""
 
     page_weight: float = 1.0
@@ -240,13 +240,6 @@ class LossConfig:
         for name in ("page_weight", "pointwise_weight", "consistency_weight", "anchor_weight", "margin"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @staticmethod
-    def from_json(d: dict) -> LossConfig:
-        return from_dict(LossConfig, d)
 
 
 def smar_loss(

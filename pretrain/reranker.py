@@ -9,13 +9,13 @@ pages) lives inside the module as buffers, so a checkpoint scores raw features w
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from envs.config_io import from_dict
+from envs.config_io import JsonConfig
 from envs.pages import MODALITIES, Pages
 from pretrain.page import PageBatch
 
@@ -23,7 +23,7 @@ PAD_SCORE = -1e9  # score of padded slots: exp(PAD_SCORE) == 0, argsort puts the
 
 
 @dataclass(frozen=True)
-class RerankerConfig:
+class RerankerConfig(JsonConfig):
     """Shape of the reranker. Saved in every checkpoint's manifest and enough to rebuild the module."""
 
     feature_dims: dict[str, int] = field(default_factory=lambda: {m: 1 for m in MODALITIES})
@@ -37,13 +37,6 @@ class RerankerConfig:
     # cross-modal placement (how much this query wants each modality) as its own low-capacity path,
     # so the few page labels that teach it need not be spread through the whole network.
     modality_offsets: bool = False
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @staticmethod
-    def from_json(d: dict) -> RerankerConfig:
-        return from_dict(RerankerConfig, d)
 
     @staticmethod
     def for_pages(pages: Pages, **kw) -> RerankerConfig:

@@ -18,7 +18,7 @@ SHA-256), written atomically like `pretrain.checkpoint`, whose hashing helpers t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from envs.config_io import JsonConfig
 from envs.metrics import ndcg_of_scores
 from envs.pages import MODALITIES, MODALITY_ID, Pages, pad_items
 from pretrain.checkpoint import load_weights, make_version, read_verified_manifest, write_model_folder
@@ -37,7 +38,7 @@ FORMAT = "smar-single-modal/1"
 
 
 @dataclass(frozen=True)
-class SingleModalConfig:
+class SingleModalConfig(JsonConfig):
     """Shape and training of the single-modal rankers (shared by all modalities)."""
 
     hidden: int = 64
@@ -54,9 +55,6 @@ class SingleModalConfig:
             raise ValueError(f"holdout must be in (0, 1), got {self.holdout}")
         if self.epochs < 1 or self.hidden < 1 or self.batch_pages < 1:
             raise ValueError("epochs, hidden and batch_pages must be >= 1")
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 class SingleModalRanker(nn.Module):

@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import copy
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from envs.config_io import from_dict
+from envs.config_io import JsonConfig
 from envs.pages import MODALITIES, Pages
 from envs.world import Split, World, WorldConfig, generate_world
 from pretrain.annotation import Annotation, AnnotationConfig, AnnotatorOracle, annotate, annotate_all
@@ -100,7 +100,7 @@ class RerankerTrainConfig:
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(JsonConfig):
     """Everything `smar pretrain` does, typed. Saved in run.json and in the reranker's manifest."""
 
     method: str = "smar"  # "smar" (budgeted annotation + consistency + anchors) or "sft" (all labels)
@@ -114,13 +114,6 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @staticmethod
-    def from_json(d: dict) -> PretrainConfig:
-        return from_dict(PretrainConfig, d)
 
     def with_seed(self, seed: int) -> PretrainConfig:
         """The same config with every seed set from one number."""
