@@ -36,13 +36,39 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     t0 = time.time()
     plots: dict[str, str] = {}
-
     _stage("1. world", t0)
+    _world(args, out)
+    _stage("2. SMAR pretraining (single-modal rankers, budgeted annotation, whole-page reranker)", t0)
+    run_ = _pretrain(args, out)
+    _stage("3. offline simulation: merge vs SMAR (greedy) on the traffic split", t0)
+    plots.update(_simulate(args, out, run_))
+    _stage("4. constrained PPO fine-tuning from the SMAR reranker (RLlib)", t0)
+    train = _train(args, out, run_)
+    plots["train/learning_curves"] = str(out / "train" / "learning_curves.png")
+    _stage("5. Ray Serve: rank simulator pages over HTTP, send feedback, shut down", t0)
+    from serving.demo import serving_demo
+
+    serving_demo(train.policy_path, run_.split("traffic"), out / "serve", n_pages=8, seed=args.seed)
+    _stage("6. continual online updates (traffic -> logs -> update -> gate -> publish)", t0)
+    online_cfg, online = _online(args, out, run_, train)
+    plots["online/rounds"] = online["plot"]
+    _stage("7. closing table: held-out test sessions, deterministic top-10 and as served", t0)
+    table = _closing_table(args, out, run_, train, online_cfg.temperature)
+    write_json_atomic(out / "summary.json", {"closing_table": table, "plots": plots})
+    print("\nplots:")
+    for name, path in plots.items():
+        print(f"  {name:<28} {path}")
+    print(f"summary: {out / 'summary.json'}   total time {time.time() - t0:.0f} s")
+    return 0
+
+
+def _world(args: argparse.Namespace, out: Path) -> None:
     world = generate_world(WorldConfig(seed=args.seed))
     save_world(world, out / "world")
     print(format_summary(world.summary()))
 
-    _stage("2. SMAR pretraining (single-modal rankers, budgeted annotation, whole-page reranker)", t0)
+
+def _pretrain(args: argparse.Namespace, out: Path):
     from pretrain.run import PretrainRun
     from pretrain.train import PretrainConfig, run_pretrain, run_table
 
@@ -50,18 +76,20 @@ def run(args: argparse.Namespace) -> int:
         run_ = PretrainRun.open(out / "pretrain")
         print(f"reusing {run_.root}")
     else:
-        run_ = run_pretrain(out / "world", out / "pretrain", PretrainConfig(seed=args.seed))
+        run_ = run_pretrain(out / "world", out / "pretrain", PretrainConfig().with_seed(args.seed))
     print(run_table(run_))
+    return run_
 
-    _stage("3. offline simulation: merge vs SMAR (greedy) on the traffic split", t0)
+
+def _simulate(args: argparse.Namespace, out: Path, run_) -> dict[str, str]:
     from agent.simulate import score_policy
     from envs.feedback_summary import format_side_by_side
     from envs.simulation import SimulationConfig, simulate
 
     traffic = run_.split("traffic")
-    smar_model, smar_ckpt = run_.reranker()
+    smar_model, _ = run_.reranker()
     sim_cfg = SimulationConfig(sessions=args.simulate_sessions, seed=args.seed)
-    summaries = {}
+    summaries, plots = {}, {}
     for name, scorer in (("merge", run_.merge().score), ("SMAR", smar_model.score_pages)):
         log = simulate(score_policy(name, scorer, 0.0), traffic.pages, traffic.truth, sim_cfg)
         summaries[name] = log.summary()
@@ -69,8 +97,10 @@ def run(args: argparse.Namespace) -> int:
             if str(path).endswith(".png"):
                 plots[f"simulate/{name}/{kind}"] = str(path)
     print(format_side_by_side(summaries))
+    return plots
 
-    _stage("4. constrained PPO fine-tuning from the SMAR reranker (RLlib)", t0)
+
+def _train(args: argparse.Namespace, out: Path, run_):
     from agent.train import TrainConfig, train_policy
 
     train = train_policy(
@@ -78,18 +108,13 @@ def run(args: argparse.Namespace) -> int:
             out=str(out / "train"), run=str(run_.root), iterations=args.train_iterations, seed=args.seed
         )
     )
-    before, after = train.initial_eval, train.final_eval
     print(f"{'held-out sessions':<22}{'reward':>9}{'ndcg@10':>9}{'consistency':>13}")
-    for label, e in (("before (SMAR)", before), ("after (PPO)", after)):
+    for label, e in (("before (SMAR)", train.initial_eval), ("after (PPO)", train.final_eval)):
         print(f"{label:<22}{e['reward']:>9.4f}{e['ndcg@10']:>9.4f}{e['consistency']:>13.4f}")
-    plots["train/learning_curves"] = str(out / "train" / "learning_curves.png")
+    return train
 
-    _stage("5. Ray Serve: rank simulator pages over HTTP, send feedback, shut down", t0)
-    from serving.demo import serving_demo
 
-    serving_demo(train.policy_path, traffic, out / "serve", n_pages=8, seed=args.seed)
-
-    _stage("6. continual online updates (traffic -> logs -> update -> gate -> publish)", t0)
+def _online(args: argparse.Namespace, out: Path, run_, train):
     from agent.online import OnlineConfig, OnlineLoop
 
     online_cfg = OnlineConfig(
@@ -100,14 +125,16 @@ def run(args: argparse.Namespace) -> int:
         impressions_per_round=args.impressions_per_round,
         seed=args.seed,
     )
-    online = OnlineLoop(online_cfg).run_all()
-    plots["online/rounds"] = online["plot"]
+    return online_cfg, OnlineLoop(online_cfg).run_all()
 
-    _stage("7. closing table: held-out test sessions, deterministic top-10 and as served", t0)
+
+def _closing_table(args: argparse.Namespace, out: Path, run_, train, t_serve: float) -> dict:
+    """Every stage's policy on the held-out test sessions: deterministic top-10 and as served."""
     from agent.evaluation import evaluate_policy, served_reward
     from serving.registry import Registry
 
     test = run_.split("test")
+    smar_model, smar_ckpt = run_.reranker()
     final = Registry(out / "online" / "registry").current()
     rows = {
         "merge": run_.merge(),
@@ -115,7 +142,6 @@ def run(args: argparse.Namespace) -> int:
         f"RL ({train.version})": str(train.policy_path),
         f"online ({final.version})": str(final.path),
     }
-    t_serve = online_cfg.temperature
     table = {}
     for name, policy in rows.items():
         table[name] = evaluate_policy(policy, test.pages, test.truth, seed=args.seed, repeats=3)
@@ -132,9 +158,4 @@ def run(args: argparse.Namespace) -> int:
         "reward: the deterministic top-10 (what the policy ranks); served: Plackett-Luce slates at the\n"
         "endpoint's exploration temperature (what users of the exploring endpoint see), 3 samples per page"
     )
-    write_json_atomic(out / "summary.json", {"closing_table": table, "plots": plots})
-    print("\nplots:")
-    for name, path in plots.items():
-        print(f"  {name:<28} {path}")
-    print(f"summary: {out / 'summary.json'}   total time {time.time() - t0:.0f} s")
-    return 0
+    return table
