@@ -29,10 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.evaluation import METRICS, evaluate_policy, random_scorer
+from agent.evaluation import SESSION_METRICS, evaluate_policy, random_scorer
 from agent.reward_landscape import fresh_network, layout_gradient, reference_policies
 from agent.train import (
-    DEFAULT_RUN,
     TrainConfig,
     add_ppo_arguments,
     ppo_options,
@@ -40,6 +39,7 @@ from agent.train import (
     train_policy,
 )
 from envs.atomic_io import write_json_atomic
+from pretrain.run import DEFAULT_RUN, open_or_pretrain
 
 RL_METHODS = ("ppo_scratch", "ppo_unconstrained", "ppo_constrained")
 BASELINES = ("random", "merge", "smar")
@@ -54,21 +54,6 @@ EVAL_REPEATS = 10  # plays of each held-out session per method and seed (200 ses
 # 0 / 1: unconstrained 1.2748 / 1.2442 = SMAR's), which makes the comparison between the RL methods
 # degenerate; ppo_scratch picks its most consistent iterate when none meets the target.
 SELECT_EVERY = 0
-
-
-def ensure_run(path: str | Path, progress: bool = True):
-    """Open the pretrain run at `path`, training the default one there first if it is missing."""
-    from pretrain.run import PretrainRun
-
-    try:
-        return PretrainRun.open(path)
-    except FileNotFoundError:
-        from pretrain.runtime import torch_threads
-        from pretrain.train import run_pretrain
-
-        print(f"no pretrain run at {path}: training the default world's SMAR run there (smar pretrain)")
-        with torch_threads(1):
-            return run_pretrain(None, path, progress=progress)
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -238,7 +223,7 @@ def run_bench(args) -> dict:
     t0 = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    run = ensure_run(args.run)
+    run = open_or_pretrain(args.run)
     test = run.split("test")
     serp = serp_config_for([run.scored_pages("traffic"), test.pages], {"reward": {"name": args.reward}})
     smar, _ = run.reranker()
@@ -282,7 +267,7 @@ def run_bench(args) -> dict:
 
     methods = {}
     for name, evals in per_seed.items():
-        methods[name] = {k: _stats([e[k] for e in evals]) for k in METRICS}
+        methods[name] = {k: _stats([e[k] for e in evals]) for k in SESSION_METRICS}
         methods[name]["env_steps"] = int(np.mean(env_steps[name])) if name in env_steps else 0
         if name in timings:
             methods[name]["train_seconds"] = _stats(timings[name])

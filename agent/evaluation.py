@@ -27,7 +27,7 @@ from envs.serp_env import SerpConfig, SerpEnv
 from envs.world import ItemTruth
 
 Scorer = Callable[[Pages], np.ndarray]
-METRICS = ("reward", "ctr", "satisfied_click_rate", "ndcg@10", "consistency")
+SESSION_METRICS = ("reward", "ctr", "satisfied_click_rate", "ndcg@10", "consistency")
 
 
 def as_scorer(policy: Any) -> Scorer:
@@ -173,7 +173,7 @@ def evaluate_policy(
     """Mean metrics of the deterministic top-K policy over `sessions` (default: all) x `repeats`.
 
     `policy`: a WholePageReranker, a checkpoint folder, an object with `.score(pages)`, or a callable.
-    Returns {metric: mean} for METRICS plus "episodes" and "pages" (counts).
+    Returns {metric: mean} for SESSION_METRICS plus "episodes" and "pages" (counts).
     """
     r = _rollouts(policy, pages, truth, sessions, seed, repeats, serp)
     cons = r["consistency"][~np.isnan(r["consistency"])]

@@ -43,10 +43,10 @@ import numpy as np
 
 from envs.atomic_io import write_json_atomic
 from envs.serp_env import SerpConfig, SerpEnv
+from pretrain.run import DEFAULT_RUN
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RUN = "runs/pretrain"
 MODULE_ID = "default_policy"
 CSV_COLUMNS = (
     "iteration",

@@ -180,12 +180,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.bench import ensure_run
     from envs.bench import run_bench as speed_bench
+    from pretrain.run import open_or_pretrain
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    run_ = ensure_run(args.run)
+    run_ = open_or_pretrain(args.run)
     user, reward = UserModelConfig(), RewardConfig(name=args.reward)
     cal = calibration(run_, user, args.sessions, args.seeds)
     print(

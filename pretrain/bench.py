@@ -26,11 +26,18 @@ from envs.atomic_io import write_json_atomic
 from envs.pages import MODALITIES
 from envs.world import WorldConfig, generate_world
 from pretrain.data import DataConfig, load_data
-from pretrain.evaluate import METRICS, evaluate_scores, format_table
+from pretrain.evaluate import RANKING_METRICS, evaluate_scores, format_table
 from pretrain.lgbm import LGBMConfig, train_lgbm
 from pretrain.merge import MergeScorer
 from pretrain.single_modal import within_modality_ndcg
-from pretrain.train import Prepared, PretrainConfig, annotate_pool, consistency_pages, prepare, train_reranker
+from pretrain.train import (
+    PretrainConfig,
+    ScoredData,
+    annotate_pool,
+    consistency_pages,
+    prepare,
+    train_reranker,
+)
 
 RERANKER_METHODS = ("sft_full", "smar_p10", "smar_p30", "smar_p10_no_consistency", "smar_p10_no_anchors")
 TRAINED_METHODS = ("lgbm_full", *RERANKER_METHODS)  # lgbm_full: LightGBM LambdaMART, 100% of page labels
@@ -54,7 +61,7 @@ def method_config(name: str, base: PretrainConfig) -> PretrainConfig:
     return table[name]
 
 
-_PREP: Prepared | None = None
+_PREP: ScoredData | None = None
 
 
 def _init_worker(prep_path: str) -> None:
@@ -66,7 +73,7 @@ def _init_worker(prep_path: str) -> None:
         _PREP = pickle.load(f)
 
 
-def run_job(name: str, seed: int, base: PretrainConfig, prep: Prepared | None = None) -> dict:
+def run_job(name: str, seed: int, base: PretrainConfig, prep: ScoredData | None = None) -> dict:
     """Train and evaluate one (method, seed) on the test split."""
     prep = prep or _PREP
     if name == "lgbm_full":
@@ -97,7 +104,7 @@ def run_job(name: str, seed: int, base: PretrainConfig, prep: Prepared | None = 
     }
 
 
-def _run_lgbm(seed: int, base: PretrainConfig, prep: Prepared) -> dict:
+def _run_lgbm(seed: int, base: PretrainConfig, prep: ScoredData) -> dict:
     """lgbm_full: every pool label through the oracle (ledger at 100%), LambdaMART tuned on valid."""
     cfg = replace(base, method="sft").with_seed(seed)
     t0 = time.perf_counter()
@@ -126,7 +133,10 @@ def _run_lgbm(seed: int, base: PretrainConfig, prep: Prepared) -> dict:
 
 def _aggregate(results: list[dict], merge_metrics: dict) -> dict:
     methods: dict[str, dict] = {
-        "merge": {"annotation_fraction": 0.0, **{m: {"mean": merge_metrics[m], "std": 0.0} for m in METRICS}}
+        "merge": {
+            "annotation_fraction": 0.0,
+            **{m: {"mean": merge_metrics[m], "std": 0.0} for m in RANKING_METRICS},
+        }
     }
     for name in TRAINED_METHODS:
         rows = [r for r in results if r["method"] == name]
@@ -136,7 +146,7 @@ def _aggregate(results: list[dict], merge_metrics: dict) -> dict:
             "annotation_fraction": float(np.mean([r["annotation_fraction"] for r in rows])),
             "seconds": float(np.mean([r["seconds"] for r in rows])),
         }
-        for m in METRICS:
+        for m in RANKING_METRICS:
             v = np.array([r[m] for r in rows], np.float64)
             methods[name][m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
         methods[name]["within_modality_ndcg@10"] = {

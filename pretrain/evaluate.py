@@ -15,7 +15,7 @@ import numpy as np
 from envs.metrics import mrr_at_k, ndcg_of_scores, within_modality_agreement
 from envs.pages import Pages
 
-METRICS = ("ndcg@10", "ndcg@5", "mrr@10", "mrr@1", "consistency")
+RANKING_METRICS = ("ndcg@10", "ndcg@5", "mrr@10", "mrr@1", "consistency")
 
 
 def evaluate_scores(scores: np.ndarray, pages: Pages, relevance: np.ndarray) -> dict[str, float]:
@@ -54,12 +54,12 @@ def evaluate_scores(scores: np.ndarray, pages: Pages, relevance: np.ndarray) -> 
 
 def format_table(rows: dict[str, dict], title: str = "") -> str:
     """A fixed-width table: rows name -> {"annotation_fraction": f, metric: float or {"mean","std"}}."""
-    head = f"{'method':<26}{'annot.':>8}" + "".join(f"{m:>18}" for m in METRICS)
+    head = f"{'method':<26}{'annot.':>8}" + "".join(f"{m:>18}" for m in RANKING_METRICS)
     lines = [title] if title else []
     lines += [head, "-" * len(head)]
     for name, row in rows.items():
         cells = []
-        for m in METRICS:
+        for m in RANKING_METRICS:
             v = row.get(m)
             if isinstance(v, dict):
                 cells.append(f"{v['mean']:.4f} ± {v['std']:.4f}".rjust(18))

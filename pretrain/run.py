@@ -16,6 +16,7 @@ absolute otherwise. Simulator truth is never copied into the run: `split()` read
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ from pretrain.reranker import WholePageReranker
 from pretrain.single_modal import SingleModalRankers
 from pretrain.world_io import _read_truth
 
+log = logging.getLogger(__name__)
+
+DEFAULT_RUN = "runs/pretrain"  # where every command looks for (or trains) the pretrain run
 RUN_JSON = "run.json"
 MERGE_JSON = "merge.json"
 RERANKER_DIR = "reranker"
@@ -200,3 +204,15 @@ class _LazyRankers:
         if self._rankers is None:
             self._rankers = self._run.rankers()
         return self._rankers.score(pages)
+
+
+def open_or_pretrain(path: str | Path = DEFAULT_RUN, progress: bool = True) -> PretrainRun:
+    """The pretrain run at `path`; the default world's SMAR run is trained there first if it is missing."""
+    if (Path(path) / RUN_JSON).exists():
+        return PretrainRun.open(path)
+    from pretrain.runtime import torch_threads
+    from pretrain.train import run_pretrain
+
+    log.info("no pretrain run at %s: training the default world's SMAR run there (smar pretrain)", path)
+    with torch_threads(1):
+        return run_pretrain(None, path, progress=progress)

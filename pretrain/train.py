@@ -127,7 +127,7 @@ class PretrainConfig(JsonConfig):
 
 # ----------------------------------------------------------------------------- stage 1-2
 @dataclass
-class Prepared:
+class ScoredData:
     """Single-modal rankers, the merge calibration and every whole-page split scored by the rankers."""
 
     world: World | ImportedData
@@ -137,11 +137,11 @@ class Prepared:
     scored: dict[str, Split]  # pool/valid/test/traffic with single_modal_score filled (pool labels hidden)
 
 
-def prepare(world: World | ImportedData, cfg: PretrainConfig, progress: bool = True) -> Prepared:
+def prepare(world: World | ImportedData, cfg: PretrainConfig, progress: bool = True) -> ScoredData:
     """Train the single-modal rankers, score every whole page, fit the merge calibration.
 
     Data without a single-modal part (an `ImportedData` with no `single_modal`) keeps its own upstream
-    scores as the single-modal scores (no rankers: `Prepared.rankers` is None) and fits the merge
+    scores as the single-modal scores (no rankers: `ScoredData.rankers` is None) and fits the merge
     calibration on the pool's upstream scores (no labels).
     """
     single = {m: s.pages for m, s in world.single_modal.items()}
@@ -172,10 +172,10 @@ def prepare(world: World | ImportedData, cfg: PretrainConfig, progress: bool = T
     test = scored["test"]
     for m, v in within_modality_ndcg(test.pages.single_modal_score, test.pages, test.truth.relevance).items():
         metrics.setdefault(m, {})["test_within_modality_ndcg@10"] = v
-    return Prepared(world, rankers, metrics, merge, scored)
+    return ScoredData(world, rankers, metrics, merge, scored)
 
 
-def consistency_pages(prep: Prepared, cfg: PretrainConfig) -> Pages | None:
+def consistency_pages(prep: ScoredData, cfg: PretrainConfig) -> Pages | None:
     """A seeded subsample of each modality's single-modal pages, scored by its ranker, labels removed."""
     n = cfg.train.sm_pages_per_modality
     if n <= 0 or cfg.train.sm_batch_pages <= 0:

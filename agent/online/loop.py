@@ -43,9 +43,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from envs.atomic_io import write_json_atomic, write_parquet_atomic
+from pretrain.run import DEFAULT_RUN, open_or_pretrain
 
 DEFAULT_OUT = "runs/online"
-DEFAULT_RUN = "runs/pretrain"
 DEFAULT_TRAIN = "runs/train"
 
 
@@ -94,16 +94,6 @@ class OnlineConfig:
             raise ValueError(f"the endpoint explores: temperature must be > 0, got {self.temperature}")
 
 
-def ensure_run(cfg: OnlineConfig) -> Path:
-    """The pretrain run: --run, pretrained on the default world first if it does not exist."""
-    if not (Path(cfg.run) / "run.json").exists():
-        from pretrain.train import run_pretrain
-
-        print(f"no pretrain run at {cfg.run}: pretraining the default one")
-        run_pretrain(None, cfg.run)
-    return Path(cfg.run)
-
-
 def ensure_policy(cfg: OnlineConfig) -> Path:
     """The initial policy: --policy, else the default trained policy (trained first if missing)."""
     if cfg.policy:
@@ -114,7 +104,9 @@ def ensure_policy(cfg: OnlineConfig) -> Path:
     from agent.train import TrainConfig, train_policy
 
     print(f"no trained policy at {policy}: training the default constrained policy")
-    return train_policy(TrainConfig(out=cfg.train_out, run=str(ensure_run(cfg)), seed=cfg.seed)).policy_path
+    return train_policy(
+        TrainConfig(out=cfg.train_out, run=str(open_or_pretrain(cfg.run).root), seed=cfg.seed)
+    ).policy_path
 
 
 def _settle_logs() -> None:
@@ -185,7 +177,6 @@ class OnlineLoop:
         from agent.gate import GateConfig
         from agent.learner import topk_consistency
         from agent.offpolicy import UpdateConfig
-        from pretrain.run import PretrainRun
 
         torch.set_num_threads(1)
         self.cfg = cfg
@@ -202,7 +193,7 @@ class OnlineLoop:
         self.serp = SerpConfig(reward=self.reward, slate_size=cfg.slate_size)
         self.heldout_cfg = HeldoutConfig(**cfg.heldout)
         self.drift = parse_drift(cfg.drift)
-        self.run = PretrainRun.open(ensure_run(cfg))
+        self.run = open_or_pretrain(cfg.run)
         self.split = self.run.split("traffic")
         self.heldout_split = self.run.split(self.heldout_cfg.split)
         # The worlds by name: traffic and held-out sessions of each (drifted truth, same pages).
