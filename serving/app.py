@@ -2,6 +2,7 @@
 
     POST /rank      page -> event_id, model_version, ranking (+ propensities when exploring)
     POST /feedback  event_id + per-item click/dwell -> accepted | duplicate (acked once durable)
+    POST /rank/batch, /feedback/batch   several pages / events per request, each its own event
     GET  /healthz   liveness;  GET /version  model version + input contract;  GET /docs, /openapi.json
 
 `build_app(args)` is the application builder named by `serving/config.yaml` (`serve run` / `serve
@@ -32,9 +33,14 @@ from serving.ledger import EventLedger
 from serving.metrics import RouteMetrics, set_model_version
 from serving.registry import Registry, RegistryError
 from serving.schemas import (
+    FeedbackBatchItem,
+    FeedbackBatchRequest,
+    FeedbackBatchResponse,
     FeedbackRequest,
     FeedbackResponse,
     FieldError,
+    RankBatchRequest,
+    RankBatchResponse,
     RankRequest,
     RankResponse,
     VersionResponse,
@@ -105,6 +111,7 @@ fastapi_app.add_middleware(RouteMetrics)  # outermost: counts 413s too
 
 install_error_handlers(fastapi_app)
 document_body(fastapi_app, "/rank", RankRequest)
+document_body(fastapi_app, "/rank/batch", RankBatchRequest)
 
 
 # Defined before the deployment class: Serve serialises the class (and the module globals its methods
@@ -291,13 +298,38 @@ class Ranker:
         # response model a second time; `response_model` still documents the shape in OpenAPI.
         return Response(rank_response(req, eid, version, r).model_dump_json(), media_type="application/json")
 
+    @fastapi_app.post("/rank/batch", response_model=RankBatchResponse)
+    async def rank_batch(self, request: Request) -> Response:
+        """Several pages in one request: each is checked, ranked, logged and answered as on /rank (its
+        own event id), in one forward pass; a page that breaks the contract fails the whole request
+        with a 422 naming it (`body.pages.<i>...`)."""
+        req = parse_body(RankBatchRequest, await request.body())
+        scorer = self.scorer
+        s = self.settings
+        items = []
+        for i, page in enumerate(req.pages):
+            try:
+                check_rank(
+                    page,
+                    scorer.feature_dims,
+                    scorer.query_dim,
+                    scorer.user_dim,
+                    s.max_candidates,
+                    s.max_item_id_len,
+                )
+            except FieldError as e:
+                raise FieldError(("body", "pages", i, *e.loc[1:]), e.msg, e.status) from None
+            items.append(_Item(page, scorer.prepare(page), scorer))
+        ranked = await self._rank_items(items)
+        body = RankBatchResponse(
+            results=[rank_response(p, eid, v, r) for p, (eid, v, r) in zip(req.pages, ranked)]
+        )
+        return Response(body.model_dump_json(), media_type="application/json")
+
     # ------------------------------------------------------------------ feedback
-    @fastapi_app.post(
-        "/feedback",
-        response_model=FeedbackResponse,
-        responses={404: {"description": "unknown event_id"}, 410: {"description": "expired event_id"}},
-    )
-    async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
+    def _check_feedback(self, req: FeedbackRequest) -> str:
+        """The checks that need no state (contract, signature, age): the event's model version from its
+        verified signed id, or FieldError (422 / 404 / 410)."""
         check_feedback(req, self.settings.max_candidates)
         token = self.signer.verify(req.event_id)  # forged / altered ids stop here, with no hop
         if token is None:
@@ -309,11 +341,11 @@ class Ranker:
                 f"expired: issued {age:.0f}s ago, ttl {self.settings.event_ttl_s:.0f}s",
                 410,
             )
-        items = [f.item_id for f in req.feedback]
-        try:
-            res = await self.ledger.claim.remote(req.event_id, items, token.model_version)
-        except Exception as e:  # noqa: BLE001 - the ledger is restarting: nothing was taken, retry
-            return _unavailable(f"event ledger unavailable ({type(e).__name__}); retry")
+        return token.model_version
+
+    def _claimed(self, req: FeedbackRequest, res: dict) -> FeedbackResponse | dict:
+        """The ledger's answer to a claim: a FeedbackResponse for a duplicate, the log row to write for
+        an accepted claim (then commit, or release if writing fails), else FieldError (4xx)."""
         status = res["status"]
         if status == "unknown":
             raise FieldError(("body", "event_id"), "unknown event (never served by this app)", 404)
@@ -332,26 +364,106 @@ class Ranker:
             return FeedbackResponse(
                 event_id=req.event_id, status="duplicate", model_version=res["model_version"]
             )
-        row = {
+        return {
             "event_id": req.event_id,
             "ts": now_ms(),
             "model_version": res["model_version"],
             "replica": self.replica,
-            "item_id": items,
+            "item_id": [f.item_id for f in req.feedback],
             "click": [f.click for f in req.feedback],
             "dwell_s": [f.dwell_s for f in req.feedback],
         }
+
+    async def _write_feedback(self, rows: list[dict]) -> str | None:
+        """Write claimed rows durably (one group commit), then commit their claims; on a storage
+        failure release them and return the reason (the client retries later)."""
         try:
-            await asyncio.wrap_future(self.feedbacks.append([row]))  # acknowledged only once durable
+            await asyncio.wrap_future(self.feedbacks.append(rows))  # acknowledged only once durable
         except Exception as e:  # noqa: BLE001 - storage failure: let the client retry later
-            with contextlib.suppress(Exception):  # else the claim lapses after pending_timeout_s
-                await self.ledger.release.remote(req.event_id)
-            return _unavailable(f"feedback log unavailable ({e}); retry")
+            with contextlib.suppress(Exception):  # else the claims lapse after pending_timeout_s
+                if len(rows) == 1:
+                    await self.ledger.release.remote(rows[0]["event_id"])
+                else:
+                    await self.ledger.release_many.remote([row["event_id"] for row in rows])
+            return f"feedback log unavailable ({e}); retry"
         # Already durable in the log. If the commit is lost, a retry after the pending timeout may log
         # it twice, and read_logs keeps the earliest copy.
         with contextlib.suppress(Exception):
-            await self.ledger.commit.remote(req.event_id)
-        return FeedbackResponse(event_id=req.event_id, status="accepted", model_version=res["model_version"])
+            if len(rows) == 1:
+                await self.ledger.commit.remote(rows[0]["event_id"])
+            else:
+                await self.ledger.commit_many.remote([row["event_id"] for row in rows])
+        return None
+
+    @fastapi_app.post(
+        "/feedback",
+        response_model=FeedbackResponse,
+        responses={404: {"description": "unknown event_id"}, 410: {"description": "expired event_id"}},
+    )
+    async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
+        version = self._check_feedback(req)
+        items = [f.item_id for f in req.feedback]
+        try:
+            res = await self.ledger.claim.remote(req.event_id, items, version)
+        except Exception as e:  # noqa: BLE001 - the ledger is restarting: nothing was taken, retry
+            return _unavailable(f"event ledger unavailable ({type(e).__name__}); retry")
+        row = self._claimed(req, res)
+        if isinstance(row, FeedbackResponse):
+            return row
+        failure = await self._write_feedback([row])
+        if failure is not None:
+            return _unavailable(failure)
+        return FeedbackResponse(event_id=req.event_id, status="accepted", model_version=row["model_version"])
+
+    @fastapi_app.post("/feedback/batch", response_model=FeedbackBatchResponse)
+    async def feedback_batch(self, req: FeedbackBatchRequest) -> FeedbackBatchResponse:
+        """Feedback for several events: each is checked and claimed as on /feedback, the accepted ones
+        are written in one group commit; every event gets its own outcome (never a silent drop)."""
+
+        def error(ev: FeedbackRequest, code: int, detail: str) -> FeedbackBatchItem:
+            return FeedbackBatchItem(event_id=ev.event_id, status="error", code=code, detail=detail)
+
+        got: list = [None] * len(req.events)
+        todo: list[tuple[int, str]] = []
+        for i, ev in enumerate(req.events):
+            try:
+                todo.append((i, self._check_feedback(ev)))
+            except FieldError as e:
+                got[i] = error(ev, e.status, str(e))
+        if todo:
+            claims = [
+                (req.events[i].event_id, [f.item_id for f in req.events[i].feedback], v) for i, v in todo
+            ]
+            try:
+                answers = await self.ledger.claim_many.remote(claims)
+            except Exception as e:  # noqa: BLE001 - the ledger is restarting: nothing was taken, retry
+                answers = None
+                for i, _ in todo:
+                    got[i] = error(
+                        req.events[i], 503, f"event ledger unavailable ({type(e).__name__}); retry"
+                    )
+            for (i, _), res in zip(todo, answers or []):
+                try:
+                    got[i] = self._claimed(req.events[i], res)
+                except FieldError as e:
+                    got[i] = error(req.events[i], e.status, str(e))
+        rows = [g for g in got if isinstance(g, dict)]
+        failure = await self._write_feedback(rows) if rows else None
+        out = []
+        for ev, g in zip(req.events, got):
+            if isinstance(g, FeedbackBatchItem):
+                out.append(g)
+            elif isinstance(g, FeedbackResponse):
+                out.append(FeedbackBatchItem(**g.model_dump()))
+            elif failure is not None:
+                out.append(error(ev, 503, failure))
+            else:
+                out.append(
+                    FeedbackBatchItem(
+                        event_id=ev.event_id, status="accepted", model_version=g["model_version"]
+                    )
+                )
+        return FeedbackBatchResponse(results=out)
 
     # ------------------------------------------------------------------ introspection
     @fastapi_app.get("/healthz")

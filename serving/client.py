@@ -80,6 +80,21 @@ class RerankerClient:
         """POST /feedback; items: [{"item_id", "click", "dwell_s"}]."""
         return self._json(self.http.post("/feedback", json={"event_id": event_id, "feedback": items}))
 
+    def rank_batch(self, pages: list[dict[str, Any]] | bytes) -> list[dict[str, Any]]:
+        """POST /rank/batch: one result per page, in order (pages as `page_request` bodies, or the
+        already encoded body `{"pages": [...]}`)."""
+        if isinstance(pages, bytes):
+            r = self.http.post("/rank/batch", content=pages, headers={"content-type": "application/json"})
+        else:
+            r = self.http.post("/rank/batch", json={"pages": pages})
+        return self._json(r)["results"]
+
+    def feedback_batch(self, events: list[tuple[str, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+        """POST /feedback/batch with (event_id, items) pairs: one outcome per event, in order
+        (status accepted / duplicate, or error with the code /feedback would have answered)."""
+        body = {"events": [{"event_id": e, "feedback": items} for e, items in events]}
+        return self._json(self.http.post("/feedback/batch", json=body))["results"]
+
     def version(self) -> dict[str, Any]:
         return self._json(self.http.get("/version"))
 

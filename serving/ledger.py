@@ -280,5 +280,17 @@ class EventLedger:
     async def release(self, event_id: str) -> None:
         self.book.release(event_id)
 
+    # Batched forms (POST /feedback/batch): one hop for many events, each handled as by its single form.
+    async def claim_many(self, claims: list[tuple[str, list[str], str | None]]) -> list[dict]:
+        return list(await asyncio.gather(*(self.claim(*c) for c in claims)))
+
+    async def commit_many(self, event_ids: list[str]) -> None:
+        for e in event_ids:
+            self.book.commit(e)
+
+    async def release_many(self, event_ids: list[str]) -> None:
+        for e in event_ids:
+            self.book.release(e)
+
     async def size(self) -> int:
         return len(self.book)

@@ -88,6 +88,40 @@ class FeedbackResponse(BaseModel):
     model_version: str
 
 
+MAX_BATCH = 256  # pages (or feedback events) per batch request; the body-size limit applies too
+
+
+class RankBatchRequest(_Strict):
+    """POST /rank/batch: several pages in one request (each ranked and logged as its own event)."""
+
+    pages: list[RankRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class RankBatchResponse(BaseModel):
+    results: list[RankResponse]
+
+
+class FeedbackBatchRequest(_Strict):
+    """POST /feedback/batch: feedback for several events in one request."""
+
+    events: list[FeedbackRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class FeedbackBatchItem(BaseModel):
+    """One event's outcome: accepted / duplicate as on /feedback, else the status code and the reason
+    /feedback would have answered with (404 unknown, 410 expired, 409 in progress, 422, 503)."""
+
+    event_id: str
+    status: Literal["accepted", "duplicate", "error"]
+    model_version: str | None = None
+    code: int | None = None
+    detail: str | None = None
+
+
+class FeedbackBatchResponse(BaseModel):
+    results: list[FeedbackBatchItem]
+
+
 class Contract(BaseModel):
     model_version: str
     feature_dims: dict[str, int]

@@ -6,9 +6,11 @@
 Each round:
   1. traffic  simulated users (agent.traffic) rank pages through the HTTP endpoint, which explores
               (Plackett-Luce at a temperature, exact propensities logged), and post clicks and dwell;
-  2. update   the logs since the cursor (serving.feedback_log.read_logs) are split by event into train
-              and held-out parts; a candidate is trained off-policy from the serving model with the
-              constrained objective (agent.offpolicy);
+              several sessions per client thread share one /rank/batch and one /feedback/batch request;
+  2. update   the logs since the cursor (serving.feedback_log.read_logs) are split by *session* into
+              train and gate parts (a fixed seeded share of the traffic sessions is the gate's, in every
+              round, replayed rounds included); a candidate is trained off-policy from the serving model
+              with the constrained objective (agent.offpolicy, agent.constraint);
   3. gate     a lower confidence bound of the candidate-minus-serving difference, paired on the
               held-out impressions (cascade DR), + within-modality consistency (agent.gate);
   4. publish  if the gate passes: registry publish + in-place swap (serving.deploy.apply_version) while
@@ -61,7 +63,14 @@ class OnlineConfig:
     # The exploration budget: the endpoint serves Plackett-Luce at this temperature; every round reports
     # its live cost on held-out sessions (served vs deterministic reward of the same version).
     temperature: float = 0.5
-    concurrency: int = 16  # client threads; the endpoint batches concurrent requests
+    concurrency: int = 4  # client threads
+    # Sessions per client thread sharing one POST /rank/batch + one POST /feedback/batch per step
+    # (1: one /rank and one /feedback request per impression). Each page is still its own event.
+    client_batch: int = 32
+    fast_path: bool = True  # Serve's direct ingress (serving.deploy.enable_fast_path) for the app we start
+    # The gate's share of the traffic *sessions*: a fixed, seeded set of traffic sessions whose
+    # impressions only the gate sees (never the update, in no round, also not through replay), so the
+    # gate judges the candidate on users it was not trained on.
     holdout_fraction: float = 0.3
     # The update also replays the logs of up to this many previous rounds (each impression keeps its own
     # logging propensities, so old data stays valid off-policy; PPO's clip down-weights stale policies).
@@ -168,6 +177,15 @@ def plot_rounds(rounds: list[dict], path: Path, drift_round: int | None = None) 
     return path
 
 
+def gate_sessions(pages, fraction: float, seed: int) -> dict[str, bool]:
+    """page_id -> whether its traffic session is one of the gate's (a fixed seeded share of sessions)."""
+    from agent.evaluation import session_page_lists
+
+    sessions = session_page_lists(pages)
+    held = np.random.default_rng([seed, 4242]).random(len(sessions)) < fraction
+    return {str(pages.page_id[p]): bool(h) for pp, h in zip(sessions, held) for p in pp}
+
+
 class OnlineLoop:
     """State, app lifecycle and rounds of `smar online`."""
 
@@ -182,7 +200,8 @@ class OnlineLoop:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.update_cfg = UpdateConfig(**cfg.update)
+        from agent.constraint import checkpoint_margin
+
         self.gate_cfg = GateConfig(**cfg.gate)
         from agent.online.drift import drift_split, parse_drift
         from agent.online.heldout import HeldoutConfig
@@ -194,7 +213,13 @@ class OnlineLoop:
         self.heldout_cfg = HeldoutConfig(**cfg.heldout)
         self.drift = parse_drift(cfg.drift)
         self.run = open_or_pretrain(cfg.run)
+        # The constraint's hinge margin: the one the SMAR reranker was pretrained with, as `smar train`
+        # uses it (agent.constraint.checkpoint_margin), unless the config sets one.
+        _, smar_ckpt = self.run.reranker()
+        self.update_cfg = UpdateConfig(**{"margin": checkpoint_margin(smar_ckpt.manifest), **cfg.update})
         self.split = self.run.split("traffic")
+        self.gate_sessions = gate_sessions(self.split.pages, cfg.holdout_fraction, cfg.seed)
+        self.bodies: dict[int, bytes] = {}  # encoded /rank bodies per traffic page (same in every world)
         self.heldout_split = self.run.split(self.heldout_cfg.split)
         # The worlds by name: traffic and held-out sessions of each (drifted truth, same pages).
         self.worlds = {"base": (self.split, self.heldout_split)}
@@ -241,6 +266,8 @@ class OnlineLoop:
             print(f"publishing the initial policy {policy}")
             registry.publish(policy)
         if not ray.is_initialized():
+            if self.owns_app and self.cfg.fast_path:
+                deploy.enable_fast_path(no_drain=True)
             # Driving a running app (--url) means joining its Ray cluster, for the in-place swap.
             ray.init(
                 address=self.cfg.address or ("auto" if self.cfg.url else None),
@@ -253,7 +280,11 @@ class OnlineLoop:
                 load_config(),
                 port=deploy.free_port(),
                 num_cpus=self.cfg.num_cpus,
-                args={"registry": str(self.registry_dir), "log_dir": str(self.log_dir)},
+                args={
+                    "registry": str(self.registry_dir),
+                    "log_dir": str(self.log_dir),
+                    "state_dir": str(self.out / "serve_state"),
+                },
                 user_config={
                     "version": registry.current().version,
                     "exploration": "plackett_luce",
@@ -278,6 +309,12 @@ class OnlineLoop:
         entry = Registry(self.registry_dir).current()
         model, ckpt = load_checkpoint(entry.path)
         return model, ckpt.version
+
+    def split_gate(self, batch):
+        """(train, gate) parts of logged impressions by session: the gate sessions' impressions go to
+        the gate only (pages the traffic split does not know, e.g. another client's, go to train)."""
+        held = np.array([self.gate_sessions.get(str(p), False) for p in batch.pages.page_id], bool)
+        return batch.subset(np.flatnonzero(~held)), batch.subset(np.flatnonzero(held))
 
     def world(self, r: int) -> str:
         return "drifted" if self.drift is not None and r >= self.drift.at_round else "base"
@@ -356,6 +393,8 @@ class OnlineLoop:
             slate_size=cfg.slate_size,
             concurrency=cfg.concurrency,
             reward=self.reward,
+            batch=cfg.client_batch,
+            bodies=self.bodies,
         )
         t_traffic = time.time() - t0
         _settle_logs()
@@ -363,7 +402,7 @@ class OnlineLoop:
         t1 = time.time()
         logs = read_logs(self.log_dir, since_ts=self.state["cursor_ms"] / 1000.0)
         batch = logged_batch(logs, model.config.feature_dims, cfg.slate_size, self.reward)
-        train, holdout = batch.split_holdout(cfg.holdout_fraction, seed=cfg.seed * 1000 + r)
+        train, holdout = self.split_gate(batch)
         # Keep this round's logs as our own replay file (read once from the log folder, never again).
         replay_dir = self.out / "replay"
         write_parquet_atomic(logs, replay_dir / f"round-{r:04d}.parquet")
@@ -377,7 +416,7 @@ class OnlineLoop:
             for q in range(max(0, r - cfg.replay_rounds), r)
             if (replay_dir / f"round-{q:04d}.parquet").exists()
         ]
-        train = LoggedBatch.concat([*previous, train])
+        train = LoggedBatch.concat([*(self.split_gate(b)[0] for b in previous), train])
         target = self.state["consistency_target"]
         t_read = time.time() - t1
         t1 = time.time()
@@ -449,6 +488,7 @@ class OnlineLoop:
             "logged_impressions": len(batch),
             "train_impressions": len(train),
             "holdout_impressions": len(holdout),
+            "gate_split": "by session",
             "failed_requests": traffic.failed_requests + probe_failed,
             "swap_probe_requests": probe_n,
             "update": ustats,
@@ -611,6 +651,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-out", default=d.train_out)
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--concurrency", type=int, default=d.concurrency)
+    p.add_argument(
+        "--client-batch",
+        type=int,
+        default=d.client_batch,
+        help="sessions per client thread sharing one /rank/batch and /feedback/batch request (1: single)",
+    )
     p.add_argument("--url", default=None, help="drive a running app instead of starting one")
     p.add_argument("--registry", default=None, help="registry folder of the app at --url")
     p.add_argument("--log-dir", default=None, help="log folder of the app at --url")
@@ -652,6 +698,7 @@ def run(args: argparse.Namespace) -> int:
         impressions_per_round=args.impressions_per_round,
         temperature=args.temperature,
         concurrency=args.concurrency,
+        client_batch=args.client_batch,
         url=args.url,
         registry=args.registry,
         log_dir=args.log_dir,

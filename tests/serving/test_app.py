@@ -267,6 +267,59 @@ def test_forged_unknown_expired_and_unshown_items_rejected(app):
     assert r.status_code == 200 and r.json()["status"] == "accepted"
 
 
+def test_batch_routes_rank_and_take_feedback_per_event(app):
+    """/rank/batch: one event per page, as /rank; /feedback/batch: one outcome per event, as /feedback
+    (accepted once, then duplicate; an unknown or unshown one is an error for that event only)."""
+    pages = [page_request(app.pages, p, explore=True) for p in range(20, 26)]
+    r = app.http.post("/rank/batch", json={"pages": pages})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == len(pages) and len({x["event_id"] for x in results}) == len(pages)
+    for body, out in zip(pages, results):
+        ids = [c["item_id"] for c in body["candidates"]]
+        assert sorted(x["item_id"] for x in out["ranking"]) == sorted(ids) and out["explored"]
+        assert (
+            abs(
+                sum(map(__import__("math").log, (x["propensity"] for x in out["ranking"])))
+                - out["slate_log_prob"]
+            )
+            < 1e-6
+        )
+        with app.lock:
+            app.served[out["event_id"]] = (out["model_version"], [x["item_id"] for x in out["ranking"]])
+    events = [
+        {
+            "event_id": out["event_id"],
+            "feedback": [{"item_id": out["ranking"][0]["item_id"], "click": True, "dwell_s": 12.0}],
+        }
+        for out in results
+    ]
+    bad = [
+        {"event_id": new_event_id(), "feedback": events[0]["feedback"]},
+        {
+            "event_id": results[4]["event_id"],  # not consumed: accepted in the next batch
+            "feedback": [{"item_id": "never-shown", "click": True, "dwell_s": 1.0}],
+        },
+    ]
+    r = app.http.post("/feedback/batch", json={"events": bad[:1] + events[:3] + bad[1:]})
+    assert r.status_code == 200, r.text
+    got = r.json()["results"]
+    assert [g["status"] for g in got] == ["error", "accepted", "accepted", "accepted", "error"]
+    assert got[0]["code"] == 404 and got[-1]["code"] == 422 and "item_id" in got[-1]["detail"]
+    r = app.http.post("/feedback/batch", json={"events": events})
+    got = r.json()["results"]
+    assert [g["status"] for g in got] == ["duplicate"] * 3 + ["accepted"] * 3
+    for ev in events:
+        app.accepted[ev["event_id"]] = {i["item_id"]: i["click"] for i in ev["feedback"]}
+    # a page that breaks the contract fails the batch with a 422 naming it
+    broken = copy.deepcopy(pages[:2])
+    broken[1]["candidates"][0]["features"] = broken[1]["candidates"][0]["features"][:-1]
+    r = app.http.post("/rank/batch", json={"pages": broken})
+    assert r.status_code == 422 and '"pages", 1, "candidates", 0, "features"' in detail_text(r).replace(
+        "[", ""
+    ).replace("]", "")
+
+
 # ---------------------------------------------------------------------------- model versions
 def _replicas(app, n=30) -> set[str]:
     return {app.http.get("/version").json()["replica"] for _ in range(n)}
