@@ -13,6 +13,7 @@ restarts. A version that fails to load is refused and the old one keeps serving.
 """
 
 import asyncio
+import concurrent.futures as cf
 import contextlib
 import os
 import threading
@@ -27,6 +28,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pretrain.checkpoint import CheckpointError
+from serving import stages
+from serving.batcher import Batcher
 from serving.errors import document_body, install_error_handlers, parse_body
 from serving.feedback_log import FEEDBACK, IMPRESSIONS, LogWriter, impression_row, now_ms
 from serving.ledger import EventLedger
@@ -46,15 +49,18 @@ from serving.schemas import (
     VersionResponse,
     check_feedback,
     check_rank,
-    rank_response,
+    rank_response_json,
 )
-from serving.scoring import Prepared, Ranked, Scorer
+from serving.scoring import Prepared, Scorer
 from serving.settings import RANKER, AppSettings, RuntimeConfig
+from serving.stages import process_cpu_s, thread_time
 from serving.tokens import EventSigner
 
 RETRY_AFTER_S = 1  # the Retry-After hint (seconds) of a 503 when the feedback log cannot be written
 
 # Set by each replica's constructor; read by the body-size middleware (per replica process).
+# (Module-level state the replicas share with other modules, such as serving.stages.CLOCK, is named
+# through its module: Serve pickles this class with copies of the globals its methods name.)
 _LIMITS = {"max_body_bytes": AppSettings().max_body_bytes}
 
 
@@ -157,8 +163,12 @@ class Ranker:
         except Exception:  # noqa: BLE001 - constructed outside Serve (not used in the product)
             self.replica = f"pid{os.getpid()}"
         self._compute = threading.Lock()
+        self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="rank")  # the compute thread
+        runtime = RuntimeConfig()
+        self.batcher = Batcher(self._rank_items, runtime.max_batch_size, runtime.batch_wait_timeout_s)
         self._background: set[asyncio.Task] = set()
         self.register_errors = 0
+        self.rank_requests = 0  # /rank requests ranked (for per-request figures from /healthz)
         self.last_register_error: str | None = None
         self.generator = torch.Generator().manual_seed(self.settings.seed ^ zlib.crc32(self.replica.encode()))
         logs = self.settings.logs
@@ -168,11 +178,12 @@ class Ranker:
             self.replica,
             logs.impression_max_rows,
             logs.impression_max_age_s,
+            stage="log_write",
         )
         self.feedbacks = LogWriter(
             self.settings.log_dir, FEEDBACK, self.replica, logs.feedback_max_rows, logs.feedback_max_age_s
         )
-        self.runtime = RuntimeConfig()
+        self.runtime = runtime
         self.scorer: Scorer | None = None
         self.last_reload_error: str | None = None
 
@@ -191,8 +202,7 @@ class Ranker:
                 raise
             self.last_reload_error = f"{type(e).__name__}: {e}"
             return
-        self._rank_batch.set_max_batch_size(runtime.max_batch_size)
-        self._rank_batch.set_batch_wait_timeout_s(runtime.batch_wait_timeout_s)
+        self.batcher.configure(runtime.max_batch_size, runtime.batch_wait_timeout_s)
         self.scorer, self.runtime, self.last_reload_error = scorer, runtime, None  # the swap
         set_model_version(scorer.version)
 
@@ -227,15 +237,16 @@ class Ranker:
                 w.close()
 
     # ------------------------------------------------------------------ ranking
-    async def _rank_items(self, items: list[_Item]) -> list[tuple[str, str, Ranked]]:
-        """Rank a batch, register its events with the ledger, queue its impressions.
+    async def _rank_items(self, items: list[_Item]) -> list[bytes]:
+        """Rank a batch: register its events with the ledger, then score, log and render it off-loop.
 
-        The forward pass runs in a worker thread (torch releases the GIL), so the replica's event loop
-        keeps parsing incoming requests meanwhile; the ledger registration (one call per batch, not
-        waited for) goes out first. A page's shown items are all its candidates, so the ledger entry
-        is known before ranking.
-        Returns (event_id, model_version, ranking) per item.
+        Event ids are issued first and the ledger registration (one call per batch, not waited for)
+        goes out on this loop; a page's shown items are all its candidates, so the entry is known
+        before ranking. The forward pass, the impression rows and the response bodies are made in
+        the replica's compute thread (torch releases the GIL), so the loop keeps reading and
+        parsing the next requests meanwhile. Returns the response body per item.
         """
+        t0 = thread_time()
         runtime = self.runtime
         ts = now_ms()
         eids = [self.signer.issue(it.scorer.version, ts / 1000) for it in items]
@@ -246,13 +257,9 @@ class Ranker:
         task = asyncio.ensure_future(self._register(events))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        ranked = await asyncio.to_thread(self._rank_sync, items, runtime)
-        rows = [
-            impression_row(eid, ts, self.replica, it.scorer.version, it.req, r)
-            for eid, it, r in zip(eids, items, ranked)
-        ]
-        self.impressions.append(rows)
-        return [(eid, it.scorer.version, r) for eid, it, r in zip(eids, items, ranked)]
+        stages.CLOCK.add("event_ids", thread_time() - t0)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._rank_sync, items, eids, ts, runtime)
 
     async def _register(self, events: list[tuple[str, str, list[str]]]) -> None:
         try:
@@ -261,42 +268,57 @@ class Ranker:
             self.register_errors += 1
             self.last_register_error = f"{type(e).__name__}: {e}"
 
-    def _rank_sync(self, items: list[_Item], runtime: RuntimeConfig) -> list[Ranked]:
-        """Group by the scorer each request was validated with (a swap may land mid-batch)."""
-        out: list[Ranked | None] = [None] * len(items)
+    def _rank_sync(self, items: list[_Item], eids: list[str], ts: int, runtime: RuntimeConfig) -> list[bytes]:
+        """Score (grouped by the scorer each request was validated with: a swap may land mid-batch),
+        queue the impressions, render the responses."""
+        out: list[bytes | None] = [None] * len(items)
         groups: dict[int, list[int]] = {}
         for i, it in enumerate(items):
             groups.setdefault(id(it.scorer), []).append(i)
+        rows = []
         for idx in groups.values():
             scorer = items[idx[0]].scorer
             with self._compute:  # one forward at a time per replica; the generator is not thread-safe
                 ranked = scorer.rank(
                     [items[i].prepared for i in idx], runtime.exploration, runtime.temperature, self.generator
                 )
+            t0 = thread_time()
             for i, r in zip(idx, ranked):
-                out[i] = r
+                it = items[i]
+                rows.append(impression_row(eids[i], ts, self.replica, scorer.version, it.req, r, it.prepared))
+            t1 = thread_time()
+            for i, r in zip(idx, ranked):
+                out[i] = rank_response_json(items[i].req, eids[i], scorer.version, r)
+            stages.CLOCK.add("impression_rows", t1 - t0)
+            stages.CLOCK.add("response_json", thread_time() - t1)
+        self.impressions.append(rows)
         return out  # type: ignore[return-value]
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def _rank_batch(self, items: list[_Item]) -> list[tuple[str, str, Ranked]]:
-        return await self._rank_items(items)
 
     @fastapi_app.post("/rank", response_model=RankResponse)
     async def rank(self, request: Request) -> Response:
-        req = parse_body(RankRequest, await request.body())
+        body = await request.body()
+        t0 = thread_time()
+        req = parse_body(RankRequest, body)
+        t1 = thread_time()
         scorer = self.scorer
         s = self.settings
         check_rank(
             req, scorer.feature_dims, scorer.query_dim, scorer.user_dim, s.max_candidates, s.max_item_id_len
         )
+        t2 = thread_time()
         item = _Item(req, scorer.prepare(req), scorer)
+        t3 = thread_time()
+        stages.CLOCK.add("parse_validate", t1 - t0)
+        stages.CLOCK.add("contract_check", t2 - t1)
+        stages.CLOCK.add("feature_arrays", t3 - t2)
         if self.runtime.batching:
-            eid, version, r = await self._rank_batch(item)
+            body = await self.batcher.submit(item)
         else:
-            eid, version, r = (await self._rank_items([item]))[0]
-        # Serialised here (pydantic-core) and returned as a Response, so FastAPI does not validate the
-        # response model a second time; `response_model` still documents the shape in OpenAPI.
-        return Response(rank_response(req, eid, version, r).model_dump_json(), media_type="application/json")
+            body = (await self._rank_items([item]))[0]
+        self.rank_requests += 1
+        # Rendered by rank_response_json and returned as bytes, so FastAPI does not validate the
+        # response model again; `response_model` still documents the shape in OpenAPI.
+        return Response(body, media_type="application/json")
 
     @fastapi_app.post("/rank/batch", response_model=RankBatchResponse)
     async def rank_batch(self, request: Request) -> Response:
@@ -473,6 +495,10 @@ class Ranker:
             "model_version": self.scorer.version if self.scorer else None,
             "replica": self.replica,
             "pid": os.getpid(),
+            "batches": self.batcher.stats(),
+            "process_cpu_s": process_cpu_s(),
+            "stages": stages.CLOCK.snapshot(),
+            "rank_requests": self.rank_requests,
         }
 
     @fastapi_app.get("/version", response_model=VersionResponse)

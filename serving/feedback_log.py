@@ -30,6 +30,7 @@ import re
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from serving.stages import CLOCK, thread_time
 
 IMPRESSIONS = "impressions"
 FEEDBACK = "feedback"
@@ -118,7 +121,15 @@ class LogWriter:
     `max_age_s` old. `append` returns a future resolved once the rows are durable on disk.
     """
 
-    def __init__(self, log_dir: str | Path, kind: str, replica: str, max_rows: int, max_age_s: float) -> None:
+    def __init__(
+        self,
+        log_dir: str | Path,
+        kind: str,
+        replica: str,
+        max_rows: int,
+        max_age_s: float,
+        stage: str | None = None,
+    ) -> None:
         if kind not in SCHEMAS:
             raise ValueError(f"kind must be one of {sorted(SCHEMAS)}, got {kind!r}")
         self.root = Path(log_dir) / kind
@@ -127,6 +138,7 @@ class LogWriter:
         self.replica = safe_name(replica)
         self.max_rows = max(1, int(max_rows))
         self.max_age_s = float(max_age_s)
+        self.stage = stage  # a serving.stages name: the writes' CPU is accounted there
         self._rows: list[dict[str, Any]] = []
         self._futures: list[cf.Future] = []
         self._oldest = 0.0
@@ -202,7 +214,10 @@ class LogWriter:
 
     def _write(self, rows: list[dict[str, Any]], futs: list[cf.Future]) -> None:
         with self._write_lock:
+            t0 = thread_time()
             self._write_locked(rows, futs)
+            if self.stage is not None:
+                CLOCK.add(self.stage, thread_time() - t0)
 
     def _write_locked(self, rows: list[dict[str, Any]], futs: list[cf.Future]) -> None:
         if not rows:
@@ -228,11 +243,14 @@ class LogWriter:
         folder.mkdir(parents=True, exist_ok=True)
         self._seq += 1
         name = f"part-{now_ms()}-{self.replica}-{os.getpid()}-{self._seq:06d}.parquet"
-        cols = {f.name: [r.get(f.name) for r in rows] for f in self.schema}
-        table = pa.Table.from_pydict(cols, schema=self.schema)
+        table = pa.Table.from_arrays(
+            [_column(f.type, [r.get(f.name) for r in rows]) for f in self.schema], schema=self.schema
+        )
         tmp = folder / f".{name}.tmp"
         with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
+            # No dictionary pages: the columns are mostly unique floats, and building dictionaries
+            # was the largest share of the write's CPU.
+            pq.write_table(table, fh, compression="zstd", compression_level=1, use_dictionary=False)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, folder / name)
@@ -241,8 +259,54 @@ class LogWriter:
         return folder / name
 
 
-def impression_row(event_id: str, ts: int, replica: str, version: str, req: Any, r: Any) -> dict[str, Any]:
-    """An impression log row from a RankRequest and its scoring.Ranked."""
+@dataclass(frozen=True)
+class Ragged:
+    """A list of float vectors as one flat array and the vectors' lengths (a list<list<float>> cell
+    built without Python floats)."""
+
+    values: np.ndarray  # (sum(lengths),)
+    lengths: np.ndarray  # (k,)
+
+
+def _offsets(lengths: np.ndarray) -> pa.Array:
+    out = np.zeros(len(lengths) + 1, np.int32)
+    np.cumsum(lengths, out=out[1:])
+    return pa.array(out, pa.int32())
+
+
+def _column(typ: pa.DataType, values: list[Any]) -> pa.Array:
+    """One Arrow column from row cells: numpy cells (1-D arrays, `Ragged`) are concatenated into
+    the list's values buffer, so a page's floats never become Python objects; other cells go
+    through `pa.array`."""
+    if values and pa.types.is_list(typ):
+        if all(isinstance(v, Ragged) for v in values):
+            inner = pa.ListArray.from_arrays(
+                _offsets(np.concatenate([v.lengths for v in values])),
+                pa.array(np.concatenate([v.values for v in values]), typ.value_type.value_type),
+            )
+            return pa.ListArray.from_arrays(_offsets(np.array([len(v.lengths) for v in values])), inner)
+        if all(isinstance(v, np.ndarray) for v in values):
+            return pa.ListArray.from_arrays(
+                _offsets(np.array([len(v) for v in values])),
+                pa.array(np.concatenate(values), typ.value_type),
+            )
+    return pa.array(values, typ)
+
+
+def impression_row(
+    event_id: str, ts: int, replica: str, version: str, req: Any, r: Any, prepared: Any = None
+) -> dict[str, Any]:
+    """An impression log row from a RankRequest and its scoring.Ranked. With the request's
+    `scoring.Prepared` arrays the page's features are logged from them (no Python float lists)."""
+    if prepared is not None:
+        lengths = prepared.lengths
+        width = prepared.features.shape[1]
+        keep = np.arange(width)[None, :] < lengths[:, None]
+        features: Any = Ragged(prepared.features[keep], lengths)
+        query, user = prepared.query, prepared.user
+    else:
+        features = [c.features for c in req.candidates]
+        query, user = req.query.features, req.user.features
     return {
         "event_id": event_id,
         "ts": ts,
@@ -252,16 +316,16 @@ def impression_row(event_id: str, ts: int, replica: str, version: str, req: Any,
         "policy": r.policy,
         "temperature": r.temperature,
         "slate_log_prob": r.slate_log_prob,
-        "query_features": req.query.features,
-        "user_features": req.user.features,
+        "query_features": query,
+        "user_features": user,
         "item_id": [c.item_id for c in req.candidates],
         "modality": [c.modality for c in req.candidates],
-        "features": [c.features for c in req.candidates],
+        "features": features,
         "single_modal_score": [c.single_modal_score for c in req.candidates],
-        "action": r.order.tolist(),
-        "position": list(range(1, len(r.order) + 1)),
-        "score": r.scores.tolist(),
-        "pscore": r.pscore.tolist(),
+        "action": np.asarray(r.order, np.int32),
+        "position": np.arange(1, len(r.order) + 1, dtype=np.int32),
+        "score": np.asarray(r.scores, np.float32),
+        "pscore": np.asarray(r.pscore, np.float64),
     }
 
 

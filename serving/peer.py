@@ -17,9 +17,10 @@ from fastapi import FastAPI, Request, Response
 from serving.errors import install_error_handlers, parse_body
 from serving.feedback_log import IMPRESSIONS, LogWriter, impression_row, now_ms
 from serving.ledger import new_event_id
-from serving.schemas import RankRequest, RankResponse, check_rank, rank_response
+from serving.schemas import RankRequest, RankResponse, check_rank, rank_response_json
 from serving.scoring import Scorer
 from serving.settings import AppSettings
+from serving.stages import CLOCK, process_cpu_s, thread_time
 
 
 def build_peer_app(checkpoint: str, log_dir: str, seed: int = 0) -> FastAPI:
@@ -28,15 +29,24 @@ def build_peer_app(checkpoint: str, log_dir: str, seed: int = 0) -> FastAPI:
     scorer = Scorer.load(checkpoint)
     gen = torch.Generator().manual_seed(seed)
     writer = LogWriter(
-        log_dir, IMPRESSIONS, "peer", settings.logs.impression_max_rows, settings.logs.impression_max_age_s
+        log_dir,
+        IMPRESSIONS,
+        "peer",
+        settings.logs.impression_max_rows,
+        settings.logs.impression_max_age_s,
+        stage="log_write",
     )
+    counts = {"rank": 0}
     app = FastAPI(title="plain FastAPI peer")
 
     install_error_handlers(app)
 
     @app.post("/rank", response_model=RankResponse)
     async def rank(request: Request) -> Response:
-        req = parse_body(RankRequest, await request.body())
+        body = await request.body()
+        t0 = thread_time()
+        req = parse_body(RankRequest, body)
+        t1 = thread_time()
         check_rank(
             req,
             scorer.feature_dims,
@@ -45,16 +55,44 @@ def build_peer_app(checkpoint: str, log_dir: str, seed: int = 0) -> FastAPI:
             settings.max_candidates,
             settings.max_item_id_len,
         )
-        r = scorer.rank([scorer.prepare(req)], "plackett_luce", 1.0, gen)[0]
+        t2 = thread_time()
+        prepared = scorer.prepare(req)
+        t3 = thread_time()
+        r = scorer.rank([prepared], "plackett_luce", 1.0, gen)[0]
+        t4 = thread_time()
         eid = new_event_id()
-        writer.append([impression_row(eid, now_ms(), "peer", scorer.version, req, r)])
-        return Response(
-            rank_response(req, eid, scorer.version, r).model_dump_json(), media_type="application/json"
-        )
+        t5 = thread_time()
+        writer.append([impression_row(eid, now_ms(), "peer", scorer.version, req, r, prepared)])
+        t6 = thread_time()
+        out = rank_response_json(req, eid, scorer.version, r)
+        for stage, dt in zip(
+            (
+                "parse_validate",
+                "contract_check",
+                "feature_arrays",
+                "event_ids",
+                "impression_rows",
+                "response_json",
+            ),
+            (t1 - t0, t2 - t1, t3 - t2, t5 - t4, t6 - t5, thread_time() - t6),
+        ):
+            CLOCK.add(stage, dt)
+        counts["rank"] += 1
+        return Response(out, media_type="application/json")
 
     @app.get("/version")
     async def version() -> dict:
         return {"model_version": scorer.version}
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {
+            "status": "ok",
+            "pid": os.getpid(),
+            "process_cpu_s": process_cpu_s(),
+            "stages": CLOCK.snapshot(),
+            "rank_requests": counts["rank"],
+        }
 
     app.state.log_writer = writer  # main() closes it after uvicorn returns (graceful shutdown)
     return app

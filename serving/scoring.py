@@ -23,6 +23,7 @@ from pretrain import plackett_luce as pl
 from pretrain.checkpoint import Checkpoint, load_checkpoint
 from pretrain.reranker import WholePageReranker
 from serving.schemas import RankRequest
+from serving.stages import CLOCK, thread_time
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Prepared:
 
     features: np.ndarray  # (n, dmax) float32, zero-padded past each modality's dim
     modality: np.ndarray  # (n,) int64
+    lengths: np.ndarray  # (n,) int64 each candidate's true feature length (before padding)
     query: np.ndarray  # (Dq,) float32
     user: np.ndarray  # (Du,) float32
     explore: bool
@@ -77,12 +79,16 @@ class Scorer:
         n = len(req.candidates)
         feats = np.zeros((n, self.dmax), np.float32)
         mod = np.empty(n, np.int64)
+        lengths = np.empty(n, np.int64)
         for i, c in enumerate(req.candidates):
-            feats[i, : len(c.features)] = c.features
+            k = len(c.features)
+            feats[i, :k] = c.features
             mod[i] = MODALITY_ID[c.modality]
+            lengths[i] = k
         return Prepared(
             features=feats,
             modality=mod,
+            lengths=lengths,
             query=np.asarray(req.query.features, np.float32),
             user=np.asarray(req.user.features, np.float32),
             explore=req.explore,
@@ -91,6 +97,7 @@ class Scorer:
     @torch.no_grad()
     def scores(self, pages: list[Prepared]) -> tuple[torch.Tensor, torch.Tensor]:
         """One padded forward pass over a batch: (scores [B, N], mask [B, N])."""
+        t0 = thread_time()
         b = len(pages)
         n = max(p.n for p in pages)
         feats = np.zeros((b, n, self.dmax), np.float32)
@@ -103,7 +110,10 @@ class Scorer:
         q = torch.from_numpy(np.stack([p.query for p in pages]))
         u = torch.from_numpy(np.stack([p.user for p in pages]))
         m = torch.from_numpy(mask)
+        t1 = thread_time()
         s = self.model(torch.from_numpy(feats), torch.from_numpy(mod), m, q, u)
+        CLOCK.add("batch_build", t1 - t0)
+        CLOCK.add("model_forward", thread_time() - t1)
         return s, m
 
     @torch.no_grad()
@@ -116,6 +126,7 @@ class Scorer:
     ) -> list[Ranked]:
         """Score and rank a batch; pages with explore=True are sampled when exploration is PL."""
         s, mask = self.scores(pages)
+        t0 = thread_time()
         n = s.shape[1]
         greedy = pl.greedy_topk(pl.masked_logits(s, mask), n)
         explore = torch.tensor([p.explore and exploration == "plackett_luce" for p in pages])
@@ -148,4 +159,5 @@ class Scorer:
                     temperature=float(temperature) if exp_i else 0.0,
                 )
             )
+        CLOCK.add("propensities", thread_time() - t0)
         return out

@@ -86,7 +86,7 @@ class RuntimeConfig:
     temperature: float = 1.0
     batching: bool = True
     max_batch_size: int = 32
-    batch_wait_timeout_s: float = 0.002
+    batch_wait_timeout_s: float = 0.0  # extra wait for a batch to fill (serving.batcher); 0 = none
 
     def __post_init__(self) -> None:
         if self.exploration not in EXPLORATION_MODES:

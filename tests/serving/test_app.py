@@ -9,7 +9,6 @@ longer than the module's run time).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shutil
 import threading
@@ -24,6 +23,7 @@ from serving import deploy
 from serving.client import page_request
 from serving.feedback_log import read_logs
 from serving.ledger import new_event_id
+from serving.malformed import bad_cases
 from serving.registry import Registry
 from serving.settings import APP_NAME, load_config, with_overrides
 from serving.tokens import EventSigner
@@ -125,77 +125,7 @@ def test_version_healthz_openapi(app, serving_ckpts):
     assert {"RankRequest", "Candidate", "Context", "RankResponse"} <= set(spec["components"]["schemas"])
 
 
-def _mut(f):
-    """A case that edits a copy of a valid body in place."""
-
-    def apply(body):
-        body = copy.deepcopy(body)
-        f(body)
-        return body
-
-    return apply
-
-
-def _raw(text_fn):
-    return lambda body: text_fn(json.dumps(body)).encode()
-
-
-BAD = {
-    "features_not_a_list": (
-        _mut(lambda b: b["candidates"][0].__setitem__("features", "abc")),
-        422,
-        "features",
-    ),
-    "bool_features": (
-        _mut(lambda b: b["candidates"][0].__setitem__("features", [True] * 24)),
-        422,
-        "features",
-    ),
-    "item_id_not_str": (_mut(lambda b: b["candidates"][1].__setitem__("item_id", 5)), 422, "item_id"),
-    "explore_not_bool": (_mut(lambda b: b.__setitem__("explore", "yes")), 422, "explore"),
-    "unknown_modality": (
-        _mut(lambda b: b["candidates"][0].__setitem__("modality", "podcast")),
-        422,
-        "modality",
-    ),
-    "wrong_feature_length": (_mut(lambda b: b["candidates"][2]["features"].append(1.0)), 422, "features"),
-    "nan": (_raw(lambda s: s.replace('"features": [', '"features": [NaN, ', 1)), 422, "features"),
-    "infinity": (_raw(lambda s: s.replace('"features": [', '"features": [-Infinity, ', 1)), 422, "features"),
-    "overflow_to_inf": (
-        _raw(lambda s: s.replace('"features": [', '"features": [1e999, ', 1)),
-        422,
-        "features",
-    ),
-    "nan_score": (
-        _raw(lambda s: s.replace('"single_modal_score": ', '"single_modal_score": NaN, "x": ', 1)),
-        422,
-        "single_modal_score",
-    ),
-    "empty_candidates": (_mut(lambda b: b.__setitem__("candidates", [])), 422, "candidates"),
-    "oversized_candidates": (
-        _mut(
-            lambda b: b.__setitem__(
-                "candidates", [dict(b["candidates"][0], item_id=f"x{i}") for i in range(21)]
-            )
-        ),
-        422,
-        "candidates",
-    ),
-    "duplicate_item_ids": (
-        _mut(lambda b: b["candidates"][1].__setitem__("item_id", b["candidates"][0]["item_id"])),
-        422,
-        "item_id",
-    ),
-    "query_length": (
-        _mut(lambda b: b["query"].__setitem__("features", b["query"]["features"][:-1])),
-        422,
-        "query",
-    ),
-    "missing_user": (_mut(lambda b: b.__delitem__("user")), 422, "user"),
-    "not_json": (lambda b: b"{this is not json", 422, "body"),
-    "not_an_object": (lambda b: b"[1, 2, 3]", 422, "body"),
-    "huge_body": (lambda b: json.dumps({**b, "pad": "x" * (2 << 20)}).encode(), 413, "body"),
-}
+BAD = bad_cases(20)  # the module deploys with max_candidates 20
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
