@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import msgspec
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from serving.schemas import FieldError
+from serving.schemas import RANK_DECODER, FieldError, RankRequest
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -31,6 +32,15 @@ async def _field(_: Request, exc: FieldError) -> JSONResponse:
     return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
 
 
+def error_response(exc: Exception) -> JSONResponse | None:
+    """The 4xx response for a bad-input exception (as the installed handlers render it), else None."""
+    if isinstance(exc, RequestValidationError):
+        return JSONResponse({"detail": [_clean(e) for e in exc.errors()]}, status_code=422)
+    if isinstance(exc, FieldError):
+        return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(FieldError, _field)
@@ -43,6 +53,16 @@ def parse_body(model: type[M], body: bytes) -> M:
         return model.model_validate_json(body)
     except ValidationError as e:
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
+
+
+def parse_rank(body: bytes) -> Any:
+    """A /rank body as a validated request: msgspec's decoder (`schemas.FastRankRequest`, same
+    attributes as `RankRequest`) for the common valid case; whatever it refuses goes through
+    `parse_body(RankRequest, ...)`, which accepts it or raises the 422 naming the field."""
+    try:
+        return RANK_DECODER.decode(body)
+    except msgspec.DecodeError:  # ValidationError is a subclass
+        return parse_body(RankRequest, body)
 
 
 def document_body(app: FastAPI, path: str, model: type[BaseModel]) -> None:

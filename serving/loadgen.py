@@ -132,7 +132,7 @@ async def run(
     async def worker(k: int, measured: bool, n_total: int | None) -> None:
         nonlocal issued
         conn = await connect()
-        i = (k * 7919) % len(raws)  # each connection starts at a different request
+        i = (k * len(raws)) // concurrency  # the connections start spread evenly over the requests
         while True:
             if measured:
                 if n_total is not None and issued >= n_total:

@@ -14,10 +14,10 @@ import os
 import torch
 from fastapi import FastAPI, Request, Response
 
-from serving.errors import install_error_handlers, parse_body
+from serving.errors import install_error_handlers, parse_rank
 from serving.feedback_log import IMPRESSIONS, LogWriter, impression_row, now_ms
 from serving.ledger import new_event_id
-from serving.schemas import RankRequest, RankResponse, check_rank, rank_response_json
+from serving.schemas import RankResponse, check_rank, rank_response_json
 from serving.scoring import Scorer
 from serving.settings import AppSettings
 from serving.stages import CLOCK, process_cpu_s, thread_time
@@ -45,7 +45,7 @@ def build_peer_app(checkpoint: str, log_dir: str, seed: int = 0) -> FastAPI:
     async def rank(request: Request) -> Response:
         body = await request.body()
         t0 = thread_time()
-        req = parse_body(RankRequest, body)
+        req = parse_rank(body)
         t1 = thread_time()
         check_rank(
             req,

@@ -10,6 +10,8 @@ import pytest
 # Ray processes read these at import, so they are set here, at collection, before any ray.init().
 os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
 os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0")
+# Workers push metrics to the node's exporter every 2 s (default 10 s), so the metrics test is short.
+os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
 
 
 def make_checkpoint(pages, path, version: str, seed: int):

@@ -140,6 +140,47 @@ def test_bad_input_is_4xx_naming_the_field(app, case):
     assert field in detail_text(r)
 
 
+def test_prometheus_metrics_per_route_version_status(app):
+    """Ray's metrics exporter (the scrape address in the README) shows our counters and latencies."""
+    import re
+
+    from serving.metrics import metrics_scrape_address
+
+    for p in range(3):
+        assert rank(app, page_request(app.pages, p)).status_code == 200
+    assert (
+        app.http.post("/rank", content=b"[1]", headers={"content-type": "application/json"}).status_code
+        == 422
+    )
+    assert app.http.get("/version").status_code == 200
+    addr = metrics_scrape_address()
+    assert addr and addr.endswith("/metrics"), addr
+
+    def series(text: str, name: str, **tags) -> list[float]:
+        out = []
+        for line in text.splitlines():
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in tags.items()):
+                out.append(float(line.rsplit(" ", 1)[1]))
+        return out
+
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:
+        text = httpx.get(addr, timeout=10).text
+        if series(text, "ray_smar_request_errors_total", route="/rank", status="422") and series(
+            text, "ray_smar_requests_total", route="/version"
+        ):
+            break
+        time.sleep(1.0)
+    ok = series(text, "ray_smar_requests_total", route="/rank", model_version="v-a", status="200")
+    assert ok and sum(ok) >= 3, re.findall(r"ray_smar_\w+", text)[:20]
+    assert sum(series(text, "ray_smar_request_errors_total", route="/rank", status="422")) >= 1
+    assert not series(text, "ray_smar_request_errors_total", route="/rank", status="200")
+    assert series(text, "ray_smar_requests_total", route="/version", status="200")
+    buckets = series(text, "ray_smar_request_latency_ms_bucket", route="/rank", model_version="v-a")
+    assert buckets and max(buckets) >= 4  # cumulative buckets: the +Inf one counts every /rank
+    assert series(text, "ray_smar_request_latency_ms_count", route="/rank")
+
+
 def test_app_still_serves_after_bad_inputs(app):
     r = rank(app, page_request(app.pages, 3, explore=True))
     assert r.status_code == 200

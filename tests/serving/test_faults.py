@@ -132,52 +132,24 @@ def test_unwritable_feedback_log_is_503_with_retry_ranking_keeps_serving(app):
     http.close()
 
 
-def test_malformed_load_during_hot_swap_no_5xx_no_failed_valid_request(app):
-    from test_app import BAD
+def test_malformed_load_during_hot_swaps_outside_client(app, tmp_path):
+    """The short variant of `smar bench serve`'s fault part: serving/loadgen.py (a raw-socket HTTP
+    client in its own process) at concurrency 8 for 6 s with 10 % malformed requests of every class,
+    two hot swaps (to v-b and back) meanwhile, and every bad class through curl."""
+    from serving.bench import fault_load
 
-    bodies = []
-    for k, case in enumerate(sorted(BAD)):
-        make, status, _ = BAD[case]
-        bodies.append((make(page_request(app.pages, k % 20)), status))
-    stop = threading.Event()
-    seen: list[tuple[int | None, int, float]] = []  # (expected status or None for valid, got, latency)
-
-    def hammer(k: int) -> None:
-        with httpx.Client(base_url=app.url, timeout=30) as c:
-            i = 0
-            while not stop.is_set():
-                i += 1
-                if i % 10 == 0:  # 10 % malformed, every class in turn
-                    payload, want = bodies[(k + i // 10) % len(bodies)]
-                else:
-                    payload, want = page_request(app.pages, (k * 13 + i) % 30, explore=bool(i % 2)), None
-                t0 = time.perf_counter()
-                if isinstance(payload, bytes):
-                    r = c.post("/rank", content=payload, headers={"content-type": "application/json"})
-                else:
-                    r = c.post("/rank", json=payload)
-                seen.append((want, r.status_code, time.perf_counter() - t0))
-
-    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    time.sleep(2.0)
-    deploy.apply_version("v-b", url=app.url)
-    time.sleep(2.0)
-    stop.set()
-    for t in threads:
-        t.join()
-    assert len(seen) > 50
-    assert not [s for s in seen if s[1] >= 500]
-    assert all(got == 200 for want, got, _ in seen if want is None)
-    assert all(got == want for want, got, _ in seen if want is not None)
-    assert {w for w, _, _ in seen if w is not None} == {s for _, s in bodies}
-    lat = sorted(x for _, _, x in seen)
+    bodies = [page_request(app.pages, p, explore=bool(p % 2)) for p in range(20)]
+    got = fault_load(app.url, bodies, 6.0, tmp_path, swap_versions=("v-b", "v-a"), concurrency=8, n_max=20)
     print(
-        f"malformed load c=8: {len(seen)} requests, p50 {1000 * lat[len(lat) // 2]:.1f} ms, "
-        f"p99 {1000 * lat[int(len(lat) * 0.99)]:.1f} ms"
+        f"malformed load c=8: {got['requests']} requests ({got['malformed']} malformed), "
+        f"p50 {got['p50_ms']:.1f} ms, p99 {got['p99_ms']:.1f} ms, swaps {got['swaps']}"
     )
-    deploy.apply_version("v-a", url=app.url)
+    assert got["n_5xx"] == 0 and got["connection_errors"] == 0, got["status_by_class"]
+    assert got["failed_valid_requests"] == 0, got["status_by_class"]["valid"]
+    assert not got["malformed_not_their_4xx"] and not got["classes_never_sent"], got
+    assert got["curl_all_4xx_as_expected"], got["curl"]
+    assert [s["version"] for s in got["swaps"]] == ["v-b", "v-a"]
+    assert got["ok"]
 
 
 def test_ranker_sigkill_under_traffic_acknowledged_feedback_survives(app):
