@@ -31,7 +31,7 @@ from ray.serve.handle import DeploymentHandle
 from pretrain.checkpoint import CheckpointError
 from serving import stages
 from serving.batcher import Batcher
-from serving.errors import document_body, error_response, install_error_handlers, parse_rank
+from serving.errors import document_body, error_response, install_error_handlers, parse_body, parse_rank
 from serving.feedback_log import FEEDBACK, IMPRESSIONS, LogWriter, impression_row, now_ms
 from serving.ledger import EventLedger
 from serving.metrics import RouteMetrics, set_model_version
@@ -392,11 +392,8 @@ class Ranker:
             except FieldError as e:
                 raise FieldError(("body", "pages", i, *e.loc[1:]), e.msg, e.status) from None
             items.append(_Item(page, scorer.prepare(page), scorer))
-        ranked = await self._rank_items(items)
-        body = RankBatchResponse(
-            results=[rank_response(p, eid, v, r) for p, (eid, v, r) in zip(req.pages, ranked)]
-        )
-        return Response(body.model_dump_json(), media_type="application/json")
+        bodies = await self._rank_items(items)  # each page's /rank response body (a RankResponse)
+        return Response(b'{"results":[' + b",".join(bodies) + b"]}", media_type="application/json")
 
     # ------------------------------------------------------------------ feedback
     def _check_feedback(self, req: FeedbackRequest) -> str:

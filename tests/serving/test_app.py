@@ -9,6 +9,7 @@ longer than the module's run time).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import threading
