@@ -64,15 +64,19 @@ def topk_agreement(
     can pool batches exactly; agreement = mass / pairs.
     """
     mask = mask.bool()
-    keep = mask
-    if k is not None:
+    if k is not None:  # only the top-k slots can form pairs: compare those [B, k, k], not [B, N, N]
         top = torch.topk(scores.masked_fill(~mask, float("-inf")), k, dim=-1).indices
-        keep = torch.zeros_like(mask).scatter(-1, top, True) & mask
+        scores, reference = scores.gather(-1, top), reference.gather(-1, top)
+        modality, mask = modality.gather(-1, top), mask.gather(-1, top)
     dr = torch.sign(reference[:, :, None] - reference[:, None, :])
     ds = torch.sign(scores[:, :, None] - scores[:, None, :])
     same = modality[:, :, None] == modality[:, None, :]
-    upper = torch.ones(scores.shape[-1], scores.shape[-1], dtype=torch.bool, device=scores.device).triu(1)
-    valid = same & upper & (dr != 0) & keep[:, :, None] & keep[:, None, :]
+    n = scores.shape[-1]
+    upper = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
+    valid = same & (dr != 0) & mask[:, :, None] & mask[:, None, :]
+    # each unordered pair once: i < j in slot order, or in top-k order after the gather (a pair's
+    # agreement does not depend on which of its items comes first)
+    valid = valid & upper
     agree = torch.where(ds == dr, 1.0, torch.where(ds == 0, 0.5, 0.0))
     return (agree * valid).sum(), valid.sum()
 

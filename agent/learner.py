@@ -30,10 +30,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from ray.rllib.algorithms.ppo.ppo import (
+    LEARNER_RESULTS_KL_KEY,
+    LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY,
+    LEARNER_RESULTS_VF_LOSS_UNCLIPPED_KEY,
+)
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
+from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.annotations import override
+from ray.rllib.utils.torch_utils import explained_variance
 
 from agent.constraint import Lagrangian, LagrangianConfig, topk_agreement
 from agent.rl_module import SCORES
@@ -51,10 +61,14 @@ HINGE = "consistency_hinge"
 AGREEMENT = "consistency_agreement"
 TARGET = "consistency_target"
 REFERENCE_KL = "reference_kl"
-CLIP_FRACTION = "clip_fraction"  # share of the minibatch's slates whose PPO ratio is outside 1 +- clip
+CLIP_FRACTION = "clip_fraction"  # share of the objective's ratios (slates or positions) outside 1 +- clip
+SLATE_CLIP_FRACTION = "slate_clip_fraction"  # the same for the slate ratio, whatever the objective
 APPROX_KL = "approx_kl"  # E[(r - 1) - log r] over the minibatch, r = pi / pi_old of the sampled slate
 EXPLAINED_VAR = "vf_explained_var"  # RLlib's own (PPOTorchLearner logs it)
 OFFSET_OPTIMIZER = "offset_head"  # the second named optimizer (ConstraintConfig.offset_lr_scale != 1)
+POSITION_REWARDS = "position_rewards"  # batch column [B, K]: the page reward per shown position (env info)
+POSITION_ADVANTAGES = "position_advantages"  # batch column [B, K]: PositionAdvantages' output
+RATIOS = ("slate", "position")
 
 
 @dataclass(frozen=True)
@@ -75,8 +89,24 @@ class ConstraintConfig:
     # The optimiser: the reranker's modality-offset head (the page layout: how modalities interleave,
     # which no within-modality order depends on) learns at offset_lr_scale x the learning rate.
     offset_lr_scale: float = 1.0
+    # The trust region (PPO's importance ratio):
+    #   "slate"     one ratio per page, pi(a) / pi_old(a) of the whole top-K ranking (RLlib's PPO loss);
+    #               a product of K per-position ratios, so it leaves 1 +- clip after a small step
+    #   "position"  one ratio per position, pi(a_k | a_<k) / pi_old(a_k | a_<k), each with its own
+    #               advantage: the page's GAE advantage minus the reward earned above position k
+    #               (under the cascade the k-th choice cannot change what the user did above it),
+    #               centred per position over the batch (PositionAdvantages). PPO on the MDP whose
+    #               steps are the K placements of a page.
+    ratio: str = "slate"
+    # PPO's learner connector appends one artificial timestep to every episode chunk for the value
+    # bootstrap (sessions are 1-3 pages, so that is ~40% of the rows) and masks it out of the loss.
+    # True: drop those rows once GAE has used them, so a minibatch of `minibatch` rows is that many
+    # real pages and no forward or backward pass is spent on rows without loss.
+    drop_bootstrap_rows: bool = False
 
     def __post_init__(self) -> None:
+        if self.ratio not in RATIOS:
+            raise ValueError(f"ConstraintConfig.ratio must be one of {RATIOS}, got {self.ratio!r}")
         if self.target is not None and not 0.0 <= self.target <= 1.0:
             raise ValueError(f"ConstraintConfig.target must lie in [0, 1], got {self.target}")
         if not 0.0 < self.target_fraction <= 1.0:
@@ -117,6 +147,11 @@ class ConstrainedPPOLearner(PPOTorchLearner):
         # Parsed before super().build(): configure_optimizers_for_module reads offset_lr_scale.
         self.constraint = ConstraintConfig.from_dict(self.config.learner_config_dict)
         super().build()
+        if self.constraint.ratio == "position" and self._learner_connector is not None:
+            # after RLlib's GAE (which PPOLearner.build appends last): per-position advantages
+            self._learner_connector.append(PositionAdvantages())
+        if self.constraint.drop_bootstrap_rows and self._learner_connector is not None:
+            self._learner_connector.append(DropBootstrapRows())
         self.lagrangians: dict[str, Lagrangian] = {}
         self.targets: dict[str, float] = {}
         # The frozen SMAR policy: a plain attribute of the learner, NOT a submodule of the trained
@@ -176,20 +211,8 @@ class ConstrainedPPOLearner(PPOTorchLearner):
     ) -> torch.Tensor:
         c = self.constraint
         module = self.module[module_id].unwrapped()
-        total = super().compute_loss_for_module(
-            module_id=module_id, config=config, batch=batch, fwd_out=fwd_out
-        )
         rows = batch[Columns.LOSS_MASK].bool() if Columns.LOSS_MASK in batch else None
-        with torch.no_grad():  # the trust region: clip share and approximate KL to the sampling policy
-            log_ratio = (
-                pl.log_prob(fwd_out[Columns.ACTION_DIST_INPUTS], batch[Columns.ACTIONS].long())
-                - batch[Columns.ACTION_LOGP]
-            )
-            if rows is not None:
-                log_ratio = log_ratio[rows]
-            stats = trust_region_stats(log_ratio, config.clip_param)
-            for key, value in stats.items():
-                self.metrics.log_value((module_id, key), value, window=1)
+        total = self._ppo_loss(module_id, module, config, batch, fwd_out, rows)
         obs = batch[Columns.OBS]
         mask = obs["mask"].bool()
         if rows is not None:  # RLlib's artificial bootstrap timesteps carry no loss
@@ -219,6 +242,76 @@ class ConstrainedPPOLearner(PPOTorchLearner):
             self.metrics.log_value((module_id, REFERENCE_KL), kl.detach(), window=1)
 
         self.metrics.log_value((module_id, HINGE), hinge.detach(), window=1)
+        return total
+
+    def _ppo_loss(self, module_id, module, config, batch, fwd_out, rows) -> torch.Tensor:
+        """RLlib's PPO loss (clipped surrogate + clipped vf loss - entropy bonus [+ KL to the old
+        policy]) with the importance ratio of `ConstraintConfig.ratio`. With ratio "slate" this is
+        PPOTorchLearner's loss term for term; the entropy is only differentiated when its
+        coefficient is non-zero (it is a 4-sample x K-position estimate: costly to back-propagate)."""
+
+        def mean(x: torch.Tensor) -> torch.Tensor:
+            return x[rows].mean() if rows is not None else x.mean()
+
+        logits = fwd_out[Columns.ACTION_DIST_INPUTS]
+        actions = batch[Columns.ACTIONS].long()
+        step_logp = pl.stepwise_log_probs(logits, actions)  # [B, K]
+        adv = batch[Postprocessing.ADVANTAGES]
+        slate_log_ratio = step_logp.sum(-1) - batch[Columns.ACTION_LOGP]
+        lo, hi = 1.0 - config.clip_param, 1.0 + config.clip_param
+        if self.constraint.ratio == "position":
+            with torch.no_grad():
+                old_step = pl.stepwise_log_probs(batch[Columns.ACTION_DIST_INPUTS], actions)
+            log_ratio = step_logp - old_step
+            adv_k = batch.get(POSITION_ADVANTAGES)
+            if adv_k is None:  # no position rewards in this batch: every position gets the page's
+                adv_k = adv[:, None].expand_as(log_ratio)
+            ratio = torch.exp(log_ratio)
+            surrogate = torch.min(adv_k * ratio, adv_k * torch.clamp(ratio, lo, hi)).sum(-1)
+        else:
+            log_ratio = slate_log_ratio
+            ratio = torch.exp(log_ratio)
+            surrogate = torch.min(adv * ratio, adv * torch.clamp(ratio, lo, hi))
+
+        dist = module.get_train_action_dist_cls().from_logits(logits)
+        entropy_coeff = self.entropy_coeff_schedulers_per_module[module_id].get_current_value()
+        if entropy_coeff:
+            entropy = dist.entropy()
+        else:
+            with torch.no_grad():
+                entropy = dist.entropy()
+        values = module.compute_values(batch, embeddings=fwd_out.get(Columns.EMBEDDINGS))
+        vf_loss = torch.pow(values - batch[Postprocessing.VALUE_TARGETS], 2.0)
+        vf_clipped = torch.clamp(vf_loss, 0, config.vf_clip_param)
+        total = mean(-surrogate + config.vf_loss_coeff * vf_clipped - entropy_coeff * entropy)
+        kl_loss = torch.zeros((), device=logits.device)
+        if config.use_kl_loss:
+            prev = module.get_exploration_action_dist_cls().from_logits(batch[Columns.ACTION_DIST_INPUTS])
+            kl_loss = mean(prev.kl(dist))
+            total = total + self.curr_kl_coeffs_per_module[module_id] * kl_loss
+
+        with torch.no_grad():  # the trust region: clip shares and approximate KL to the sampling policy
+            sel = (lambda x: x[rows]) if rows is not None else (lambda x: x)  # noqa: E731
+            stats = trust_region_stats(sel(slate_log_ratio), config.clip_param)
+            stats[SLATE_CLIP_FRACTION] = stats[CLIP_FRACTION]
+            if self.constraint.ratio != "slate":
+                stats[CLIP_FRACTION] = trust_region_stats(sel(log_ratio), config.clip_param)[CLIP_FRACTION]
+            for key, value in stats.items():
+                self.metrics.log_value((module_id, key), value, window=1)
+            self.metrics.log_dict(
+                {
+                    POLICY_LOSS_KEY: -mean(surrogate),
+                    VF_LOSS_KEY: mean(vf_clipped),
+                    LEARNER_RESULTS_VF_LOSS_UNCLIPPED_KEY: mean(vf_loss),
+                    LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY: explained_variance(
+                        batch[Postprocessing.VALUE_TARGETS], values
+                    ),
+                    ENTROPY_KEY: mean(entropy),
+                    LEARNER_RESULTS_KL_KEY: kl_loss,
+                },
+                key=module_id,
+                window=1,
+            )
         return total
 
     # ------------------------------------------------------------------ dual ascent
@@ -282,3 +375,84 @@ def topk_consistency(model: WholePageReranker, pages: Pages, k: int) -> float:
         m, c = topk_agreement(scores, pb.single_modal_score, pb.modality, pb.mask & pb.has_score, k)
         mass, pairs = mass + float(m), pairs + float(c)
     return mass / pairs if pairs else float("nan")
+
+
+def position_advantages(
+    advantages: torch.Tensor, raw_advantages: torch.Tensor, position_rewards: torch.Tensor, real: torch.Tensor
+) -> torch.Tensor:
+    """Per-position advantages [B, K] from the page's standardised GAE advantages [B] (RLlib's:
+    (raw - mean) / std(raw), raw_advantages [B] = VALUE_TARGETS - V) and the page reward per shown
+    position [B, K]: A[t, k] = A[t] - (R_<k[t] - mean over real rows of R_<k) / std(raw), R_<k the
+    reward earned above position k. Rows not `real` (RLlib's bootstrap rows) earn nothing."""
+    rewards = torch.where(real[:, None], position_rewards, torch.zeros_like(position_rewards))
+    scale = max(1e-4, float(raw_advantages.std(unbiased=False)))  # GAE's np.std
+    prefix = torch.cumsum(rewards, -1) - rewards  # reward above each position
+    centred = prefix - prefix[real].mean(0) if real.any() else prefix
+    return advantages[:, None] - centred / scale
+
+
+class PositionAdvantages(ConnectorV2):
+    """Learner connector piece (after RLlib's GAE): the per-position advantage of ratio "position".
+
+    A[t, k] = A[t] - (R_<k[t] - mean over the batch of R_<k) / s, with A[t] the page's GAE advantage
+    (standardised by RLlib with the std s of the raw advantages VALUE_TARGETS - V), R_<k[t] the reward
+    the page earned at positions above k (env info `position_rewards`) and s recomputed exactly as
+    GAE computed it. The k-th placement cannot change what the user did above it (the cascade), so
+    that reward is noise for its gradient; centring per position keeps the baseline's mean.
+    Episodes and batch rows are walked in the same order as RLlib's own pieces walk them."""
+
+    @override(ConnectorV2)
+    def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
+        per_module: dict[str, list[np.ndarray]] = {}
+        for ep in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
+            mid = ep.module_id or next(iter(batch))
+            k = int(rl_module[mid].unwrapped().slate_size)
+            infos = ep.get_infos(slice(1, len(ep) + 1))  # infos[t + 1] is step t's (index 0: reset's)
+            rewards = np.zeros((len(ep), k), np.float32)
+            for t, info in enumerate(infos[: len(ep)]):
+                r = info.get(POSITION_REWARDS) if isinstance(info, dict) else None
+                if r is not None:
+                    rewards[t] = np.asarray(r, np.float32)
+            per_module.setdefault(mid, []).append(rewards)
+        for mid, parts in per_module.items():
+            mb = batch[mid]
+            rewards = torch.as_tensor(np.concatenate(parts))
+            adv = mb[Postprocessing.ADVANTAGES]
+            if rewards.shape[0] != adv.shape[0]:
+                raise ValueError(f"position rewards for {rewards.shape[0]} rows, batch has {adv.shape[0]}")
+            real = mb[Columns.LOSS_MASK].bool() if Columns.LOSS_MASK in mb else torch.ones_like(adv).bool()
+            if Columns.REWARDS in mb:  # the rows line up: each real row's positions sum to its reward
+                step = torch.as_tensor(mb[Columns.REWARDS]).to(rewards)
+                if not torch.allclose(rewards.sum(-1)[real], step[real], atol=1e-5):
+                    raise ValueError("position rewards do not sum to the batch's rewards: rows misaligned")
+            with torch.no_grad():
+                values = rl_module[mid].unwrapped().compute_values(mb)
+            mb[POSITION_ADVANTAGES] = position_advantages(
+                adv, mb[Postprocessing.VALUE_TARGETS] - values, rewards.to(adv.device), real
+            )
+        return batch
+
+
+class DropBootstrapRows(ConnectorV2):
+    """Learner connector piece (last): removes the rows RLlib's PPO adds for the value bootstrap
+    (`Columns.LOSS_MASK` False) from every column once GAE (and PositionAdvantages) have used them.
+    The loss then sees only real pages; PPO's loss is a masked mean, so on the same rows it is
+    unchanged, but minibatches of `minibatch_size` rows now hold that many real pages."""
+
+    @override(ConnectorV2)
+    def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
+        for mid, mb in batch.items():
+            if Columns.LOSS_MASK not in mb:
+                continue
+            keep = torch.as_tensor(mb.pop(Columns.LOSS_MASK)).bool()
+            idx = torch.nonzero(keep).squeeze(-1)
+
+            def take(x, idx=idx):
+                if isinstance(x, dict):
+                    return {k: take(v) for k, v in x.items()}
+                if isinstance(x, torch.Tensor):
+                    return x.index_select(0, idx.to(x.device))
+                return np.asarray(x)[idx.numpy()]
+
+            batch[mid] = {k: take(v) for k, v in mb.items()}
+        return batch

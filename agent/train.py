@@ -63,6 +63,7 @@ CSV_COLUMNS = (
     "vf_loss",
     "ppo_kl",
     "clip_fraction",
+    "slate_clip_fraction",
     "vf_explained_var",
     "select_reward",
     "select_agreement",
@@ -122,6 +123,10 @@ class TrainConfig:
     multiplier_init: float = 0.0
     reference_kl_coeff: float = 0.0  # KL(pi_SMAR || pi): needs a SMAR reranker (not with --scratch)
     offset_lr_scale: float = 1.0  # the reranker's modality-offset head learns at this x lr
+    # PPO's importance ratio (agent.learner.ConstraintConfig.ratio): "slate" (one per ranking) or
+    # "position" (one per placement, with position-level reward-to-go under the cascade)
+    ratio: str = "slate"
+    drop_bootstrap_rows: bool = False  # agent.learner.ConstraintConfig.drop_bootstrap_rows
     # environment / evaluation
     serp: dict = field(default_factory=dict)  # SerpConfig overrides (n_max defaults to the longest page)
     reward: str = "success"  # the product reward by name (envs.reward.RewardConfig), unless serp sets one
@@ -256,6 +261,8 @@ def build_ppo_config(
         reference_checkpoint=model_config.get("reference_checkpoint"),
         reference_kl_coeff=cfg.reference_kl_coeff,
         offset_lr_scale=cfg.offset_lr_scale,
+        ratio=cfg.ratio,
+        drop_bootstrap_rows=cfg.drop_bootstrap_rows,
     )
     lr: float | list = lr_schedule(cfg)
     mc = {k: v for k, v in model_config.items() if k != "reference_checkpoint"}
@@ -300,6 +307,7 @@ def _row(iteration: int, result: dict, elapsed: float, evaluation: dict | None) 
         HINGE,
         MULTIPLIER,
         REFERENCE_KL,
+        SLATE_CLIP_FRACTION,
         TARGET,
     )
 
@@ -329,6 +337,7 @@ def _row(iteration: int, result: dict, elapsed: float, evaluation: dict | None) 
         "vf_loss": f(lr.get("vf_loss")),
         "ppo_kl": f(lr.get(APPROX_KL)),  # approximate KL(pi_old || pi) of the last minibatch
         "clip_fraction": f(lr.get(CLIP_FRACTION)),
+        "slate_clip_fraction": f(lr.get(SLATE_CLIP_FRACTION)),
         "vf_explained_var": f(lr.get(EXPLAINED_VAR)),
         "select_reward": float("nan"),  # filled in by best-iterate selection when it runs
         "select_agreement": float("nan"),
@@ -695,6 +704,12 @@ def add_ppo_arguments(p: argparse.ArgumentParser) -> None:
         help="learning-rate multiplier of the reranker's modality-offset head (the page layout)",
     )
     p.add_argument(
+        "--ratio",
+        choices=("slate", "position"),
+        default=TrainConfig.ratio,
+        help="PPO importance ratio: per slate, or per position with position-level reward-to-go",
+    )
+    p.add_argument(
         "--reward",
         default=TrainConfig.reward,
         help="product reward by name (envs.reward.REWARD_NAMES) the policy plays and learns from",
@@ -717,6 +732,7 @@ def ppo_options(args: argparse.Namespace) -> dict[str, Any]:
         "lr_end": args.lr_end if args.lr_end is not None and args.lr_end >= 0 else None,
         "temperature": args.temperature,
         "offset_lr_scale": args.offset_lr_scale,
+        "ratio": args.ratio,
         "target_fraction": args.target_fraction,
         "reward": args.reward,
     }

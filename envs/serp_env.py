@@ -91,7 +91,8 @@ class SerpEnv(gym.Env):
     ValueError. Episode: the reformulation pages of one query_id, drawn by the env RNG; terminated when
     the user is satisfied or abandons, truncated after `max_queries` pages (or when the session's pages
     run out). info: clicks, examined, dwell, satisfied_clicks, abandoned, satisfied, good_abandonment,
-    reformulated, ndcg@10, ndcg@k, consistency, page_id, query_index.
+    reformulated, position_rewards (the page reward per shown position, K floats; they sum to the step's
+    reward), ndcg@10, ndcg@k, consistency, page_id, query_index.
 
     `consistency` (within-modality agreement of the shown list with the single-modal scores) is present
     only when the page carries single-modal scores (a pretrain run's splits; not the built-in default
@@ -228,7 +229,8 @@ class SerpEnv(gym.Env):
         out = self.user_model.simulate(
             rel, self._att[p, a][None], self._mod_int[p, a][None], None, self.np_random
         )
-        reward = float(self.config.reward.item_rewards(out, self._t).sum())
+        item_rewards = self.config.reward.item_rewards(out, self._t)[0]
+        reward = float(item_rewards.sum())
         satisfied = bool(out.satisfied[0])
         abandoned = bool(out.abandon[0])
         terminated = satisfied or abandoned
@@ -248,6 +250,7 @@ class SerpEnv(gym.Env):
             "satisfied": satisfied,
             "abandoned": abandoned,
             "reformulated": bool(out.reformulate[0]),
+            "position_rewards": tuple(float(r) for r in item_rewards),
             "ndcg@10": ndcg10,
             "ndcg@k": ndcg10
             if self.config.slate_size == 10

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import DEFAULT_OPTIMIZER
 from ray.rllib.evaluation.postprocessing import Postprocessing
@@ -15,8 +16,11 @@ from agent.learner import (
     AGREEMENT,
     MULTIPLIER,
     OFFSET_OPTIMIZER,
+    POSITION_ADVANTAGES,
     ConstrainedPPOLearner,
     ConstraintConfig,
+    DropBootstrapRows,
+    position_advantages,
     scaled_schedule,
     topk_agreement,
     trust_region_stats,
@@ -212,3 +216,86 @@ def test_constraint_config_validates():
         ConstraintConfig.from_dict({"lagrange": 1.0})
     with pytest.raises(ValueError, match="offset_lr_scale"):
         ConstraintConfig(offset_lr_scale=0.0)
+    with pytest.raises(ValueError, match="ratio"):
+        ConstraintConfig(ratio="page")
+
+
+def _ppo_batch(learner, o, seed: int = 5):
+    """A PPO batch with random advantages, sampled actions and a moved policy (ratios != 1)."""
+    module = learner.module["default_policy"]
+    g = torch.Generator().manual_seed(seed)
+    old = pl.masked_logits(torch.randn(o["mask"].shape, generator=g), o["mask"], 1.0)
+    actions = pl.sample_topk(old, module.slate_size, g)
+    scores = (torch.randn(o["mask"].shape, generator=g) * 0.3).requires_grad_(True)
+    logits = pl.masked_logits(old.detach() + scores, o["mask"], 1.0)
+    b = len(actions)
+    batch = {
+        Columns.OBS: o,
+        Columns.ACTIONS: actions,
+        Columns.ACTION_DIST_INPUTS: old,
+        Columns.ACTION_LOGP: pl.log_prob(old, actions),
+        Postprocessing.ADVANTAGES: torch.randn(b, generator=g),
+        Postprocessing.VALUE_TARGETS: torch.randn(b, generator=g),
+    }
+    return scores, batch, {Columns.ACTION_DIST_INPUTS: logits, SCORES: logits}
+
+
+def test_slate_ratio_loss_is_rllibs_ppo_loss(env, tiny_world):
+    learner = _learner(env, tiny_world, enabled=False)
+    _, batch, fwd = _ppo_batch(learner, _batch(env))
+    kw = dict(module_id="default_policy", config=learner.config, batch=batch, fwd_out=fwd)
+    ours = learner.compute_loss_for_module(**kw)
+    rllib = PPOTorchLearner.compute_loss_for_module(learner, **kw)
+    assert float(ours.detach()) == pytest.approx(float(rllib.detach()), rel=1e-6, abs=1e-7)
+
+
+def test_position_ratio_loss_golden(env, tiny_world):
+    learner = _learner(env, tiny_world, enabled=False, ratio="position")
+    scores, batch, fwd = _ppo_batch(learner, _batch(env))
+    k = learner.module["default_policy"].slate_size
+    adv_k = torch.randn(len(scores), k, generator=torch.Generator().manual_seed(2))
+    batch[POSITION_ADVANTAGES] = adv_k
+    learner._ppo_loss("default_policy", learner.module["default_policy"], learner.config, batch, fwd, None)
+    # by hand: one clipped surrogate per position with its own ratio and advantage, summed over positions
+    new = pl.stepwise_log_probs(fwd[Columns.ACTION_DIST_INPUTS], batch[Columns.ACTIONS])
+    old = pl.stepwise_log_probs(batch[Columns.ACTION_DIST_INPUTS], batch[Columns.ACTIONS])
+    r = (new - old).exp()
+    c = learner.config.clip_param
+    surrogate = torch.min(adv_k * r, adv_k * r.clamp(1 - c, 1 + c)).sum(-1)
+    values = learner.module["default_policy"].compute_values(batch)
+    vf = (values - batch[Postprocessing.VALUE_TARGETS]).pow(2).clamp(0, learner.config.vf_clip_param)
+    expected = (-surrogate + learner.config.vf_loss_coeff * vf).mean()
+    got = learner._ppo_loss(
+        "default_policy", learner.module["default_policy"], learner.config, batch, fwd, None
+    )
+    assert float(got.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+    # per-position clip shares are smaller than the slate's on the same moved policy
+    slate = (new.sum(-1) - batch[Columns.ACTION_LOGP]).exp()
+    assert ((r - 1).abs() > c).float().mean() < ((slate - 1).abs() > c).float().mean()
+
+
+def test_position_advantages_remove_the_reward_above_each_position():
+    adv = torch.tensor([1.0, -1.0, 0.5])
+    raw = torch.tensor([2.0, -2.0, 0.0])  # std 1.633
+    rewards = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.0, 0.0], [9.0, 9.0, 9.0]])
+    real = torch.tensor([True, True, False])  # the last row is a bootstrap row: it earns nothing
+    out = position_advantages(adv, raw, rewards, real)
+    s = float(raw.std(unbiased=False))
+    prefix = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.5, 0.5], [0.0, 0.0, 0.0]])
+    mean = prefix[:2].mean(0)
+    assert torch.allclose(out, adv[:, None] - (prefix - mean) / s)
+    assert torch.allclose(out[:, 0], adv)  # nothing is shown above the first position
+
+
+def test_drop_bootstrap_rows_keeps_the_real_rows_of_every_column():
+    batch = {
+        "default_policy": {
+            Columns.LOSS_MASK: torch.tensor([True, False, True, True, False]),
+            Columns.OBS: {"mask": torch.arange(10.0).reshape(5, 2)},
+            Postprocessing.ADVANTAGES: torch.arange(5.0),
+        }
+    }
+    out = DropBootstrapRows()(rl_module=None, batch=batch, episodes=[])["default_policy"]
+    assert Columns.LOSS_MASK not in out
+    assert out[Postprocessing.ADVANTAGES].tolist() == [0.0, 2.0, 3.0]
+    assert out[Columns.OBS]["mask"].tolist() == [[0.0, 1.0], [4.0, 5.0], [6.0, 7.0]]
