@@ -106,8 +106,11 @@ def top_by_intent(returns: np.ndarray, intents: np.ndarray, k: int) -> list[np.n
     return out
 
 
-def reference_policies(run, smar, serp, seed: int, repeats: int, fresh_seeds: int = 3) -> dict[str, dict]:
-    """Evaluate every reference policy on the run's `test` sessions (same seed/repeats as the methods)."""
+def reference_policies(
+    run, smar, serp, seed: int, repeats: int, fresh_seeds: int = 3, attractiveness: bool = True
+) -> dict[str, dict]:
+    """Evaluate every reference policy on the run's `test` sessions (same seed/repeats as the methods).
+    `attractiveness=False` skips the smar_attractiveness_* pair (two thirds of the search's cost)."""
     train, test = run.split("traffic"), run.split("test")
     search_pages, search_truth = head_sessions(train.pages, train.truth, SEARCH_SESSIONS)
     intents = session_intents(search_pages, search_truth)
@@ -192,7 +195,8 @@ def reference_policies(run, smar, serp, seed: int, repeats: int, fresh_seeds: in
     out: dict[str, dict] = {}
     smar_base = lambda _t, s: np.asarray(s, np.float32)  # noqa: E731
     add("smar_modality_offsets", smar_base, (0.0,), OFFSET_GRID, intent=True)
-    add("smar_attractiveness_offsets", smar_base, SMAR_ATTRACT_WEIGHTS, OFFSET_GRID, intent=True)
+    if attractiveness:
+        add("smar_attractiveness_offsets", smar_base, SMAR_ATTRACT_WEIGHTS, OFFSET_GRID, intent=True)
     grade = lambda t, _s: t.relevance.astype(np.float32)  # noqa: E731
     out["oracle_relevance"] = ev(lambda p: grade(test.truth, None) + test.truth.attractiveness)
     add("truth_offsets", grade, ATTRACT_WEIGHTS, TRUTH_OFFSET_GRID, intent=False)

@@ -52,6 +52,7 @@ CSV_COLUMNS = (
     "iteration",
     "env_steps",
     "time_s",
+    "cpu_s",
     "train_return",
     "agreement",
     "multiplier",
@@ -298,7 +299,9 @@ def build_ppo_config(
     )
 
 
-def _row(iteration: int, result: dict, elapsed: float, evaluation: dict | None) -> dict[str, float]:
+def _row(
+    iteration: int, result: dict, elapsed: float, evaluation: dict | None, cpu: float = float("nan")
+) -> dict[str, float]:
     from agent.learner import (
         AGREEMENT,
         APPROX_KL,
@@ -325,7 +328,8 @@ def _row(iteration: int, result: dict, elapsed: float, evaluation: dict | None) 
         "env_steps": int(
             f(er.get("num_env_steps_sampled_lifetime", result.get("num_env_steps_sampled_lifetime")))
         ),
-        "time_s": round(elapsed, 3),
+        "time_s": round(elapsed, 3),  # wall seconds of algo.train() (sampling + learning)
+        "cpu_s": round(cpu, 3),  # this process's CPU seconds in algo.train() (env runners are local)
         "train_return": f(er.get("episode_return_mean")),
         "agreement": f(lr.get(AGREEMENT)),
         "multiplier": f(lr.get(MULTIPLIER)),
@@ -349,7 +353,7 @@ def _row(iteration: int, result: dict, elapsed: float, evaluation: dict | None) 
 
 def _eval_row(iteration: int, env_steps: int, evaluation: dict) -> dict[str, float]:
     row = {c: float("nan") for c in CSV_COLUMNS}
-    row.update(iteration=iteration, env_steps=env_steps, time_s=0.0)
+    row.update(iteration=iteration, env_steps=env_steps, time_s=0.0, cpu_s=0.0)
     for k in ("reward", "ctr", "satisfied_click_rate", "ndcg@10", "consistency"):
         row[f"eval_{k}"] = float(evaluation[k])
     return row
@@ -541,12 +545,13 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
             )
             env_steps = int(rows[-1]["env_steps"]) if rows else 0
             for it in bar:
-                t_it = time.time()
+                t_it, c_it = time.perf_counter(), time.process_time()
                 result = algo.train()
+                elapsed, cpu = time.perf_counter() - t_it, time.process_time() - c_it
                 it1 = it + 1
                 do_eval = (cfg.eval_every and it1 % cfg.eval_every == 0) or it1 == cfg.iterations
                 evaluation = evaluate(cfg.eval_repeats, cfg.seed + 10_000) if do_eval else None
-                row = _row(it1, result, time.time() - t_it, evaluation)
+                row = _row(it1, result, elapsed, evaluation, cpu)
                 if cfg.select_every and (it1 % cfg.select_every == 0 or it1 == cfg.iterations):
                     select(row, it1)
                 env_steps = int(row["env_steps"])

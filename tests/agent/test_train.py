@@ -90,6 +90,18 @@ def test_ppo_smoke_from_tiny_smar_checkpoint(trained, tiny_run):
     assert (max(diffs) > 0) == (best["iteration"] > 0)
 
 
+def test_position_ratio_without_bootstrap_rows_trains(tiny_run, ray_session, tmp_path):
+    """ratio "position" (per-position advantages from the env's position rewards; the connector checks
+    they sum to each row's reward) with the bootstrap rows dropped: a PPO iteration runs and logs."""
+    res = train_policy(
+        _cfg(tiny_run, tmp_path, iterations=1, ratio="position", drop_bootstrap_rows=True, checkpoint_every=0)
+    )
+    row = res.history[-1]
+    for key in ("clip_fraction", "slate_clip_fraction", "ppo_kl", "cpu_s", "eval_reward"):
+        assert np.isfinite(float(row[key])), key
+    assert 0.0 <= row["clip_fraction"] <= 1.0 and row["cpu_s"] > 0
+
+
 def test_same_seed_gives_the_same_run(trained, tiny_run, tmp_path):
     """Seed everything: a second run with the same config reproduces every metric and weight."""
     res, out = trained
