@@ -24,6 +24,7 @@ DIR/runs/{method}/seed{s}/ (each run's `smar train` folder).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -239,6 +240,82 @@ def layout_gradients(run, smar, serp, args) -> dict[str, dict]:
     return out
 
 
+# Run in a child process inside a source tree: one `train_policy` whose algo.train() calls are timed
+# (wall and CPU), so the same measurement works on this code and on an older checkout of it.
+_TIMED_TRAIN = """
+import json, sys, time
+from ray.rllib.algorithms.algorithm import Algorithm
+from agent.train import TrainConfig, train_policy
+rec, orig = [], Algorithm.train
+def train(self):
+    w, c = time.perf_counter(), time.process_time()
+    out = orig(self)
+    rec.append([time.perf_counter() - w, time.process_time() - c])
+    return out
+Algorithm.train = train
+res = train_policy(TrainConfig(**json.loads(sys.argv[1])))
+print("TIMED " + json.dumps({"iterations": rec, "env_steps": res.env_steps}))
+"""
+
+
+def speed_comparison(args, out: Path) -> dict:
+    """Training speed of this code against the code in `args.speed_against` (e.g. `git archive
+    COMMIT | tar -x -C DIR`), side by side: `args.speed_repeats` rounds, each one run of each tree
+    (alternating, so both see the same machine load), every run `args.speed_iterations` PPO
+    iterations of ppo_constrained seed 0 with each tree's own defaults (this tree: `smar bench
+    agent`'s options). The first iteration (warm-up) is left out; env steps per wall and per CPU
+    second of the driver (which samples and learns: no remote env runners) and the ratios."""
+    import os
+    import subprocess
+    import sys
+
+    trees = {"reference": Path(args.speed_against).resolve(), "current": Path(__file__).resolve().parents[1]}
+    base = {
+        "run": str(Path(args.run).resolve()),
+        "iterations": args.speed_iterations,
+        "seed": 0,
+        "progress": False,
+        "checkpoint_every": 0,
+        "eval_every": 0,
+        "eval_repeats": 1,
+        "final_eval_repeats": 1,
+    }
+    current = {**_train_config("ppo_constrained", 0, args, out).to_json(), **base}
+    rounds: dict[str, list[dict]] = {k: [] for k in trees}
+    for r in range(args.speed_repeats):
+        for name, tree in trees.items():
+            cfg = dict(current if name == "current" else base, out=str(out / "speed" / f"{name}{r}"))
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            proc = subprocess.run(
+                [sys.executable, "-c", _TIMED_TRAIN, json.dumps(cfg)],
+                cwd=tree,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            line = next(x for x in proc.stdout.splitlines() if x.startswith("TIMED "))
+            rec = json.loads(line[len("TIMED ") :])
+            its = rec["iterations"][1:]
+            steps = rec["env_steps"] * len(its) / len(rec["iterations"])
+            rounds[name].append(
+                {
+                    "env_steps_per_s": steps / sum(w for w, _ in its),
+                    "env_steps_per_cpu_s": steps / sum(c for _, c in its),
+                    "iteration_wall_s": [round(w, 3) for w, _ in its],
+                    "iteration_cpu_s": [round(c, 3) for _, c in its],
+                }
+            )
+            print(
+                f"speed round {r} {name}: {rounds[name][-1]['env_steps_per_s']:.0f} env steps/s", flush=True
+            )
+    result = {"trees": {k: str(v) for k, v in trees.items()}, "rounds": rounds}
+    for key in ("env_steps_per_s", "env_steps_per_cpu_s"):
+        ratios = [c[key] / ref[key] for c, ref in zip(rounds["current"], rounds["reference"])]
+        result[f"speedup_{key}"] = _stats(ratios)
+    return result
+
+
 def run_bench(args) -> dict:
     import ray
 
@@ -373,6 +450,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--eval-repeats", type=int, default=EVAL_REPEATS)
     p.add_argument(
+        "--speed-against",
+        type=str,
+        default=None,
+        help="a source tree of the code to compare training speed with (e.g. an older commit via "
+        "git archive): alternating timed runs of both, written to DIR/speed.json",
+    )
+    p.add_argument("--speed-only", action="store_true", help="with --speed-against: only the speed runs")
+    p.add_argument("--speed-repeats", type=int, default=3)
+    p.add_argument("--speed-iterations", type=int, default=5)
+    p.add_argument(
         "--references",
         choices=("core", "all"),
         default="core",
@@ -382,6 +469,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.speed_against:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        speed = speed_comparison(args, out)
+        write_json_atomic(out / "speed.json", speed)
+        for key in ("env_steps_per_s", "env_steps_per_cpu_s"):
+            st = speed[f"speedup_{key}"]
+            print(
+                f"speed-up in {key}: {st['mean']:.2f} x (rounds {', '.join(f'{x:.2f}' for x in st['per_seed'])})"
+            )
+        if args.speed_only:
+            return 0
     report = run_bench(args)
     print(format_report(report))
     names = ", ".join(
