@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from agent.evaluation import evaluate_policy, session_page_lists, session_returns
-from envs.pages import N_MODALITIES, Pages, pad_items
+from envs.pages import MODALITIES, N_MODALITIES, Pages, pad_items
 from envs.user_model import UserModel
 from envs.world import ItemTruth
 
@@ -264,7 +264,20 @@ def layout_gradient(
     per_page = (r - r.mean())[:, None] * g
     mean, std = per_page.mean(0), per_page.std(0)
     z = np.divide(mean, std / np.sqrt(batch), out=np.zeros_like(mean), where=std > 0)
+    # The same per query intent (simulator truth): the placement that pays depends on the intent
+    # (smar_modality_intent_offsets), so a fixed offset's gradient can average to ~0 while each
+    # intent's is not. z is per batch of `batch` pages, of which the intent's share has that intent.
+    intent = np.tile(np.asarray(truth.preferred_modality, np.int64), repeats)
+    by_intent = {}
+    for i, name in enumerate(MODALITIES):
+        sel = intent == i
+        if sel.sum() < 2:
+            continue
+        m, sd = per_page[sel].mean(0), per_page[sel].std(0)
+        n = batch * sel.mean()
+        by_intent[name] = np.divide(m, sd / np.sqrt(n), out=np.zeros_like(m), where=sd > 0).tolist()
     return {
+        "z_per_batch_by_intent": by_intent,
         "gradient": mean.tolist(),
         "z_per_batch": z.tolist(),
         "page_reward": float(r.mean()),
