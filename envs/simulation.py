@@ -133,6 +133,11 @@ class SimulationConfig(JsonConfig):
     reward: RewardConfig = field(default_factory=RewardConfig)
     user: UserModelConfig = field(default_factory=UserModelConfig)
 
+    def __post_init__(self) -> None:
+        for name in ("sessions", "slate_size", "max_queries", "batch_pages"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SimulationConfig.{name} must be >= 1, got {getattr(self, name)}")
+
 
 @dataclass
 class SimulationLog:
@@ -180,8 +185,6 @@ def simulate(
     cfg = config or SimulationConfig()
     if len(truth.relevance) != pages.n_items:
         raise ValueError(f"truth has {len(truth.relevance)} items, pages have {pages.n_items}")
-    if cfg.sessions < 1:
-        raise ValueError(f"SimulationConfig.sessions must be >= 1, got {cfg.sessions}")
     rng = np.random.default_rng([cfg.seed, 4])
     user = UserModel(cfg.user)
     k = cfg.slate_size
