@@ -69,8 +69,9 @@ def _world(args: argparse.Namespace, out: Path) -> None:
 
 
 def _pretrain(args: argparse.Namespace, out: Path):
+    from pretrain.config import PretrainConfig
     from pretrain.run import PretrainRun
-    from pretrain.train import PretrainConfig, run_pretrain, run_table
+    from pretrain.train import run_pretrain, run_table
 
     if (out / "pretrain" / "run.json").exists():
         run_ = PretrainRun.open(out / "pretrain")

@@ -25,19 +25,14 @@ from tqdm.auto import tqdm
 from envs.atomic_io import write_json_atomic
 from envs.pages import MODALITIES
 from envs.world import WorldConfig, generate_world
+from pretrain.config import PretrainConfig
 from pretrain.data import DataConfig, load_data
 from pretrain.evaluate import RANKING_METRICS, evaluate_scores, format_table
 from pretrain.lgbm import LGBMConfig, train_lgbm
 from pretrain.merge import MergeScorer
+from pretrain.reranker_fit import train_reranker
 from pretrain.single_modal import within_modality_ndcg
-from pretrain.train import (
-    PretrainConfig,
-    ScoredData,
-    annotate_pool,
-    consistency_pages,
-    prepare,
-    train_reranker,
-)
+from pretrain.train import ScoredData, annotate_pool, consistency_pages, prepare
 
 RERANKER_METHODS = ("sft_full", "smar_p10", "smar_p30", "smar_p10_no_consistency", "smar_p10_no_anchors")
 TRAINED_METHODS = ("lgbm_full", *RERANKER_METHODS)  # lgbm_full: LightGBM LambdaMART, 100% of page labels

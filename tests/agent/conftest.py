@@ -23,8 +23,9 @@ def tiny_run(tiny_world, tmp_path_factory):
     """A tiny but real pretrain run (single-modal rankers, merge, SMAR reranker) on the tiny world."""
     from dataclasses import replace
 
+    from pretrain.config import PretrainConfig
     from pretrain.runtime import torch_threads
-    from pretrain.train import PretrainConfig, run_pretrain
+    from pretrain.train import run_pretrain
 
     d = PretrainConfig()
     cfg = replace(

@@ -11,7 +11,7 @@ from envs.config_io import ConfigError, from_dict, to_dict
 from envs.serp_env import SerpConfig
 from envs.simulation import SimulationConfig
 from envs.world import WorldConfig
-from pretrain.train import PretrainConfig
+from pretrain.config import PretrainConfig
 
 
 @pytest.mark.parametrize("cls", [WorldConfig, SimulationConfig, SerpConfig, PretrainConfig])

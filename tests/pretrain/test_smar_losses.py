@@ -23,7 +23,7 @@ from pretrain.losses import (
     soft_pairwise_consistency,
 )
 from pretrain.reranker import PAD_SCORE
-from pretrain.train import mean_page_ndcg
+from pretrain.reranker_fit import mean_page_ndcg
 
 T = torch.tensor
 
