@@ -111,7 +111,10 @@ def loadgen(
     duration_s: float | None = None,
     warmup: int = 20,
 ) -> subprocess.Popen:
-    """Start `serving/loadgen.py` (its own process); `finish(proc)` waits for and parses its report."""
+    """Start `serving/loadgen.py` (its own process); `finish(proc)` waits for and parses its report
+    (written to a file next to the specs: uvloop leaves stdout non-blocking, so a large report could be
+    cut short on a pipe)."""
+    report = specs.with_name(f"{specs.stem}.loadgen-{time.monotonic_ns()}.json")
     cmd = [
         sys.executable,
         str(LOADGEN),
@@ -123,15 +126,21 @@ def loadgen(
         str(concurrency),
     ]
     cmd += ["--requests", str(requests)] if requests is not None else ["--duration", str(duration_s)]
-    cmd += ["--warmup", str(warmup)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    cmd += ["--warmup", str(warmup), "--out", str(report)]
+    proc = subprocess.Popen(cmd)
+    proc.report = report  # type: ignore[attr-defined]
+    return proc
 
 
 def finish(proc: subprocess.Popen, timeout_s: float = 900) -> dict:
-    out, _ = proc.communicate(timeout=timeout_s)
+    proc.wait(timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"the load generator failed ({proc.returncode})")
-    return json.loads(out)
+    path: Path = proc.report  # type: ignore[attr-defined]
+    try:
+        return json.loads(path.read_text())
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _fmt(s: dict) -> str:
