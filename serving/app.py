@@ -29,7 +29,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pretrain.checkpoint import CheckpointError
-from serving import stages
+from serving import replica_state, stages
 from serving.batcher import Batcher
 from serving.errors import document_body, error_response, install_error_handlers, parse_body, parse_rank
 from serving.feedback_log import FEEDBACK, IMPRESSIONS, LogWriter, impression_row, now_ms
@@ -59,11 +59,9 @@ from serving.tokens import EventSigner
 
 RETRY_AFTER_S = 1  # the Retry-After hint (seconds) of a 503 when the feedback log cannot be written
 
-# Set by each replica's constructor; read by the body-size middleware (per replica process).
-# (Module-level state the replicas share with other modules, such as serving.stages.CLOCK, is named
-# through its module: Serve pickles this class with copies of the globals its methods name.)
-_LIMITS = {"max_body_bytes": AppSettings().max_body_bytes}
-_INGRESS: dict = {}  # {"ranker": the replica's Ranker}, for RankRoute
+# State shared between a replica and its middlewares (the body limit, the Ranker for RankRoute) and
+# the stage clocks are named through their modules (serving.replica_state, serving.stages): Serve
+# pickles this class with copies of the module globals its methods name.
 
 
 class RankRoute:
@@ -76,7 +74,7 @@ class RankRoute:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
-        ranker = _INGRESS.get("ranker")
+        ranker = replica_state.INGRESS.get("ranker")
         if (
             ranker is None
             or scope["type"] != "http"
@@ -92,6 +90,7 @@ class RankRoute:
             chunks.append(msg.get("body", b""))
             if not msg.get("more_body", False):
                 break
+        ranker.rank_route_requests += 1
         try:
             body = await ranker.rank_body(b"".join(chunks))
         except (RequestValidationError, FieldError) as e:
@@ -118,7 +117,7 @@ class BodyLimit:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = _LIMITS["max_body_bytes"]
+        limit = replica_state.LIMITS["max_body_bytes"]
         for k, v in scope.get("headers", []):
             if k == b"content-length" and v.isdigit() and int(v) > limit:
                 return await _too_large(limit, receive, send)
@@ -200,7 +199,7 @@ class Ranker:
     def __init__(self, ledger: DeploymentHandle, settings: dict) -> None:
         torch.set_num_threads(1)  # a replica is sized at <= 1 CPU; more threads only contend
         self.settings = AppSettings.from_dict(settings)
-        _LIMITS["max_body_bytes"] = self.settings.max_body_bytes
+        replica_state.LIMITS["max_body_bytes"] = self.settings.max_body_bytes
         self.ledger = ledger
         self.signer = EventSigner.from_dir(self.settings.state_dir)  # the same key file for every replica
         self.registry = Registry(self.settings.registry)
@@ -215,6 +214,7 @@ class Ranker:
         self._background: set[asyncio.Task] = set()
         self.register_errors = 0
         self.rank_requests = 0  # /rank requests ranked (for per-request figures from /healthz)
+        self.rank_route_requests = 0  # of which RankRoute took (the rest came through FastAPI's route)
         self.last_register_error: str | None = None
         self.generator = torch.Generator().manual_seed(self.settings.seed ^ zlib.crc32(self.replica.encode()))
         logs = self.settings.logs
@@ -232,7 +232,7 @@ class Ranker:
         self.runtime = runtime
         self.scorer: Scorer | None = None
         self.last_reload_error: str | None = None
-        _INGRESS["ranker"] = self  # serves once Serve calls reconfigure and opens the port
+        replica_state.INGRESS["ranker"] = self  # serves once Serve calls reconfigure and opens the port
 
     # ------------------------------------------------------------------ in-place updates
     async def reconfigure(self, user_config: dict) -> None:
@@ -546,6 +546,7 @@ class Ranker:
             "process_cpu_s": process_cpu_s(),
             "stages": stages.CLOCK.snapshot(),
             "rank_requests": self.rank_requests,
+            "rank_route_requests": self.rank_route_requests,
         }
 
     @fastapi_app.get("/version", response_model=VersionResponse)

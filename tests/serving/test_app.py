@@ -48,6 +48,7 @@ def app(ray_session, serving_ckpts, tiny_world, tmp_path_factory):
             "log_dir": str(log_dir),
             "state_dir": str(root / "state"),
             "max_candidates": 20,
+            "max_body_bytes": 512 * 1024,
             "logs": {"impression_max_rows": 100_000, "impression_max_age_s": 3600.0},
         },
     )
@@ -180,6 +181,22 @@ def test_prometheus_metrics_per_route_version_status(app):
     buckets = series(text, "ray_smar_request_latency_ms_bucket", route="/rank", model_version="v-a")
     assert buckets and max(buckets) >= 4  # cumulative buckets: the +Inf one counts every /rank
     assert series(text, "ray_smar_request_latency_ms_count", route="/rank")
+
+
+def test_rank_takes_the_lean_route_and_the_replicas_body_limit(app):
+    """POST /rank goes through RankRoute (not FastAPI's router), and the body limit the middlewares
+    enforce is the deployment's (512 KiB here), not the module default."""
+    h0 = app.http.get("/healthz").json()  # app.url is one replica's own port (the fast path)
+    for p in range(6):
+        assert rank(app, page_request(app.pages, p)).status_code == 200
+    h1 = app.http.get("/healthz").json()
+    assert h1["replica"] == h0["replica"]
+    assert h1["rank_route_requests"] - h0["rank_route_requests"] == 6
+    assert h1["rank_requests"] - h0["rank_requests"] == 6
+    body = json.dumps({**page_request(app.pages, 0), "pad": "x" * (600 * 1024)}).encode()
+    r = app.http.post("/rank", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text[:300]
+    assert "524288" in r.text
 
 
 def test_app_still_serves_after_bad_inputs(app):
