@@ -50,6 +50,20 @@ def signed_log(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.log1p(torch.abs(x))
 
 
+# A column constant on the data a normaliser is fitted on carries no information. It is divided by
+# this (it standardises to ~0 whatever value it takes later) instead of the 1e-3 floor, which would
+# turn a value never seen in fitting (an imported query's length, say) into hundreds of standard
+# deviations. Finite, because normalisers also travel as plain lists (agent.rl_module).
+CONSTANT_COLUMN_STD = 1e6
+
+
+def fit_std(x: torch.Tensor) -> torch.Tensor:
+    """Per-column standard deviation of `x` [n, d] for standardisation (see CONSTANT_COLUMN_STD)."""
+    std = x.std(0)
+    constant = std <= 1e-6 * (1.0 + x.mean(0).abs())
+    return torch.where(constant, torch.full_like(std, CONSTANT_COLUMN_STD), std.clamp_min(1e-3))
+
+
 class WholePageReranker(nn.Module):
     """Scores every candidate of a page in the context of the whole page. Output [B, N]."""
 
@@ -96,11 +110,11 @@ class WholePageReranker(nn.Module):
             sel = feats[mod == mid]
             if len(sel) > 1:
                 self.feat_mean[mid] = sel.mean(0)
-                self.feat_std[mid] = sel.std(0).clamp_min(1e-3)
+                self.feat_std[mid] = fit_std(sel)
         ctx = torch.from_numpy(np.concatenate([pages.query_features, pages.user_features], axis=1))
         if len(ctx) > 1:
             self.ctx_mean.copy_(ctx.mean(0))
-            self.ctx_std.copy_(ctx.std(0).clamp_min(1e-3))
+            self.ctx_std.copy_(fit_std(ctx))
 
     # ------------------------------------------------------------------ forward
     def encode_items(

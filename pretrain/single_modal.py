@@ -31,7 +31,7 @@ from envs.metrics import ndcg_of_scores
 from envs.pages import MODALITIES, MODALITY_ID, Pages, pad_items
 from pretrain.checkpoint import load_weights, make_version, read_verified_manifest, write_model_folder
 from pretrain.losses import listmle
-from pretrain.reranker import signed_log
+from pretrain.reranker import fit_std, signed_log
 from pretrain.runtime import torch_threads
 
 FORMAT = "smar-single-modal/1"
@@ -90,13 +90,13 @@ class SingleModalRanker(nn.Module):
         as the whole-page reranker standardises its context."""
         x = signed_log(torch.from_numpy(np.asarray(features, np.float32)[:, : self.feature_dim]))
         self.mean.copy_(x.mean(0))
-        self.std.copy_(x.std(0).clamp_min(1e-3))
+        self.std.copy_(fit_std(x))
         if self.query_dim:
             if query is None:
                 raise ValueError(f"single-modal {self.modality}: a query-aware ranker needs query features")
             q = torch.from_numpy(np.asarray(query, np.float32)[:, : self.query_dim])
             self.query_mean.copy_(q.mean(0))
-            self.query_std.copy_(q.std(0).clamp_min(1e-3))
+            self.query_std.copy_(fit_std(q))
 
     def forward(self, features: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
         """features [..., >= feature_dim] (zero-padded width allowed), query [..., query_dim] with the

@@ -22,6 +22,16 @@ def _modal_map(text: str | dict) -> dict[str, str]:
         raise argparse.ArgumentTypeError(f"expected like 0=doc,1=video, got {text!r}") from None
 
 
+def _note_types(text: str | dict) -> dict[int, str]:
+    if isinstance(text, dict):  # already parsed (a config file or a resolved.yaml)
+        return {int(k): str(v) for k, v in text.items()}
+    try:
+        pairs = [p.split("=", 1) for p in text.split(",") if p]
+        return {int(k): v.strip() for k, v in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected like 1=image,2=video, got {text!r}") from None
+
+
 def _cuts(text: str | list | tuple) -> tuple[float, float]:
     try:
         a, b = (float(x) for x in (text.split(",") if isinstance(text, str) else text))
@@ -47,6 +57,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dwell-cuts", type=_cuts, default=(30.0, 120.0), help="qilin: seconds for grades 2|3|4")
     p.add_argument(
+        "--note-types",
+        type=_note_types,
+        default={1: "image", 2: "video"},
+        help="qilin note_type -> modality (an exported world: 1=image,2=video,3=doc,4=answer)",
+    )
+    p.add_argument(
+        "--upstream",
+        default="auto",
+        choices=("auto", "none", "dpr_results", "bm25_results"),
+        help="qilin: retrieval list whose [note_idx, score] gives single_modal_score (auto: dpr_results)",
+    )
+    p.add_argument(
         "--modal-map", type=_modal_map, default={"0": "doc", "1": "video"}, help="crossrank modal map"
     )
 
@@ -61,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         if args.format == "qilin":
-            cfg = QilinConfig(dwell_cuts=args.dwell_cuts, **common)
+            cfg = QilinConfig(
+                dwell_cuts=args.dwell_cuts, note_types=args.note_types, upstream=args.upstream, **common
+            )
         else:
             cfg = CrossRankConfig(modal_map=args.modal_map, **common)
     except ValueError as e:

@@ -23,7 +23,9 @@ Mapping:
     overlap of the query with the title, abstract and highlighted title, and hashed bags of the
     title and abstract. Numeric cells may be numbers, strings of numbers ("0.3", "[1, 2]", "1 2") or
     lists of numbers; every cell of a column must have the same length.
-  * query features: hashed query text and its length. CrossRank has no user data: user_dim = 0.
+  * query features: hashed query text and its length, and the corpus's `query_feat_*` (query-level
+    columns repeated on every candidate row: their mean over the page's candidates; they stay among
+    the item features too). CrossRank has no user data: user_dim = 0.
 Clicks and dwell are not in the data (left unknown).
 """
 
@@ -144,7 +146,12 @@ class CrossRankImporter:
             schema = require_columns([f], SEARCH_COLUMNS)
             require_struct_fields(f, schema, "search_result_details_with_idx", DETAIL_FIELDS)
         require_columns([self.corpus_file], CORPUS_COLUMNS)
-        self.stats = {"skipped_empty_pages": 0, "imputed_values": 0, "unlabelled_items": 0}
+        self.stats = {
+            "skipped_empty_pages": 0,
+            "imputed_values": 0,
+            "unlabelled_items": 0,
+            "pages_with_varying_query_feat": 0,
+        }
         self.corpus = self._load_corpus([self.corpus_file])
         self.corpus_numeric_names = self.corpus.numeric_names
         # The single-modal part (optional): SingleModal_Train.parquet with its own corpus in parts.
@@ -262,6 +269,20 @@ class CrossRankImporter:
         ]
 
     @property
+    def query_numeric_columns(self) -> list[int]:
+        """Positions of the corpus's query_feat_* values among the numeric item features."""
+        return [i for i, n in enumerate(self.corpus_numeric_names) if n.startswith("query_feat_")]
+
+    @property
+    def query_feature_names(self) -> list[str]:
+        c = self.cfg
+        return [
+            *(f"query_hash{i}" for i in range(c.query_text_dim)),
+            "log1p_query_chars",
+            *(self.corpus_numeric_names[i] for i in self.query_numeric_columns),
+        ]
+
+    @property
     def feature_dims(self) -> dict[str, int]:
         d = len(self.feature_names)
         used = set(self.cfg.modal_map.values())
@@ -338,7 +359,20 @@ class CrossRankImporter:
             else hash_texts(queries, cfg.query_text_dim, max_chars=cfg.max_chars)
         )
         q_len = np.log1p([len(normalise_text(q, 10**9)) for q in queries])[:, None]
-        query_features = np.concatenate([q_hash, q_len], axis=1)
+        # The corpus's query_feat_* describe the query, repeated on each of its candidates' rows: they
+        # also become the page's query features (their mean over the page's candidates; pages whose
+        # candidates disagree are counted), where the rankers' and the reranker's context reads them.
+        qcols = self.query_numeric_columns
+        qnum = c.numeric[rows][:, qcols]
+        n_items = np.bincount(page_of, minlength=b.num_rows).astype(np.float64)
+        q_mean = np.zeros((b.num_rows, len(qcols)))
+        for j in range(len(qcols)):
+            q_mean[:, j] = np.bincount(page_of, weights=qnum[:, j], minlength=b.num_rows)
+        q_mean /= np.maximum(n_items, 1.0)[:, None]
+        varies = np.zeros(b.num_rows, bool)
+        np.logical_or.at(varies, page_of, np.abs(qnum - q_mean[page_of]).max(axis=1, initial=0.0) > 1e-6)
+        self.stats["pages_with_varying_query_feat"] += int((varies & keep).sum())
+        query_features = np.concatenate([q_hash, q_len, q_mean], axis=1)
 
         if cfg.impute_missing:
             bad = ~np.isfinite(imp)
@@ -448,7 +482,8 @@ class CrossRankImporter:
                 "outputs": {k: v for k, v in outputs.items() if v},
                 "feature_dims": self.feature_dims,
                 "feature_names": {m: (self.feature_names if d else []) for m, d in self.feature_dims.items()},
-                "query_dim": self.cfg.query_text_dim + 1,
+                "query_dim": len(self.query_feature_names),
+                "query_feature_names": self.query_feature_names,
                 "user_dim": 0,
                 "labels": "label (0-4 page-level grade) -> relevance; null/NaN -> unannotated",
                 "single_modal": (

@@ -16,6 +16,13 @@ so a session's reformulations share a query_id as in the synthetic world). Items
 DQA answer first (when one was shown for that request, i.e. `is_like_clk` is not null), then the notes
 by `position`. Modality: note_type 1 -> image, 2 -> video; DQA answer -> answer.
 
+Modality: `note_types` (`--note-types 1=image,2=video`, the published codes, by default) maps a
+note_type to a modality; `smar export --format qilin` writes a world's documents and answers as note
+types 3 and 4, imported with `--note-types 1=image,2=video,3=doc,4=answer` (an answer then comes from
+the notes, so DQA files are refused). Single-modal (upstream) score: a shown note's score in the
+request's `dpr_results` list of [note_idx, score] pairs (`--upstream`; NaN where the note is not listed,
+and for DQA answers).
+
 Labels (SMAR's Qilin ordering: clicked items by dwell first, then clicked without dwell, then
 unclicked), as grades: unclicked 0; clicked without a positive dwell 1; clicked with dwell t seconds
 2 (t < cut1), 3 (cut1 <= t < cut2), 4 (t >= cut2), default cuts 30 s and 120 s (30 s is the usual
@@ -28,7 +35,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +104,8 @@ NOTE_COLUMNS = (
 )
 USER_CATEGORICAL = ("gender", "platform", "age")
 USER_REQUIRED = (*USER_CATEGORICAL, "fans_num", "follows_num")
-NOTE_TYPE_MODALITY = {1: "image", 2: "video"}
+NOTE_TYPE_MODALITY = {1: "image", 2: "video"}  # the published note types
+UPSTREAM_COLUMNS = ("dpr_results", "bm25_results")  # retrieval lists of [note_idx, score] pairs
 SPLITS = (("search_train", "train"), ("search_test", "test"))
 
 
@@ -113,6 +121,21 @@ class QilinConfig:
     impute_missing: bool = False  # fill null/NaN numeric source values with 0 instead of failing
     limit: int | None = None  # at most this many requests per split (trial runs)
     max_chars: int = 512
+    # note_type -> modality. The release has 1 (image-text) and 2 (video); other codes (written by
+    # `smar export --format qilin` for a world's documents and answers) need an explicit entry.
+    note_types: dict[int, str] = field(default_factory=lambda: dict(NOTE_TYPE_MODALITY))
+    # Where single_modal_score comes from: the score of the note in this retrieval list of the
+    # request ("auto": dpr_results when the search files have it), or "none" (all unknown).
+    upstream: str = "auto"
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.note_types.values() if m not in MODALITY_ID]
+        if bad:
+            raise ValueError(f"note_types targets must be modalities {tuple(MODALITY_ID)}, got {bad}")
+        if self.upstream not in ("auto", "none", *UPSTREAM_COLUMNS):
+            raise ValueError(
+                f"upstream must be auto, none or one of {UPSTREAM_COLUMNS}, got {self.upstream!r}"
+            )
 
     @property
     def title_dim(self) -> int:
@@ -211,6 +234,12 @@ class QilinImporter:
             require_struct_fields(self.dqa_files[0], schema, "search_result_details_with_idx", DETAIL_FIELDS)
         require_columns(self.notes_files, NOTE_COLUMNS)
         self.user_schema = require_columns(self.user_files, USER_REQUIRED)
+        if self.dqa_files and "answer" in self.cfg.note_types.values():
+            raise SourceFormatError(
+                f"{self.dqa_files[0].parent}: DQA answers are present and note_types also maps a note type "
+                "to 'answer'; an answer comes from one of the two"
+            )
+        self.upstream = self._upstream_column()
         self.stats: dict = {
             "skipped_empty_pages": 0,
             "unknown_users": 0,
@@ -218,19 +247,39 @@ class QilinImporter:
             "imputed_values": 0,
         }
 
+    def _upstream_column(self) -> str | None:
+        """The retrieval list single_modal_score is read from (None: no upstream scores)."""
+        want = self.cfg.upstream
+        if want == "none":
+            return None
+        for files in self.search.values():
+            names = schema_of(files).names
+            if want == "auto":
+                if "dpr_results" not in names:
+                    return None
+            elif want not in names:
+                raise SourceFormatError(f"{files[0]}: missing column {want!r} (--upstream {want})")
+        return "dpr_results" if want == "auto" else want
+
     # ------------------------------------------------------------------ feature layout
+    def _extra_names(self, m: str) -> tuple[str, ...]:
+        return {"image": IMAGE_NAMES, "video": VIDEO_NAMES}.get(m, ())
+
     @property
     def feature_names(self) -> dict[str, list[str]]:
         c = self.cfg
         title = [f"title_hash{i}" for i in range(c.title_dim)]
         content = [f"content_hash{i}" for i in range(c.text_dim)]
         base = [*COMMON_NAMES, *SIM_NAMES]
-        return {
+        names = {
             "doc": [],
-            "image": [*base, *IMAGE_NAMES, *title, *content],
-            "video": [*base, *VIDEO_NAMES, *title, *content],
+            "image": [],
+            "video": [],
             "answer": [*ANSWER_NAMES, *(f"ref_title_hash{i}" for i in range(c.title_dim))],
         }
+        for m in ("image", "video", *c.note_types.values()):
+            names[m] = [*base, *self._extra_names(m), *title, *content]
+        return names
 
     @property
     def feature_dims(self) -> dict[str, int]:
@@ -414,6 +463,42 @@ class QilinImporter:
                 out[int(s)] = (rows, int(clicked))
         return out
 
+    def _upstream_scores(
+        self, b: pa.RecordBatch, source: str, page_ids: np.ndarray, page_of: np.ndarray, note_idx: np.ndarray
+    ) -> np.ndarray:
+        """(len(note_idx),) score of each shown note in its request's upstream retrieval list, NaN if absent."""
+        out = np.full(len(note_idx), np.nan)
+        col_name = self.upstream
+        if col_name is None or col_name not in b.schema.names or not len(note_idx):
+            return out
+        col = b.column(col_name)
+        lens = np.asarray(col.value_lengths().fill_null(0).to_numpy(zero_copy_only=False), np.int64)
+        pairs = col.flatten()
+        plen = np.asarray(pairs.value_lengths().fill_null(0).to_numpy(zero_copy_only=False), np.int64)
+        ppage = np.repeat(np.arange(b.num_rows), lens)
+        if (plen != 2).any():
+            i = int(np.nonzero(plen != 2)[0][0])
+            raise SourceFormatError(
+                f"{source}: page {page_ids[ppage[i]]!r}, column {col_name!r}: an entry of length {plen[i]}, "
+                "expected a [note_idx, score] pair"
+            )
+        vals = numeric_matrix(pairs.flatten(), source, col_name, width=1)[0][:, 0].reshape(-1, 2)
+        bad = ~np.isfinite(vals).all(axis=1) | (vals[:, 0] != np.round(vals[:, 0]))
+        if bad.any():
+            i = int(np.nonzero(bad)[0][0])
+            raise SourceFormatError(
+                f"{source}: page {page_ids[ppage[i]]!r}, column {col_name!r}: pair {vals[i].tolist()} is not "
+                "[integer note_idx, finite score]"
+            )
+        span = int(max(note_idx.max(), vals[:, 0].max() if len(vals) else 0)) + 1
+        keys = ppage * span + vals[:, 0].astype(np.int64)
+        uniq, first = np.unique(keys, return_index=True)  # a note listed twice: its first score
+        want = page_of * span + note_idx
+        pos = np.minimum(np.searchsorted(uniq, want), max(len(uniq) - 1, 0))
+        hit = (uniq[pos] == want) if len(uniq) else np.zeros(len(want), bool)
+        out[hit] = vals[first[pos[hit]], 1]
+        return out
+
     @staticmethod
     def _note_rows(note_idx: np.ndarray, where: str, notes: _Notes) -> np.ndarray:
         inside = (note_idx >= 0) & (note_idx < len(notes.row_of))
@@ -478,12 +563,14 @@ class QilinImporter:
             page_of[order],
         )
         rows = self._note_rows(note_idx, f"{source}: column 'search_result_details_with_idx'", notes)
+        note_score = self._upstream_scores(b, source, page_ids, page_of, note_idx)
         ntype = notes.note_type[rows]
-        bad = ~np.isin(ntype, list(NOTE_TYPE_MODALITY))
+        bad = ~np.isin(ntype, list(cfg.note_types))
         if bad.any():
             i = int(np.nonzero(bad)[0][0])
+            known = ", ".join(f"{t} ({m})" for t, m in cfg.note_types.items())
             raise PageValidationError(
-                f"{source}: page {page_ids[page_of[i]]!r}, field 'modality': note {note_idx[i]} has note_type {ntype[i]}, expected 1 (image) or 2 (video)"
+                f"{source}: page {page_ids[page_of[i]]!r}, field 'modality': note {note_idx[i]} has note_type {ntype[i]}, expected one of {known}"
             )
         # query features
         queries = b.column("query").to_pylist()
@@ -539,9 +626,14 @@ class QilinImporter:
         )
         note_feats = np.zeros((len(rows), dmax), np.float64)
         note_mod = np.empty(len(rows), np.int8)
-        for t, m in NOTE_TYPE_MODALITY.items():
+        for t, m in cfg.note_types.items():
             sel = ntype == t
-            extra = notes.image[rows[sel]] if m == "image" else notes.video[rows[sel]]
+            if m == "image":
+                extra = notes.image[rows[sel]]
+            elif m == "video":
+                extra = notes.video[rows[sel]]
+            else:
+                extra = np.zeros((int(sel.sum()), 0))
             block = np.concatenate(
                 [notes.common[rows[sel]], sims[sel], extra, notes.title[rows[sel]], notes.content[rows[sel]]],
                 axis=1,
@@ -608,6 +700,7 @@ class QilinImporter:
             ]
         )
         all_click = np.concatenate([a_click, click])
+        all_score = np.concatenate([np.full(len(a_pages), np.nan), note_score])
         all_dwell = np.concatenate([np.full(len(a_pages), np.nan), dwell])
         all_mod = np.concatenate([np.full(len(a_pages), MODALITY_ID["answer"], np.int8), note_mod])
         all_feats = np.concatenate([a_feats, note_feats])
@@ -627,6 +720,7 @@ class QilinImporter:
             modality=all_mod[final],
             features=all_feats[final],
             feature_dims=dims,
+            single_modal_score=all_score[final],
             relevance=dwell_grades(all_click[final], all_dwell[final], cfg.dwell_cuts),
             click=all_click[final],
             dwell=all_dwell[final],
@@ -666,7 +760,15 @@ class QilinImporter:
                 "grade 0 unclicked; 1 clicked without positive dwell (answers: any interaction); "
                 f"2/3/4 clicked with dwell < {self.cfg.dwell_cuts[0]} s / < {self.cfg.dwell_cuts[1]} s / longer"
             ),
-            "modalities": {"note_type 1": "image", "note_type 2": "video", "dqa answer": "answer"},
+            "modalities": {
+                **{f"note_type {t}": m for t, m in self.cfg.note_types.items()},
+                **({"dqa answer": "answer"} if self.dqa_files else {}),
+            },
+            "single_modal": (
+                f"single_modal_score = the note's score in {self.upstream} (NaN where absent)"
+                if self.upstream
+                else "none (no upstream retrieval list read): single_modal_score unknown"
+            ),
             "notes_loaded": int(len(notes.note_type)),
             **self.stats,
             "seconds": round(time.perf_counter() - t0, 2),
@@ -678,7 +780,9 @@ class QilinImporter:
         total = count_rows(files) if self.cfg.limit is None else min(self.cfg.limit, count_rows(files))
         bar = tqdm(total=total, desc=f"qilin {split}", unit="page", leave=False, disable=None)
         try:
-            for b in self._limited(files, list(SEARCH_COLUMNS)):
+            names = schema_of(files).names
+            extra = [self.upstream] if self.upstream is not None and self.upstream in names else []
+            for b in self._limited(files, [*SEARCH_COLUMNS, *extra]):
                 bar.update(b.num_rows)
                 if skip:  # DQA requests already attached to a search-log page
                     sidx = np.asarray(b.column("search_idx").to_numpy(zero_copy_only=False), np.int64)

@@ -121,7 +121,9 @@ def _search_row(sidx, session, user, query, details, recent=(1,)):
         "search_idx": sidx,
         "session_idx": session,
         "user_idx": user,
-        "dpr_results": [[float(d["note_idx"]), 0.5] for d in details],
+        # the last shown note is not in the retrieval list; note 99 is listed but not shown
+        "dpr_results": [[float(d["note_idx"]), 0.1 * d["note_idx"] + 0.001 * sidx] for d in details[:-1]]
+        + [[99.0, 9.0]],
         "search_result_details_with_idx": details,
     }
 
@@ -252,7 +254,9 @@ def test_qilin_import(tmp_path):
     assert train.click[p0].tolist() == [1, 1, 1, 1, 0]
     assert np.isnan(train.dwell[p0][[0, 3, 4]]).all() and train.dwell[p0][[1, 2]].tolist() == [10.0, 45.0]
     assert train.relevance[train.item_slice(1)].tolist() == [4, 0]
-    assert np.isnan(train.single_modal_score).all()
+    # upstream score = the note's dpr_results score; the answer and the unlisted note 2 have none
+    np.testing.assert_allclose(train.single_modal_score[p0], [NAN, 0.1, 0.4, 0.2, NAN], rtol=1e-5)
+    assert summary["single_modal"].startswith("single_modal_score = the note's score in dpr_results")
 
     dims = summary["feature_dims"]
     assert dims["doc"] == 0 and dims["image"] == train.feature_dims["image"]
@@ -397,7 +401,9 @@ def write_crossrank(root: Path, *, train=None, corpus=None) -> Path:
 
 
 def test_crossrank_import(tmp_path):
-    src = write_crossrank(tmp_path / "cr")
+    corpus = [_corpus_row(i) for i in range(4)]
+    corpus[3]["query_feat_1"] = "1.5"  # page train-2's two candidates disagree on a query feature
+    src = write_crossrank(tmp_path / "cr", corpus=corpus)
     summary = import_crossrank(src, tmp_path / "out", CrossRankConfig(text_dim=8, query_text_dim=8))
     train = read_pages(tmp_path / "out" / "train.parquet")
     assert train.page_id.tolist() == ["train-1", "train-2"]
@@ -405,7 +411,12 @@ def test_crossrank_import(tmp_path):
     assert [MODALITIES[m] for m in train.modality] == ["video", "doc", "doc", "video"]
     assert train.relevance.tolist() == [4, 3, 0, -1]  # null label = unannotated
     assert train.single_modal_score.tolist() == pytest.approx([0.2, 0.9, 0.1, 0.7])
-    assert train.user_dim == 0 and train.query_dim == 9
+    # query features: hashed text (8) + its length, then the corpus's query_feat_1..5 (page means)
+    assert train.user_dim == 0 and train.query_dim == 9 + 5 == summary["query_dim"]
+    qn = summary["query_feature_names"]
+    assert train.query_features[0, qn.index("query_feat_3")] == pytest.approx(1.5)
+    assert train.query_features[:, qn.index("query_feat_1")].tolist() == pytest.approx([0.5, 1.0])
+    assert summary["pages_with_varying_query_feat"] == 1
     names = summary["feature_names"]["doc"]
     assert summary["feature_dims"] == {"doc": len(names), "image": 0, "video": len(names), "answer": 0}
     f = train.features[1]  # candidate 0

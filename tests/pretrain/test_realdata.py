@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -12,9 +13,9 @@ from agent.cli import main
 from envs.pages import MODALITIES
 from envs.world import Split
 from pretrain.data import load_data
-from pretrain.export import MODAL_MAP_ARG, export_crossrank
-from pretrain.importers import SourceFormatError
-from pretrain.page import read_pages
+from pretrain.export import MODAL_MAP_ARG, NOTE_TYPES_ARG, export_crossrank, export_qilin, qilin_slots
+from pretrain.importers import QilinConfig, SourceFormatError, import_qilin
+from pretrain.page import PageValidationError, read_pages
 from pretrain.run import PretrainRun
 
 
@@ -168,3 +169,99 @@ def _import(src, out):
     return import_crossrank(
         src, out, CrossRankConfig(modal_map=dict(p.split("=") for p in MODAL_MAP_ARG.split(",")))
     )
+
+
+# --------------------------------------------------------------------------- Qilin-format copy
+@pytest.fixture(scope="module")
+def qilin_exported(exported, tmp_path_factory):
+    world, _ = exported
+    root = tmp_path_factory.mktemp("qilin")
+    summary = export_qilin(world, root / "qi", batch_pages=7)  # several batches per split
+    code = main(
+        ["import", "--format", "qilin", str(root / "qi"), "--out", str(root / "imp")]
+        + ["--note-types", NOTE_TYPES_ARG, "--text-dim", "8", "--query-text-dim", "8"]
+    )
+    assert code == 0
+    return world, root, summary
+
+
+def test_qilin_round_trip_keeps_labels_modality_scores(qilin_exported):
+    world, root, summary = qilin_exported
+    info = json.loads((root / "imp" / "import.json").read_text())
+    assert summary["dropped_features"] == {
+        m: max(world.pool.pages.feature_dims[m] - len(qilin_slots(m)), 0) for m in MODALITIES
+    }
+    train, test = read_pages(root / "imp" / "train.parquet"), read_pages(root / "imp" / "test.parquet")
+    for got, splits in ((train, [world.pool, world.valid]), (test, [world.test])):
+        want = [s.pages for s in splits]
+        assert len(got) == sum(len(p) for p in want)
+        np.testing.assert_array_equal(got.relevance, np.concatenate([s.truth.relevance for s in splits]))
+        np.testing.assert_array_equal(got.modality, np.concatenate([p.modality for p in want]))
+        np.testing.assert_array_equal(got.sizes, np.concatenate([p.sizes for p in want]))
+        np.testing.assert_allclose(
+            got.single_modal_score, np.concatenate([p.single_modal_score for p in want]), rtol=1e-6
+        )
+        # a session per world query: same session <=> same query id
+        qid = np.concatenate([p.query_id for p in want])
+        np.testing.assert_array_equal(
+            got.query_id[:, None] == got.query_id[None, :], qid[:, None] == qid[None, :]
+        )
+        # query then user features in the user's dense_feat columns, exactly
+        un = info["user_feature_names"]
+        ctx = np.concatenate([np.concatenate([p.query_features, p.user_features], 1) for p in want])
+        first = un.index("dense_feat1")
+        np.testing.assert_allclose(got.user_features[:, first : first + ctx.shape[1]], ctx, rtol=1e-6)
+        # item features: the numeric note columns carry the first world features (log-scaled counts)
+        feats, mods = np.concatenate([p.features for p in want]), np.concatenate([p.modality for p in want])
+        for mid, m in enumerate(MODALITIES):
+            sel, names = mods == mid, info["feature_names"][m]
+            for j, col in enumerate(qilin_slots(m)[: world.pool.pages.feature_dims[m]]):
+                x = feats[sel, j].astype(np.float64)
+                if col == "commercial_flag":
+                    got_col, want_col = got.features[sel, names.index(col)], x
+                else:
+                    got_col, want_col = (
+                        got.features[sel, names.index(f"log1p_{col}")],
+                        np.sign(x) * np.log1p(np.abs(x)),
+                    )
+                np.testing.assert_allclose(got_col, want_col, rtol=1e-5, atol=1e-6)
+
+
+def test_qilin_copy_end_to_end(qilin_exported, capsys):
+    _, root, _ = qilin_exported
+    data = load_data(root / "imp")
+    assert data.single_modal == {} and "upstream" in data.single_modal_source
+    code = main(
+        ["pretrain", "--data", str(root / "imp"), "--out", str(root / "run"), "--epochs", "1", "--quiet"]
+    )
+    assert code == 0
+    run = PretrainRun.open(root / "run")
+    assert run.is_data and 0.0 <= run.metrics["test"]["smar"]["ndcg@10"] <= 1.0
+
+
+def test_qilin_malformed_files_name_file_and_column(qilin_exported, tmp_path):
+    import shutil
+
+    world, root, _ = qilin_exported
+    src = tmp_path / "qi"
+    shutil.copytree(root / "qi", src)
+    out = tmp_path / "o"
+    # the world's documents (note_type 3) without --note-types: the error names the page and field
+    with pytest.raises(PageValidationError, match=r"search_train.*field 'modality'.*note_type 3"):
+        import_qilin(src, out)
+    cfg = QilinConfig(note_types={1: "image", 2: "video", 3: "doc", 4: "answer"})
+    path = src / "search_train" / "train-00000-of-00001.parquet"
+    t = pq.read_table(path)
+    bad = pa.array([[[1.0, 2.0, 3.0]]] * t.num_rows, pa.list_(pa.list_(pa.float64())))
+    pq.write_table(t.set_column(t.schema.get_field_index("dpr_results"), "dpr_results", bad), path)
+    with pytest.raises(SourceFormatError, match=r"search_train.*column 'dpr_results'.*length 3"):
+        import_qilin(src, out, cfg)
+    pq.write_table(t.drop_columns(["session_idx"]), path)
+    with pytest.raises(SourceFormatError, match=r"train-00000-of-00001\.parquet.*session_idx"):
+        import_qilin(src, out, cfg)
+    notes = src / "notes" / "train-00000-of-00001.parquet"
+    pq.write_table(pq.read_table(notes).drop_columns(["video_width"]), notes)
+    pq.write_table(t, path)
+    with pytest.raises(SourceFormatError, match=r"notes.*video_width"):
+        import_qilin(src, out, cfg)
+    assert not (out / "train.parquet").exists()
