@@ -34,6 +34,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "simulate": ("agent.user_bench", "the user model: calibration to real logs, reward landscape, speed"),
     "agent": ("agent.bench", "random / merge / SMAR / PPO variants on held-out sessions"),
     "serve": ("serving.bench", "model floor vs plain FastAPI vs Serve fast path vs Serve proxy"),
+    "scale": ("pretrain.scale", "100,000-page CrossRank export: import + pretrain time and peak memory"),
 }
 
 

@@ -19,7 +19,7 @@ DIR holds `train.parquet`, `test.parquet`, optionally `single_modal.parquet`, an
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ import numpy as np
 from envs.config_io import JsonConfig
 from envs.pages import MODALITIES, Pages
 from envs.world import ItemTruth, Split
-from pretrain.page import read_pages
+from pretrain.page import iter_pages
 
 DATA_SPLITS = ("pool", "valid", "test")
 
@@ -35,6 +35,10 @@ DATA_SPLITS = ("pool", "valid", "test")
 @dataclass(frozen=True)
 class DataConfig(JsonConfig):
     valid_fraction: float = 1.0 / 3.0
+    # Feature columns that hold one value on every train item carry nothing a model can learn (the
+    # normalisers map them to 0 anyway); they are dropped on reading, which bounds memory at scale.
+    drop_constant_columns: bool = True
+    batch_pages: int = 4096  # pages per streamed read
 
     def __post_init__(self) -> None:
         if not 0.0 < self.valid_fraction < 1.0:
@@ -85,6 +89,7 @@ class ImportedData:
     pool: Split
     valid: Split
     test: Split
+    dropped_columns: list[int] = field(default_factory=list)
 
     @property
     def single_modal_source(self) -> str:
@@ -103,11 +108,65 @@ class ImportedData:
             "pages": {n: len(s.pages) for n, s in self.whole_page_splits().items()},
             "single_modal_pages": {m: len(s.pages) for m, s in self.single_modal.items()},
             "single_modal_source": self.single_modal_source,
+            "constant_feature_columns_dropped": len(self.dropped_columns),
         }
 
 
+def scan_columns(path: Path, batch_pages: int) -> tuple[int, int, np.ndarray]:
+    """(pages, feature width, indices of feature columns holding one value over every item), streamed."""
+    lo = hi = None
+    n_pages, width = 0, 0
+    for part in iter_pages(path, batch_pages):
+        n_pages += len(part)
+        width = part.features.shape[1]
+        if not part.n_items:
+            continue
+        a, b = part.features.min(axis=0), part.features.max(axis=0)
+        lo, hi = (a, b) if lo is None else (np.minimum(lo, a), np.maximum(hi, b))
+    return n_pages, width, (np.zeros(0, np.int64) if lo is None else np.nonzero(lo == hi)[0])
+
+
+def _compact(pages: Pages, keep: np.ndarray | None) -> Pages:
+    """`pages` with only the feature columns `keep` (None: all); per-modality widths follow."""
+    if keep is None:
+        return pages
+    dims = {m: int((keep < d).sum()) for m, d in pages.feature_dims.items()}
+    return replace(pages, features=np.ascontiguousarray(pages.features[:, keep]), feature_dims=dims)
+
+
+def _concat(parts: list[Pages]) -> Pages:
+    return parts[0] if len(parts) == 1 else Pages.concat(parts)
+
+
+def read_compact(path: Path, keep: np.ndarray | None, batch_pages: int, split_at: int | None = None):
+    """A page file read in batches, each compacted as it arrives (peak: the result plus one batch).
+    With `split_at`, returns (its first `split_at` pages, the rest)."""
+    first, rest, seen = [], [], 0
+    for p in iter_pages(path, batch_pages):
+        p = _compact(p, keep)
+        if split_at is None or seen + len(p) <= split_at:
+            first.append(p)
+        elif seen >= split_at:
+            rest.append(p)
+        else:
+            cut = split_at - seen
+            first.append(p.select(np.arange(cut)))
+            rest.append(p.select(np.arange(cut, len(p))))
+        seen += len(p)
+    if not first:
+        raise ValueError(f"{path}: no pages")
+    if split_at is None:
+        return _concat(first)
+    if not rest:
+        raise ValueError(f"{path}: {seen} pages, none left after the first {split_at}")
+    return _concat(first), _concat(rest)
+
+
 def load_data(root: str | Path, config: DataConfig | None = None) -> ImportedData:
-    """Read `smar import` output; FileNotFoundError / ValueError naming the file and field at fault."""
+    """Read `smar import` output; FileNotFoundError / ValueError naming the file and field at fault.
+
+    Files are streamed in batches (`pyarrow.dataset`) and compacted as they are read, so the peak
+    memory is the splits themselves plus one batch."""
     cfg = config or DataConfig()
     root = Path(root)
     if not (root / "import.json").exists():
@@ -119,32 +178,44 @@ def load_data(root: str | Path, config: DataConfig | None = None) -> ImportedDat
     for name in ("train", "test"):
         if not (root / f"{name}.parquet").exists():
             raise FileNotFoundError(f"{root}: no {name}.parquet (the --data pipeline needs train and test)")
-    train = read_pages(root / "train.parquet")
-    test = read_pages(root / "test.parquet")
-    for name, pages in (("train", train), ("test", test)):
-        if (pages.relevance < 0).all():
-            raise ValueError(f"{root / f'{name}.parquet'}: field 'relevance' holds no page label")
-    test = keep_items(test, test.relevance >= 0)  # evaluation needs a grade for every item
-    n_valid = max(1, int(round(cfg.valid_fraction * len(train))))
-    if len(train) - n_valid < 2:
+    n_train, width, dropped = scan_columns(root / "train.parquet", cfg.batch_pages)
+    keep = None
+    if cfg.drop_constant_columns and len(dropped):
+        keep = np.setdiff1d(np.arange(width), dropped)
+        if not len(keep):
+            raise ValueError(f"{root / 'train.parquet'}: field 'features' holds one value in every column")
+    if not cfg.drop_constant_columns:
+        dropped = np.zeros(0, np.int64)
+    n_valid = max(1, int(round(cfg.valid_fraction * n_train)))
+    if n_train - n_valid < 2:
         raise ValueError(
-            f"{root / 'train.parquet'}: {len(train)} pages are too few for a pool and a valid split"
+            f"{root / 'train.parquet'}: {n_train} pages are too few for a pool and a valid split"
         )
-    pool_pages = train.select(np.arange(len(train) - n_valid))
-    valid_pages = train.select(np.arange(len(train) - n_valid, len(train)))
-    valid_pages = keep_items(valid_pages, valid_pages.relevance >= 0)
-    hidden = np.full(pool_pages.n_items, -1, np.int8)
-    pool = Split(pool_pages.with_items(relevance=hidden), _truth(pool_pages.relevance, len(pool_pages)))
+    pool_pages, valid_pages = read_compact(root / "train.parquet", keep, cfg.batch_pages, n_train - n_valid)
+    test = read_compact(root / "test.parquet", keep, cfg.batch_pages)
+    for name, parts in (("train", (pool_pages, valid_pages)), ("test", (test,))):
+        if all((p.relevance < 0).all() for p in parts):
+            raise ValueError(f"{root / f'{name}.parquet'}: field 'relevance' holds no page label")
+    if (test.relevance < 0).any():
+        test = keep_items(test, test.relevance >= 0)  # evaluation needs a grade for every item
+    if (valid_pages.relevance < 0).any():
+        valid_pages = keep_items(valid_pages, valid_pages.relevance >= 0)
+    truth = pool_pages.relevance
+    pool = Split(
+        pool_pages.with_items(relevance=np.full(pool_pages.n_items, -1, np.int8)),
+        _truth(truth, len(pool_pages)),
+    )
     single: dict[str, Split] = {}
     sm_path = root / "single_modal.parquet"
     if sm_path.exists():
-        sm = read_pages(sm_path)
+        sm = read_compact(sm_path, keep, cfg.batch_pages)
         for mid, m in enumerate(MODALITIES):
             part = keep_items(sm, (sm.modality == mid) & (sm.relevance >= 0))
             if len(part):
                 single[m] = Split(part, _truth(part.relevance, len(part)))
+        del sm
     else:
-        for name, pages in (("train", train), ("test", test)):
+        for name, pages in (("train", pool_pages), ("train", valid_pages), ("test", test)):
             if np.isnan(pages.single_modal_score).any():
                 i = int(np.nonzero(np.isnan(pages.single_modal_score))[0][0])
                 raise ValueError(
@@ -160,4 +231,5 @@ def load_data(root: str | Path, config: DataConfig | None = None) -> ImportedDat
         pool=pool,
         valid=Split(valid_pages, _truth(valid_pages.relevance, len(valid_pages))),
         test=Split(test, _truth(test.relevance, len(test))),
+        dropped_columns=[int(i) for i in dropped],
     )

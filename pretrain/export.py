@@ -22,7 +22,12 @@ Mapping (what each published column carries):
   * `candidate_feat_1` = the item's features (zero-padded to the widest modality, a list per cell as
     the importer accepts), `query_feat_1` = the page's query features, `query_feat_2` = its user
     features (CrossRank has no user table), the other numeric columns 0;
-  * `query` = the query id; `real_title` / `abs_basic` / `title_highlight_basic` are empty (the world
+  * `query` = a token standing for the world's query id, the same form for every split
+    (`QueryTokens`: "q" + 12 digits of a fixed hash of a running number). CrossRank's `query` is the
+    query text, which the importer both groups pages by and hashes into query features; the world has
+    no text, and its ids differ in form by split ("sm-doc-q…" vs "pool-q…" vs "test-q…"), so writing
+    them raw would hand every model a feature that tells single-modal from whole-page and train from
+    test queries. `real_title` / `abs_basic` / `title_highlight_basic` are empty (the world
     has no text), `query_intent` empty.
 Written in batches of pages (ParquetWriter), so memory stays bounded by the world itself.
 
@@ -62,6 +67,7 @@ from envs.atomic_io import write_json_atomic
 from envs.pages import MODALITIES, Pages
 from pretrain.importers.crossrank import DETAIL_FIELDS, SINGLE_MODAL_MIN_SEARCH_IDX
 from pretrain.importers.qilin import NOTE_COUNTS, NOTE_TYPE_MODALITY, QilinConfig
+from pretrain.importers.text import splitmix64
 
 MODAL_CODES: dict[str, str] = {"doc": "0", "video": "1", "image": "2", "answer": "3"}
 MODAL_MAP_ARG = ",".join(f"{c}={m}" for m, c in MODAL_CODES.items())
@@ -75,10 +81,37 @@ def _list_col(mat: np.ndarray) -> pa.ListArray:
     )
 
 
+class QueryTokens:
+    """World query id -> an opaque token of one fixed form (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.of: dict[str, str] = {}
+        self.used: set[str] = set()
+
+    def __call__(self, query_ids: np.ndarray) -> list[str]:
+        out = []
+        for q in query_ids:
+            tok = self.of.get(q)
+            if tok is None:
+                k = len(self.of)
+                while True:  # a hash collision (never seen at 1e12) takes the next number
+                    tok = f"q{int(splitmix64(np.array([k], np.uint64))[0]) % 10**12:012d}"
+                    if tok not in self.used:
+                        break
+                    k += 1 << 40
+                self.of[q], tok = tok, tok
+                self.used.add(tok)
+            out.append(tok)
+        return out
+
+
 class _CrossRankWriter:
     """Streams pages into one search file and its corpus (or corpus parts), candidate ids running on."""
 
-    def __init__(self, search_path: Path, corpus_paths: list[Path], corpus_rows: int, width: int) -> None:
+    def __init__(
+        self, search_path: Path, corpus_paths: list[Path], corpus_rows: int, width: int, tokens: QueryTokens
+    ) -> None:
+        self.tokens = tokens
         self.search_path = search_path
         self.corpus_paths = corpus_paths
         self.part_rows = -(-max(corpus_rows, 1) // len(corpus_paths))  # ceil
@@ -132,7 +165,7 @@ class _CrossRankWriter:
         )
         search = pa.table(
             {
-                "query": pa.array(pages.query_id.astype(str)),
+                "query": pa.array(self.tokens(pages.query_id)),
                 "search_idx": pa.array(np.arange(first_search_idx, first_search_idx + n, dtype=np.int64)),
                 "search_result_details_with_idx": pa.ListArray.from_arrays(
                     pa.array(pages.offsets.astype(np.int32)), details
@@ -187,8 +220,9 @@ def export_crossrank(
     width = max(world.pool.pages.feature_dims.values())
     counts: dict[str, int] = {}
     corpus_rows = sum(getattr(world, n).pages.n_items for n in ("pool", "valid", "test"))
+    tokens = QueryTokens()
     corpus = _CrossRankWriter(
-        out / "Multimodal_Train.parquet", [out / "MultiModalCorpus.parquet"], corpus_rows, width
+        out / "Multimodal_Train.parquet", [out / "MultiModalCorpus.parquet"], corpus_rows, width, tokens
     )
     search_idx = 0
     # one corpus for train and test: candidate ids run on across both search files
@@ -218,6 +252,7 @@ def export_crossrank(
             [out / f"SingleModalCorpus_part{i}.parquet" for i in (1, 2, 3)],
             sm_rows,
             width,
+            tokens,
         )
         idx0 = max(SINGLE_MODAL_MIN_SEARCH_IDX + 1, search_idx)
         for m in MODALITIES:

@@ -150,13 +150,15 @@ class SingleModalRankers:
         self.rankers = dict(rankers)
 
     @torch.no_grad()
-    def score(self, pages: Pages) -> np.ndarray:
+    def score(self, pages: Pages, batch_items: int = 65536) -> np.ndarray:
         out = np.full(pages.n_items, np.nan, np.float32)
+        page_of = pages.page_of_item
         for m, ranker in self.rankers.items():
-            sel = pages.modality == MODALITY_ID[m]
-            if sel.any():
-                ranker.eval()
-                query = torch.from_numpy(pages.query_features[pages.page_of_item[sel]].astype(np.float32))
+            idx = np.nonzero(pages.modality == MODALITY_ID[m])[0]
+            ranker.eval()
+            for start in range(0, len(idx), batch_items):  # in chunks: memory stays flat at scale
+                sel = idx[start : start + batch_items]
+                query = torch.from_numpy(pages.query_features[page_of[sel]].astype(np.float32))
                 out[sel] = ranker(torch.from_numpy(pages.features[sel]), query).numpy()
         missing = sorted({MODALITIES[i] for i in np.unique(pages.modality[np.isnan(out)])})
         if missing:

@@ -88,7 +88,7 @@ SINGLE_MODAL_MIN_SEARCH_IDX = 24009
 
 @dataclass
 class _Corpus:
-    """One corpus's per-candidate feature blocks, indexed by corpus row (`row_of[candidate_idx]`)."""
+    """Per-candidate feature blocks of some corpus rows (a row group, or the rows a batch needs)."""
 
     file: str
     numeric: np.ndarray
@@ -99,7 +99,101 @@ class _Corpus:
     highlight: np.ndarray
     abstract: np.ndarray
     modal: np.ndarray
-    row_of: np.ndarray
+
+
+class _CorpusSource:
+    """A corpus (one file, or parts whose concatenated rows are indexed by candidate_idx) read one
+    Parquet row group at a time, on demand, with a few groups cached: memory stays bounded by the
+    row groups a batch of searches touches, not by the corpus (an export writes candidates in page
+    order, so consecutive batches touch consecutive groups)."""
+
+    CACHE_GROUPS = 4
+
+    def __init__(self, importer: CrossRankImporter, files: list[Path]) -> None:
+        self.importer = importer
+        self.files = files
+        self.file = str(files[0]) if len(files) == 1 else ", ".join(str(x) for x in files)
+        self.parquet = [pq.ParquetFile(f) for f in files]
+        has_idx = {"candidate_idx" in pf.schema_arrow.names for pf in self.parquet}
+        if len(has_idx) > 1:
+            raise SourceFormatError(f"{files}: some corpus parts have a 'candidate_idx' column, others not")
+        self.groups = [(fi, g) for fi, pf in enumerate(self.parquet) for g in range(pf.num_row_groups)]
+        sizes = [self.parquet[fi].metadata.row_group(g).num_rows for fi, g in self.groups]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.n_rows = int(self.starts[-1])
+        self.row_of: np.ndarray | None = None  # candidate_idx -> corpus row; None: row index = candidate_idx
+        if has_idx == {True}:
+            ids = np.concatenate(
+                [
+                    np.asarray(b.column(0).to_numpy(zero_copy_only=False), np.int64)
+                    for b in batches(files, ["candidate_idx"], 65536)
+                ]
+            )
+            self.row_of = np.full(int(ids.max()) + 1 if len(ids) else 1, -1, np.int64)
+            self.row_of[ids] = np.arange(len(ids))
+        self.cache: dict[int, _Corpus] = {}
+        self.seen: set[int] = set()  # groups read once (imputation is counted on the first read only)
+        self.widths: dict[str, int] | None = None
+        self.numeric_names: list[str] = []
+        if self.groups:
+            first = self._group(0)
+            self.numeric_names = first.numeric_names
+
+    def _group(self, g: int) -> _Corpus:
+        if g in self.cache:
+            self.cache[g] = self.cache.pop(g)  # most recently used last
+            return self.cache[g]
+        fi, rg = self.groups[g]
+        t = self.parquet[fi].read_row_group(rg, columns=list(CORPUS_COLUMNS))
+        imputed = self.importer.stats["imputed_values"]
+        block = self.importer._corpus_block(t, str(self.files[fi]), self.widths)
+        if g in self.seen:
+            self.importer.stats["imputed_values"] = imputed
+        self.seen.add(g)
+        if self.widths is None:
+            self.widths = {c: int(n) for c, n in zip(CORPUS_NUMERIC, self._widths_of(block.numeric_names))}
+        self.cache[g] = block
+        while len(self.cache) > self.CACHE_GROUPS:
+            self.cache.pop(next(iter(self.cache)))
+        return block
+
+    @staticmethod
+    def _widths_of(names: list[str]) -> list[int]:
+        return [sum(1 for n in names if n == c or n.startswith(f"{c}[")) for c in CORPUS_NUMERIC]
+
+    def lookup(self, cand: np.ndarray, source: str, page_ids: np.ndarray, page_of: np.ndarray) -> _Corpus:
+        """The corpus blocks of `cand` (candidate_idx per item), row-aligned with `cand`."""
+        if self.row_of is None:
+            rows = np.where((cand >= 0) & (cand < self.n_rows), cand, -1)
+        else:
+            inside = (cand >= 0) & (cand < len(self.row_of))
+            rows = np.full(len(cand), -1, np.int64)
+            rows[inside] = self.row_of[cand[inside]]
+        if (rows < 0).any():
+            i = int(np.nonzero(rows < 0)[0][0])
+            raise SourceFormatError(
+                f"{source}: page {page_ids[page_of[i]]!r}: candidate_idx {cand[i]} is not in {self.file}"
+            )
+        group = np.searchsorted(self.starts, rows, side="right") - 1
+        n, width = len(cand), len(self.numeric_names)
+        cfg = self.importer.cfg
+        out = _Corpus(
+            file=self.file,
+            numeric=np.zeros((n, width)),
+            numeric_names=self.numeric_names,
+            intent=np.zeros((n, cfg.cat_buckets), np.float32),
+            lengths=np.zeros((n, 2)),
+            title=np.zeros((n, cfg.title_dim), np.float32),
+            highlight=np.zeros((n, cfg.title_dim), np.float32),
+            abstract=np.zeros((n, cfg.text_dim), np.float32),
+            modal=np.empty(n, dtype=object),
+        )
+        for g in np.unique(group):
+            sel = np.nonzero(group == g)[0]
+            block, local = self._group(int(g)), rows[sel] - self.starts[g]
+            for name in ("numeric", "intent", "lengths", "title", "highlight", "abstract", "modal"):
+                getattr(out, name)[sel] = getattr(block, name)[local]
+        return out
 
 
 @dataclass(frozen=True)
@@ -152,7 +246,7 @@ class CrossRankImporter:
             "unlabelled_items": 0,
             "pages_with_varying_query_feat": 0,
         }
-        self.corpus = self._load_corpus([self.corpus_file])
+        self.corpus = _CorpusSource(self, [self.corpus_file])
         self.corpus_numeric_names = self.corpus.numeric_names
         # The single-modal part (optional): SingleModal_Train.parquet with its own corpus in parts.
         self.single_file = find_file(self.src, SINGLE_FILE, required=False)
@@ -167,7 +261,7 @@ class CrossRankImporter:
                     f"{self.src}: {SINGLE_FILE} is present but none of {list(SINGLE_CORPUS_FILES)}"
                 )
             require_columns(parts, CORPUS_COLUMNS)
-            self.single_corpus = self._load_corpus(parts)
+            self.single_corpus = _CorpusSource(self, parts)
             if self.single_corpus.numeric_names != self.corpus_numeric_names:
                 raise SourceFormatError(
                     f"{self.single_corpus.file}: numeric column widths {self.single_corpus.numeric_names} "
@@ -191,24 +285,12 @@ class CrossRankImporter:
         return width
 
     # ------------------------------------------------------------------ corpus
-    def _load_corpus(self, files: list[Path]) -> _Corpus:
-        """Read a corpus (one file, or parts whose concatenated rows are indexed by candidate_idx)."""
+    def _corpus_block(self, t: pa.Table, f: str, widths: dict[str, int] | None) -> _Corpus:
+        """Feature blocks of corpus rows `t` (numeric cell widths fixed by `widths` once known)."""
         cfg = self.cfg
-        parts = []
-        for f in files:
-            names = pq.read_schema(f).names
-            parts.append(
-                pq.read_table(
-                    f, columns=[*CORPUS_COLUMNS, *(["candidate_idx"] if "candidate_idx" in names else [])]
-                )
-            )
-        if len({"candidate_idx" in t.column_names for t in parts}) > 1:
-            raise SourceFormatError(f"{files}: some corpus parts have a 'candidate_idx' column, others not")
-        t = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-        f = files[0] if len(files) == 1 else ", ".join(str(x) for x in files)
         numeric, names = [], []
         for c in CORPUS_NUMERIC:
-            mat, k = numeric_matrix(t.column(c), f, c)
+            mat, k = numeric_matrix(t.column(c), f, c, width=None if widths is None else widths[c])
             numeric.append(mat)
             names += [c] if k == 1 else [f"{c}[{j}]" for j in range(k)]
         titles = t.column("real_title").to_pylist()
@@ -218,15 +300,9 @@ class CrossRankImporter:
                 np.log1p([len(normalise_text(x, 10**9)) for x in titles]),
                 np.log1p([len(normalise_text(x, 10**9)) for x in abstracts]),
             ]
-        )
-        if "candidate_idx" in t.column_names:
-            ids = np.asarray(t.column("candidate_idx").to_numpy(zero_copy_only=False), np.int64)
-        else:
-            ids = np.arange(t.num_rows)
-        row_of = np.full(int(ids.max()) + 1 if len(ids) else 1, -1, np.int64)
-        row_of[ids] = np.arange(len(ids))
+        ).reshape(t.num_rows, 2)
         corpus = _Corpus(
-            file=str(f),
+            file=f,
             numeric=np.concatenate(numeric, axis=1) if numeric else np.zeros((t.num_rows, 0)),
             numeric_names=names,
             intent=categorical_onehot(t.column("query_intent").to_pylist(), cfg.cat_buckets),
@@ -239,7 +315,6 @@ class CrossRankImporter:
             modal=np.array(
                 ["" if v is None else str(v).strip() for v in t.column("modal").to_pylist()], dtype=object
             ),
-            row_of=row_of,
         )
         if cfg.impute_missing:
             bad = ~np.isfinite(corpus.numeric)
@@ -289,7 +364,9 @@ class CrossRankImporter:
         return {m: (d if m in used else 0) for m in MODALITIES}
 
     # ------------------------------------------------------------------ pages
-    def _pages(self, b: pa.RecordBatch, split: str, source: str, corpus: _Corpus | None = None) -> Pages:
+    def _pages(
+        self, b: pa.RecordBatch, split: str, source: str, corpus: _CorpusSource | None = None
+    ) -> Pages:
         cfg, c = self.cfg, corpus or self.corpus
         details = b.column("search_result_details_with_idx")
         sizes = np.asarray(details.value_lengths().fill_null(0).to_numpy(zero_copy_only=False), np.int64)
@@ -333,14 +410,8 @@ class CrossRankImporter:
                 f"{source}: page {page_ids[page_of[i]]!r}, field 'single_modal_score': candidate {cand[i]} has upstream_label {score[i]}"
             )
 
-        inside = (cand >= 0) & (cand < len(c.row_of))
-        rows = np.full(len(cand), -1, np.int64)
-        rows[inside] = c.row_of[cand[inside]]
-        if (rows < 0).any():
-            i = int(np.nonzero(rows < 0)[0][0])
-            raise SourceFormatError(
-                f"{source}: page {page_ids[page_of[i]]!r}: candidate_idx {cand[i]} is not in {c.file}"
-            )
+        c = c.lookup(cand, source, page_ids, page_of)
+        rows = np.arange(len(cand))
         modal = c.modal[rows]
         unknown = ~np.isin(modal, list(cfg.modal_map))
         if unknown.any():

@@ -1,0 +1,253 @@
+"""`smar bench scale`: the real-data path at scale, memory-bounded, timed.
+
+A world of `--pages` whole pages (pool : valid : test = 2 : 1 : 2 as in the default world; no traffic,
+which is never exported) is written in CrossRank's schema, imported with `smar import`, and pretrained
+with `smar pretrain --data` (single-modal rankers on the single-modal part, SMAR at `--budget`, test
+evaluation). Each step runs as its own process; its peak resident memory is sampled from /proc over
+the process and all its children (`PeakRSS`), and its wall time measured. The bound (`--memory-gib`,
+4 by default) is checked on import and pretraining. Results: `OUT/report.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+# ----------------------------------------------------------------------------- memory sampling
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of `pid` and all its descendants, now."""
+    kids, total, todo = _children(), 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += _rss_bytes(p)
+        todo.extend(kids.get(p, []))
+    return total
+
+
+class PeakRSS:
+    """Samples the resident memory of a process tree every `interval` s on a thread; `.peak` bytes."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measured(cmd: list[str], log: Path) -> dict:
+    """Run `cmd`, return its wall time, exit code and peak tree RSS (GiB)."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ})
+        with PeakRSS(proc.pid) as peak:
+            code = proc.wait()
+    return {
+        "command": " ".join(cmd),
+        "returncode": code,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "peak_rss_gib": round(peak.peak / 2**30, 3),
+        "log": str(log),
+    }
+
+
+# ----------------------------------------------------------------------------- the world at scale
+def scale_world(pages: int, seed: int = 0):
+    """A world with about `pages` whole pages in pool/valid/test (2:1:2) and the default single-modal part.
+
+    Traffic is not generated (a one-query placeholder): it is never exported."""
+    from envs.world import World, WorldConfig, WorldGenerator
+
+    d = WorldConfig()
+    queries = max(10, math.ceil(pages / d.reformulations))
+    cfg = WorldConfig(seed=seed, queries=queries, split_fractions=(0.4, 0.2, 0.4, 0.0))
+    gen = WorldGenerator(cfg)
+    counts = np.floor(np.array(cfg.split_fractions[:3]) * queries).astype(int)
+    counts[-1] = queries - counts[:-1].sum()
+    splits = {
+        name: gen.whole_pages(np.random.default_rng([seed, 1, si]), int(n), name)
+        for si, (name, n) in enumerate(zip(("pool", "valid", "test"), counts))
+    }
+    splits["pool"].pages.relevance = np.full(splits["pool"].pages.n_items, -1, np.int8)
+    traffic = gen.whole_pages(np.random.default_rng([seed, 1, 3]), 1, "traffic")
+    single = {
+        m: gen.single_modal_pages(np.random.default_rng([seed, 2, mi]), m, cfg.single_modal_queries)
+        for mi, m in enumerate(("doc", "image", "video", "answer"))
+    }
+    return World(config=cfg, single_modal=single, traffic=traffic, **splits)
+
+
+def _export_main(argv: list[str]) -> int:
+    """`python -m pretrain.scale export PAGES OUT [SEED]`: generate the scale world and export it."""
+    from pretrain.export import export_crossrank
+
+    pages, out = int(argv[0]), argv[1]
+    seed = int(argv[2]) if len(argv) > 2 else 0
+    t0 = time.perf_counter()
+    world = scale_world(pages, seed)
+    gen_s = time.perf_counter() - t0
+    s = export_crossrank(world, out)
+    s["generate_seconds"] = round(gen_s, 1)
+    s["pages"] = {n: len(getattr(world, n).pages) for n in ("pool", "valid", "test")}
+    (Path(out) / "export.json").write_text(json.dumps(s, indent=2))
+    print(json.dumps(s))
+    return 0
+
+
+# ----------------------------------------------------------------------------- the bench
+def bench(
+    pages: int = 100_000,
+    out: str | Path = "results/scale",
+    work: str | Path | None = None,
+    epochs: int = 3,
+    budget: float = 0.1,
+    seed: int = 0,
+    memory_gib: float = 4.0,
+    keep: bool = False,
+) -> dict:
+    import shutil
+
+    from pretrain.export import MODAL_MAP_ARG
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(work) if work else out / "work"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    py = [sys.executable, "-m"]
+    src, data, run = work / "crossrank", work / "imported", work / "run"
+    steps = {}
+    steps["export"] = measured(
+        [*py, "pretrain.scale", "export", str(pages), str(src), str(seed)], out / "export.log"
+    )
+    if steps["export"]["returncode"] == 0:
+        steps["import"] = measured(
+            [*py, "agent.cli", "import", "--format", "crossrank", str(src), "--out", str(data)]
+            + ["--modal-map", MODAL_MAP_ARG],
+            out / "import.log",
+        )
+    if steps.get("import", {}).get("returncode") == 0:
+        steps["pretrain"] = measured(
+            [*py, "agent.cli", "pretrain", "--data", str(data), "--out", str(run), "--quiet"]
+            + ["--budget", str(budget), "--epochs", str(epochs), "--seed", str(seed)],
+            out / "pretrain.log",
+        )
+    report: dict = {
+        "pages_requested": pages,
+        "memory_bound_gib": memory_gib,
+        "steps": steps,
+        "config": {"epochs": epochs, "budget": budget, "seed": seed},
+    }
+    if (src / "export.json").exists():
+        report["export"] = json.loads((src / "export.json").read_text())
+    if (data / "import.json").exists():
+        imp = json.loads((data / "import.json").read_text())
+        report["import"] = {
+            k: imp[k] for k in ("outputs", "feature_dims", "query_dim", "seconds") if k in imp
+        }
+    if (run / "run.json").exists():
+        r = json.loads((run / "run.json").read_text())
+        report["pretrain"] = {k: r.get(k) for k in ("metrics", "data") if k in r}
+    bounded = [s for n, s in steps.items() if n in ("import", "pretrain")]
+    report["within_bound"] = (
+        len(bounded) == 2
+        and all(s["returncode"] == 0 for s in bounded)
+        and max(s["peak_rss_gib"] for s in bounded) < memory_gib
+    )
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def format_report(r: dict) -> str:
+    lines = [
+        f"scale: {r['pages_requested']} pages, memory bound {r['memory_bound_gib']} GiB (import, pretrain)"
+    ]
+    for name, s in r["steps"].items():
+        lines.append(
+            f"  {name:<9} {s['seconds']:>8.1f} s  peak RSS {s['peak_rss_gib']:.2f} GiB  exit {s['returncode']}"
+        )
+    m = (r.get("pretrain") or {}).get("metrics", {}).get("test", {})
+    for method, v in m.items():
+        if isinstance(v, dict) and "ndcg@10" in v:
+            lines.append(
+                f"  test {method:<8} NDCG@10 {v['ndcg@10']:.4f}  MRR@1 {v.get('mrr@1', float('nan')):.4f}"
+            )
+    lines.append(f"within bound: {r['within_bound']}")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pages", type=int, default=100_000, help="whole pages exported (pool+valid+test)")
+    p.add_argument("--out", default="results/scale")
+    p.add_argument("--work", default=None, help="scratch folder for the files (default OUT/work, removed)")
+    p.add_argument("--keep", action="store_true", help="keep the exported, imported and run folders")
+    p.add_argument("--epochs", type=int, default=3, help="reranker epochs of the pretraining step")
+    p.add_argument("--budget", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--memory-gib", type=float, default=4.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    r = bench(
+        args.pages, args.out, args.work, args.epochs, args.budget, args.seed, args.memory_gib, args.keep
+    )
+    print(format_report(r))
+    print(f"wrote {Path(args.out) / 'report.json'}")
+    return 0 if all(s["returncode"] == 0 for s in r["steps"].values()) else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "export":
+        raise SystemExit(_export_main(sys.argv[2:]))
+    raise SystemExit("usage: python -m pretrain.scale export PAGES OUT [SEED] (or `smar bench scale`)")
