@@ -214,6 +214,7 @@ def bench(
     data: str | Path | None = None,
     data_config: DataConfig | None = None,
     methods: tuple[str, ...] = TRAINED_METHODS,
+    ranker_seed: int = 0,
 ) -> dict:
     """Run the benchmark, write report.json and ndcg_vs_budget.png into `out`, return the report.
 
@@ -221,6 +222,8 @@ def bench(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = base or PretrainConfig()
+    # the single-modal rankers are trained once, with their own seed (the seeds below do not redraw them)
+    base = replace(base, single_modal=replace(base.single_modal, seed=ranker_seed))
     unknown = [m for m in methods if m not in TRAINED_METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; expected among {TRAINED_METHODS}")
@@ -270,6 +273,7 @@ def bench(
                 else "single-modal rankers on the world's single-modal pages"
             ),
             "prepare_seconds": prep_seconds,
+            "ranker_seed": ranker_seed,
             "config": base.to_json(),
             "single_modal_test_within_modality_ndcg@10": {
                 m: prep.ranker_metrics[m]["test_within_modality_ndcg@10"]
@@ -314,6 +318,9 @@ def format_report(report: dict) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument(
+        "--ranker-seed", type=int, default=0, help="seed of the single-modal rankers (trained once per bench)"
+    )
     p.add_argument("--out", default="results/pretrain")
     p.add_argument("--workers", type=int, default=2, help="parallel training processes")
     p.add_argument("--quiet", action="store_true")
@@ -337,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         data_config=DataConfig(valid_fraction=args.valid_fraction),
         methods=tuple(m for m in args.methods.split(",") if m),
+        ranker_seed=args.ranker_seed,
     )
     print(format_report(report))
     print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'ndcg_vs_budget.png'}")

@@ -81,6 +81,13 @@ def test_round_trip_keeps_labels_modality_scores(exported):
     assert (data.pool.pages.relevance == -1).all()
     np.testing.assert_array_equal(data.pool.truth.relevance, world.pool.truth.relevance)
     assert set(data.single_modal) == set(MODALITIES)
+    # constant feature columns (the copy's empty titles, say) are dropped on reading, the rest kept
+    dropped = data.dropped_columns
+    assert dropped and names.index("title_hash0") in dropped and feat0 not in dropped
+    kept = np.setdiff1d(np.arange(train.features.shape[1]), dropped)
+    assert data.pool.pages.features.shape[1] == len(kept)
+    np.testing.assert_array_equal(data.test.pages.features, test.features[:, kept])
+    assert data.test.pages.feature_dims == {m: len(kept) for m in MODALITIES}
 
 
 def test_pretrain_and_bench_on_data(exported, capsys):
