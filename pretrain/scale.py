@@ -64,7 +64,7 @@ def tree_rss(pid: int) -> int:
 class PeakRSS:
     """Samples the resident memory of a process tree every `interval` s on a thread; `.peak` bytes."""
 
-    def __init__(self, pid: int, interval: float = 0.1) -> None:
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
         self.pid, self.interval, self.peak = pid, interval, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -143,6 +143,9 @@ def _export_main(argv: list[str]) -> int:
 
 
 # ----------------------------------------------------------------------------- the bench
+STEPS = ("export", "import", "pretrain")
+
+
 def bench(
     pages: int = 100_000,
     out: str | Path = "results/scale",
@@ -152,33 +155,50 @@ def bench(
     seed: int = 0,
     memory_gib: float = 4.0,
     keep: bool = False,
+    start: str = "export",
 ) -> dict:
+    """`start`: the first step to run; earlier ones are taken from OUT/report.json and WORK (kept)."""
     import shutil
 
     from pretrain.export import MODAL_MAP_ARG
 
+    if start not in STEPS:
+        raise ValueError(f"start must be one of {STEPS}, got {start!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(work) if work else out / "work"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    steps: dict = {}
+    if start != "export":
+        previous = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
+        for name in STEPS[: STEPS.index(start)]:
+            if name not in previous.get("steps", {}) or not work.exists():
+                raise FileNotFoundError(
+                    f"--start {start}: no earlier {name} step in {out / 'report.json'} / {work}"
+                )
+            steps[name] = {**previous["steps"][name], "reused": True}
+    else:
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
     py = [sys.executable, "-m"]
     src, data, run = work / "crossrank", work / "imported", work / "run"
-    steps = {}
-    steps["export"] = measured(
-        [*py, "pretrain.scale", "export", str(pages), str(src), str(seed)], out / "export.log"
-    )
-    if steps["export"]["returncode"] == 0:
+    if start == "export":
+        steps["export"] = measured(
+            [*py, "pretrain.scale", "export", str(pages), str(src), str(seed)], out / "export.log"
+        )
+    if steps["export"]["returncode"] == 0 and start in ("export", "import"):
         steps["import"] = measured(
             [*py, "agent.cli", "import", "--format", "crossrank", str(src), "--out", str(data)]
             + ["--modal-map", MODAL_MAP_ARG],
             out / "import.log",
         )
     if steps.get("import", {}).get("returncode") == 0:
+        if run.exists():
+            shutil.rmtree(run)
         steps["pretrain"] = measured(
             [*py, "agent.cli", "pretrain", "--data", str(data), "--out", str(run), "--quiet"]
-            + ["--budget", str(budget), "--epochs", str(epochs), "--seed", str(seed)],
+            + ["--pretrain.annotation.budget", str(budget), "--pretrain.train.epochs", str(epochs)]
+            + ["--pretrain.seed", str(seed)],
             out / "pretrain.log",
         )
     report: dict = {
@@ -236,11 +256,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-gib", type=float, default=4.0)
+    p.add_argument(
+        "--start",
+        default="export",
+        choices=STEPS,
+        help="first step to run (earlier ones: from OUT and --work)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     r = bench(
-        args.pages, args.out, args.work, args.epochs, args.budget, args.seed, args.memory_gib, args.keep
+        args.pages,
+        args.out,
+        args.work,
+        args.epochs,
+        args.budget,
+        args.seed,
+        args.memory_gib,
+        args.keep,
+        args.start,
     )
     print(format_report(r))
     print(f"wrote {Path(args.out) / 'report.json'}")

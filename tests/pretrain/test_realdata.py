@@ -244,7 +244,16 @@ def test_qilin_copy_end_to_end(qilin_exported, capsys):
     data = load_data(root / "imp")
     assert data.single_modal == {} and "upstream" in data.single_modal_source
     code = main(
-        ["pretrain", "--data", str(root / "imp"), "--out", str(root / "run"), "--epochs", "1", "--quiet"]
+        [
+            "pretrain",
+            "--data",
+            str(root / "imp"),
+            "--out",
+            str(root / "run"),
+            "--pretrain.train.epochs",
+            "1",
+            "--quiet",
+        ]
     )
     assert code == 0
     run = PretrainRun.open(root / "run")
