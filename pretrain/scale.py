@@ -100,7 +100,7 @@ def measured(cmd: list[str], log: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- the world at scale
-def scale_world(pages: int, seed: int = 0):
+def scale_world(pages: int, seed: int = 0, single_modal_queries: int | None = None):
     """A world with about `pages` whole pages in pool/valid/test (2:1:2) and the default single-modal part.
 
     Traffic is not generated (a one-query placeholder): it is never exported."""
@@ -108,7 +108,12 @@ def scale_world(pages: int, seed: int = 0):
 
     d = WorldConfig()
     queries = max(10, math.ceil(pages / d.reformulations))
-    cfg = WorldConfig(seed=seed, queries=queries, split_fractions=(0.4, 0.2, 0.4, 0.0))
+    cfg = WorldConfig(
+        seed=seed,
+        queries=queries,
+        split_fractions=(0.4, 0.2, 0.4, 0.0),
+        single_modal_queries=single_modal_queries or d.single_modal_queries,
+    )
     gen = WorldGenerator(cfg)
     counts = np.floor(np.array(cfg.split_fractions[:3]) * queries).astype(int)
     counts[-1] = queries - counts[:-1].sum()
