@@ -21,7 +21,10 @@ from pathlib import Path
 COMMANDS: dict[str, tuple[str, str]] = {
     "world": ("pretrain.world_io", "generate the synthetic search world and write it to Parquet"),
     "import": ("pretrain.importers.cli", "convert Qilin or CrossRank files into the page contract"),
-    "export": ("pretrain.export", "write a synthetic world as CrossRank- or Qilin-format files (what `import` reads)"),
+    "export": (
+        "pretrain.export",
+        "write a synthetic world as CrossRank- or Qilin-format files (what `import` reads)",
+    ),
     "pretrain": ("pretrain.train", "train single-modal rankers and the SMAR whole-page reranker"),
     "simulate": ("agent.simulate", "run a policy through the user simulator and log feedback"),
     "train": ("agent.train", "refine the reranker with constrained PPO (RLlib)"),
