@@ -420,7 +420,8 @@ class _QilinWriter:
 
 def upstream_scores(world, seed: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
     """The world's single-modal rankers' scores on every whole-page item (what `smar pretrain` trains)."""
-    from pretrain.train import PretrainConfig, prepare
+    from pretrain.config import PretrainConfig
+    from pretrain.train import prepare
 
     prep = prepare(world, PretrainConfig(seed=seed), progress)
     return {name: prep.scored[name].pages.single_modal_score for name in ("pool", "valid", "test")}
