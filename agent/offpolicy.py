@@ -177,7 +177,21 @@ class UpdateConfig:
     multiplier_lr: float = 20.0
     multiplier_max: float = 50.0
     advantage: str = "reward_to_go"  # or "immediate"
+    # Learning-rate multipliers of the reranker's modality-offset head (the page layout: how much the
+    # context wants each modality, which no within-modality order depends on) and of everything else.
+    # body_lr_scale 0 trains the offset head alone: a contextual move of whole modalities, few
+    # parameters, well identified from one round of logs (agent.online.diagnose measures the choice).
+    offset_lr_scale: float = 1.0
+    body_lr_scale: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (
+            self.offset_lr_scale < 0
+            or self.body_lr_scale < 0
+            or self.offset_lr_scale + self.body_lr_scale == 0
+        ):
+            raise ValueError("UpdateConfig: lr scales must be >= 0 and not both 0")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -222,6 +236,27 @@ def _tensors(
     )
 
 
+def _param_groups(model: WholePageReranker, cfg: UpdateConfig) -> list[dict]:
+    """Adam groups: the offset head at lr x offset_lr_scale, the rest at lr x body_lr_scale (a group
+    whose scale is 0 is left out, so its parameters stay exactly as served)."""
+    head = model.offset_head
+    offset = list(head.parameters()) if head is not None else []
+    ids = {id(p) for p in offset}
+    body = [p for p in model.parameters() if id(p) not in ids]
+    if not offset and cfg.body_lr_scale == 0:
+        raise ValueError("body_lr_scale 0 trains the offset head only, but this reranker has none")
+    groups = [
+        {"params": ps, "lr": cfg.lr * scale}
+        for ps, scale in ((body, cfg.body_lr_scale), (offset, cfg.offset_lr_scale))
+        if ps and scale > 0
+    ]
+    for ps, scale in ((body, cfg.body_lr_scale), (offset, cfg.offset_lr_scale)):
+        if scale == 0:
+            for p in ps:
+                p.requires_grad_(False)
+    return groups
+
+
 def offpolicy_update(
     model: WholePageReranker, batch: LoggedBatch, target_agreement: float, cfg: UpdateConfig | None = None
 ) -> tuple[WholePageReranker, dict[str, float]]:
@@ -234,7 +269,7 @@ def offpolicy_update(
     for p in serving.parameters():
         p.requires_grad_(False)
     cand = copy.deepcopy(model).train()
-    opt = torch.optim.Adam(cand.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(_param_groups(cand, cfg))
     pb, ranking, logged_logp, adv, temp = _tensors(batch, cfg.advantage)
     k = ranking.shape[1]
     lagrangian = Lagrangian(cfg.lagrangian(), k)

@@ -1,0 +1,304 @@
+"""What the off-policy update can learn from logged data, without HTTP: propensities, a known answer, drift.
+
+    python -m agent.online.diagnose [--run DIR] [--policy CKPT] [--impressions N] [--out FILE]
+
+The loop's update (agent.offpolicy.offpolicy_update) is run on logs the simulator writes directly
+(`simulated_batch`: the same Plackett-Luce propensities, observed reward and LoggedBatch the serve logs
+give), so each figure isolates the update from the traffic:
+
+  propensities   the serving model's own log-probabilities of the logged rankings at the logged
+                 temperature minus the logged ones: 0 means the update's importance ratio starts at 1;
+  known answer   a synthetic reward whose best ranking is known (reward = examination x [item is of
+                 modality M]); the candidate's exact expected synthetic reward under PL (Monte Carlo over
+                 rankings) must rise above the serving policy's, and the gate's DR estimate must agree;
+  drift          rounds of simulated traffic on the drifted world (the loop's default drift), one update
+                 per round from the previous candidate, held-out reward on the drifted test sessions;
+                 settings compared: the loop's update, a larger step (lr), a wider trust region (clip,
+                 KL) and more exploration (temperature), and the oracle "demote video by d" probe
+                 (how much any update could recover by only moving the video offset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.offpolicy import LoggedBatch, UpdateConfig, observed_reward, offpolicy_update
+from envs.atomic_io import write_json_atomic
+from envs.pages import MODALITIES
+from envs.reward import RewardConfig
+from envs.world import Split
+from pretrain import plackett_luce as pl
+from pretrain.page import collate
+
+
+def simulated_batch(
+    model, split: Split, temperature: float, sessions: int, seed: int, reward: RewardConfig, k: int = 10
+) -> LoggedBatch:
+    """`sessions` simulated sessions served by PL(model scores / temperature) on `split`, as the
+    LoggedBatch the loop builds from serve logs (observed reward from click and dwell, query 0)."""
+    from agent.simulate import score_policy
+    from envs.simulation import SimulationConfig, simulate
+
+    log = simulate(
+        score_policy("diag", model.score_pages, temperature),
+        split.pages,
+        split.truth,
+        SimulationConfig(sessions=sessions, slate_size=k, seed=seed, reward=reward),
+    )
+    fb = log.feedback
+    index = {pid: i for i, pid in enumerate(split.pages.page_id.astype(str))}
+    event = np.asarray(fb["session_id"].to_pylist(), object).astype(str)
+    qidx = np.asarray(fb["query_index"].to_numpy(), np.int64)
+    pos = np.asarray(fb["position"].to_numpy(), np.int64) - 1
+    keys = np.char.add(np.char.add(event, "|"), qidx.astype(str))
+    uniq, first, inv = np.unique(keys, return_index=True, return_inverse=True)
+    n = len(uniq)
+    ranking = np.zeros((n, k), np.int64)
+    logp = np.zeros((n, k))
+    click = np.zeros((n, k))
+    dwell = np.zeros((n, k))
+    ranking[inv, pos] = fb["action"].to_numpy()
+    logp[inv, pos] = np.log(np.clip(fb["pscore"].to_numpy(), 1e-300, 1.0))
+    click[inv, pos] = fb["click"].to_numpy()
+    dwell[inv, pos] = fb["dwell"].to_numpy()
+    page_ids = np.asarray(fb["page_id"].to_pylist(), object)[first]
+    pidx = np.array([index[str(p)] for p in page_ids], np.int64)
+    pages = split.pages.select(pidx)
+    modality = pages.modality[pages.offsets[:-1, None] + ranking].astype(np.int64)
+    return LoggedBatch(
+        pages=pages,
+        ranking=ranking,
+        logged_logp=logp,
+        reward=observed_reward(click, dwell, modality, reward),
+        temperature=np.full(n, temperature),
+        event_id=uniq.astype(object),
+        model_version=np.full(n, "diag", object),
+        ts_ms=np.zeros(n, np.int64),
+    )
+
+
+@torch.no_grad()
+def logged_logp_under(model, batch: LoggedBatch) -> np.ndarray:
+    """log pi(a_k | a_<k) of the logged rankings under `model` at the logged temperatures [n, K]."""
+    pb = collate(batch.pages)
+    logits = (
+        pl.masked_logits(model.score_batch(pb), pb.mask)
+        / torch.from_numpy(batch.temperature).float()[:, None]
+    )
+    return pl.stepwise_log_probs(logits, torch.from_numpy(batch.ranking)).double().numpy()
+
+
+def propensity_check(model, batch: LoggedBatch) -> dict:
+    d = logged_logp_under(model, batch) - batch.logged_logp
+    return {"max_abs_logp_diff": float(np.abs(d).max()), "mean_ratio": float(np.exp(d.sum(1)).mean())}
+
+
+@torch.no_grad()
+def pl_value(
+    model, pages, temperature: float, value: np.ndarray, k: int, samples: int = 64, seed: int = 0
+) -> float:
+    """Monte Carlo E_{ranking ~ PL(scores/T)} sum_k exam_k value(a_k), mean over pages; value: per item."""
+    pb = collate(pages)
+    logits = pl.masked_logits(model.score_batch(pb), pb.mask) / temperature
+    n_max = pb.mask.shape[1]
+    v = np.zeros((len(pages), n_max))
+    for p in range(len(pages)):
+        sl = pages.item_slice(p)
+        v[p, : sl.stop - sl.start] = value[sl]
+    exam = 1.0 / np.log2(np.arange(2, k + 2))
+    g = torch.Generator().manual_seed(seed)
+    tot = 0.0
+    for _ in range(samples):
+        r = pl.sample_topk(logits, k, generator=g).numpy()
+        tot += float((np.take_along_axis(v, r, 1) * exam).sum(1).mean())
+    return tot / samples
+
+
+def known_answer(
+    model,
+    split: Split,
+    cfg: UpdateConfig,
+    temperature: float,
+    sessions: int,
+    target: float,
+    modality: str = "answer",
+    seed: int = 0,
+) -> dict:
+    """Synthetic reward exam_k x [a_k is `modality`] on logged rankings: does the update move toward the
+    known better ranking (that modality on top), and does the gate's DR estimate see it?"""
+    from agent.gate import candidate_terms
+    from agent.ope import PositionModalityRewardModel, per_impression
+
+    batch = simulated_batch(model, split, temperature, sessions, seed, RewardConfig())
+    k = batch.ranking.shape[1]
+    mid = MODALITIES.index(modality)
+    exam = 1.0 / np.log2(np.arange(2, k + 2))
+    shown = batch.pages.modality[batch.pages.offsets[:-1, None] + batch.ranking]
+    batch = replace(batch, reward=(shown == mid) * exam)
+    rng = np.random.default_rng(seed)
+    held = rng.random(len(batch)) < 0.3
+    train, gate = batch.subset(np.flatnonzero(~held)), batch.subset(np.flatnonzero(held))
+    cand, stats = offpolicy_update(model, train, target, cfg)
+    pages = gate.pages
+    value = (pages.modality == mid).astype(np.float64)  # per item of the gate's pages
+    before = pl_value(model, pages, temperature, value, k)
+    after = pl_value(cand, pages, temperature, value, k)
+    q = PositionModalityRewardModel.fit(
+        train.pages.modality[train.pages.offsets[:-1, None] + train.ranking], train.reward
+    )
+    dr = per_impression(candidate_terms(cand, gate, q), 100.0)["dr"].mean()
+    return {
+        "modality": modality,
+        "true_serving": before,
+        "true_candidate": after,
+        "dr_candidate": float(dr),
+        "logged_serving": float(gate.reward.sum(1).mean()),
+        "update": stats,
+    }
+
+
+def drift_rounds(
+    model,
+    world: Split,
+    heldout: Split,
+    cfg: UpdateConfig,
+    temperature: float,
+    sessions: int,
+    rounds: int,
+    target: float,
+    heldout_eval,
+    seed: int = 0,
+) -> list[float]:
+    """Held-out reward after each of `rounds` updates, each on fresh simulated traffic of the current policy."""
+    out = []
+    cur = model
+    for r in range(rounds):
+        batch = simulated_batch(
+            cur, world, temperature, sessions, seed * 100 + r, RewardConfig(name="success")
+        )
+        cur, _ = offpolicy_update(cur, batch, target, replace(cfg, seed=r))
+        out.append(heldout_eval(cur))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", default="runs/pretrain")
+    p.add_argument("--policy", default=None, help="initial policy (default: the run's SMAR reranker)")
+    p.add_argument(
+        "--sessions", type=int, default=2400, help="simulated sessions per round (~7,000 impressions)"
+    )
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--temperature", type=float, default=0.5)
+    p.add_argument("--settings", default="loop,lr,trust,explore", help="drift settings to compare")
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+
+    from agent.constraint import checkpoint_margin
+    from agent.learner import topk_consistency
+    from agent.online.drift import DriftConfig, drift_split
+    from agent.online.heldout import HeldoutConfig, deterministic_returns
+    from envs.serp_env import SerpConfig
+    from pretrain.checkpoint import load_checkpoint
+    from pretrain.run import PretrainRun
+
+    run = PretrainRun.open(a.run)
+    smar, smar_ckpt = run.reranker()
+    model, _ = load_checkpoint(a.policy) if a.policy else (smar, None)
+    traffic, test = run.split("traffic"), run.split("test")
+    target = 0.95 * topk_consistency(smar, traffic.pages, 10)
+    base = UpdateConfig(margin=checkpoint_margin(smar_ckpt.manifest), epochs=3)
+    res: dict = {"config": vars(a), "consistency_target": target}
+    t0 = time.time()
+
+    b = simulated_batch(model, traffic, a.temperature, 300, 1, RewardConfig(name="success"))
+    res["propensities"] = propensity_check(model, b)
+    print(f"propensities: {res['propensities']}", flush=True)
+    res["known_answer"] = known_answer(model, traffic, base, a.temperature, a.sessions, target)
+    ka = res["known_answer"]
+    print(
+        f"known answer ({ka['modality']} on top): true serving {ka['true_serving']:.4f} -> candidate "
+        f"{ka['true_candidate']:.4f}; DR of candidate {ka['dr_candidate']:.4f} (logged serving {ka['logged_serving']:.4f})",
+        flush=True,
+    )
+
+    drift = DriftConfig()
+    dworld, dtest = drift_split(traffic, drift), drift_split(test, drift)
+    serp = SerpConfig(reward=RewardConfig(name="success"), slate_size=10)
+    hcfg = HeldoutConfig()
+
+    def ev(m, split=dtest) -> float:
+        return float(deterministic_returns(m, split, hcfg, serp).mean())
+
+    before, after = ev(model, test), ev(model)
+    res["frozen"] = {"before": before, "after": after, "lost": before - after}
+    print(f"frozen: before drift {before:.4f}, after {after:.4f}, lost {before - after:.4f}", flush=True)
+    scores = model.score_pages(test.pages)
+    vid = test.pages.modality == MODALITIES.index(drift.modality)
+    probe = {}
+    for d in (0.5, 1.0, 2.0, 4.0):
+        s = scores - d * vid
+        probe[d] = ev(lambda pages, s=s: s)
+    res["oracle_video_offset"] = {
+        str(d): {"heldout": v, "recovered": (v - after) / (before - after)} for d, v in probe.items()
+    }
+    print(
+        "oracle video offset: "
+        + ", ".join(f"-{d}: {v:.4f} ({(v - after) / (before - after):.0%})" for d, v in probe.items()),
+        flush=True,
+    )
+
+    settings = {
+        "loop": (base, a.temperature),
+        "lr": (replace(base, lr=1e-2), a.temperature),
+        "trust": (replace(base, clip=1.0, kl_coeff=0.0), a.temperature),
+        "lr+trust": (replace(base, lr=1e-2, clip=1.0, kl_coeff=0.0), a.temperature),
+        "explore": (base, 1.0),
+        "epochs": (replace(base, epochs=8), a.temperature),
+        "offsets": (replace(base, body_lr_scale=0.0, offset_lr_scale=10.0), a.temperature),
+        "offsets+trust": (
+            replace(base, body_lr_scale=0.0, offset_lr_scale=10.0, clip=0.5, kl_coeff=0.01),
+            a.temperature,
+        ),
+        "offsets-fast": (replace(base, body_lr_scale=0.0, offset_lr_scale=30.0), a.temperature),
+        "offsets+open": (
+            replace(base, body_lr_scale=0.0, offset_lr_scale=10.0, clip=1.0, kl_coeff=0.0),
+            a.temperature,
+        ),
+        "offsets+wide": (
+            replace(base, body_lr_scale=0.0, offset_lr_scale=30.0, clip=3.0, kl_coeff=0.0, epochs=5),
+            a.temperature,
+        ),
+        "mixed": (replace(base, lr=1e-3, offset_lr_scale=30.0), a.temperature),
+    }
+    res["drift"] = {}
+    for name in a.settings.split(","):
+        cfg, temp = settings[name]
+        curve = drift_rounds(copy.deepcopy(model), dworld, dtest, cfg, temp, a.sessions, a.rounds, target, ev)
+        rec = [(v - after) / (before - after) for v in curve]
+        res["drift"][name] = {
+            "update": cfg.to_json(),
+            "temperature": temp,
+            "heldout": curve,
+            "recovered": rec,
+        }
+        print(
+            f"drift [{name}]: held-out by round {np.round(curve, 4).tolist()} recovered {np.round(rec, 2).tolist()} ({time.time() - t0:.0f} s)",
+            flush=True,
+        )
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(a.out, res)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
