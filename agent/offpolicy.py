@@ -183,6 +183,9 @@ class UpdateConfig:
     # parameters, well identified from one round of logs (agent.online.diagnose measures the choice).
     offset_lr_scale: float = 1.0
     body_lr_scale: float = 1.0
+    # "head": the whole offset head (context-dependent placement); "bias": only its bias, one global
+    # score shift per modality (4 numbers: the least a changed world can need, the best identified)
+    offset_params: str = "head"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -192,6 +195,8 @@ class UpdateConfig:
             or self.offset_lr_scale + self.body_lr_scale == 0
         ):
             raise ValueError("UpdateConfig: lr scales must be >= 0 and not both 0")
+        if self.offset_params not in ("head", "bias"):
+            raise ValueError(f"UpdateConfig.offset_params must be head or bias, got {self.offset_params!r}")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -243,6 +248,9 @@ def _param_groups(model: WholePageReranker, cfg: UpdateConfig) -> list[dict]:
     offset = list(head.parameters()) if head is not None else []
     ids = {id(p) for p in offset}
     body = [p for p in model.parameters() if id(p) not in ids]
+    if head is not None and cfg.offset_params == "bias":  # the head's weights follow the body's scale
+        offset = [head.bias]
+        body = body + [head.weight]
     if not offset and cfg.body_lr_scale == 0:
         raise ValueError("body_lr_scale 0 trains the offset head only, but this reranker has none")
     groups = [

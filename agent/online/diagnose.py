@@ -277,6 +277,18 @@ def main(argv: list[str] | None = None) -> int:
             replace(base, body_lr_scale=0.0, offset_lr_scale=30.0, clip=3.0, kl_coeff=0.0, epochs=5),
             a.temperature,
         ),
+        "bias+open": (
+            replace(
+                base, body_lr_scale=0.0, offset_lr_scale=10.0, offset_params="bias", clip=1.0, kl_coeff=0.0
+            ),
+            a.temperature,
+        ),
+        "bias+fast": (
+            replace(
+                base, body_lr_scale=0.0, offset_lr_scale=30.0, offset_params="bias", clip=1.0, kl_coeff=0.0
+            ),
+            a.temperature,
+        ),
         "mixed": (replace(base, lr=1e-3, offset_lr_scale=30.0), a.temperature),
     }
     res["drift"] = {}

@@ -72,6 +72,10 @@ class OnlineConfig:
     # impressions only the gate sees (never the update, in no round, also not through replay), so the
     # gate judges the candidate on users it was not trained on.
     holdout_fraction: float = 0.3
+    # A rejected candidate that the gate did not find worse (paired difference >= 0) is where the next
+    # round's update starts (still trained on the serving version's logs, gated against it): small
+    # consistent gains add up over rounds instead of being discarded by each rejection.
+    continue_learner: bool = True
     # The update also replays the logs of up to this many previous rounds (each impression keeps its own
     # logging propensities, so old data stays valid off-policy; PPO's clip down-weights stale policies).
     # After a drift, replayed logs are from the old world, so a short replay follows the change faster.
@@ -310,6 +314,34 @@ class OnlineLoop:
         model, ckpt = load_checkpoint(entry.path)
         return model, ckpt.version
 
+    def learner_start(self, serving, version: str):
+        """The model the round's update starts from: the last round's candidate if it was kept
+        (`keep_learner`) and was trained on this version's logs, else the serving model."""
+        kept = self.state.get("learner")
+        if self.cfg.continue_learner and kept and kept["parent_version"] == version:
+            return self.version_model_at(kept["path"]), f"candidate of round {kept['round']}"
+        return serving, "serving"
+
+    def keep_learner(self, candidate, r: int, decision, version: str) -> None:
+        """A rejected candidate whose paired gate difference is not negative keeps learning next round
+        (a rejection then costs only evidence, not the update); a published one is the serving version,
+        and one that looks worse is dropped (the next update restarts from the serving model)."""
+        from agent.offpolicy import save_candidate
+
+        keep = self.cfg.continue_learner and not decision.publish and decision.difference["mean"] >= 0
+        if not keep:
+            self.state["learner"] = None
+            return
+        path = self.out / "learner"
+        save_candidate(candidate, path, f"learner-r{r}", {"online_round": r})
+        self.state["learner"] = {"round": r, "path": str(path), "parent_version": version}
+
+    @staticmethod
+    def version_model_at(path: str):
+        from pretrain.checkpoint import load_checkpoint
+
+        return load_checkpoint(path)[0]
+
     def split_gate(self, batch):
         """(train, gate) parts of logged impressions by session: the gate sessions' impressions go to
         the gate only (pages the traffic split does not know, e.g. another client's, go to train)."""
@@ -420,7 +452,9 @@ class OnlineLoop:
         target = self.state["consistency_target"]
         t_read = time.time() - t1
         t1 = time.time()
-        candidate, ustats = offpolicy_update(model, train, target, self.update_cfg)
+        start, start_from = self.learner_start(model, version)
+        candidate, ustats = offpolicy_update(start, train, target, self.update_cfg)
+        ustats["started_from"] = start_from
         t_update = time.time() - t1
         t1 = time.time()
         decision = gate(candidate, holdout, reward_model_for(train), target, self.gate_cfg)
@@ -463,6 +497,7 @@ class OnlineLoop:
             probe_failed = probe["stats"].failed_requests
             probe_n = probe["stats"].impressions
         t_publish = time.time() - t1
+        self.keep_learner(candidate, r, decision, version)
         t1 = time.time()
         if published_version is not None:  # the candidate's held-out figures, from the model in memory
             self.heldout(published_version, world, model=candidate)
