@@ -188,6 +188,34 @@ def drift_rounds(
     return out
 
 
+def plot_diagnosis(res: dict, path: str | Path) -> Path:
+    """Held-out recovery by round under each update setting, beside the oracle video-offset probe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
+    for name, d in res.get("drift", {}).items():
+        ax[0].plot(range(1, len(d["recovered"]) + 1), d["recovered"], "o-", label=name)
+    ax[0].axhline(0.5, color="tab:red", ls=":", label="goal (half of the loss)")
+    ax[0].axhline(0.0, color="grey", lw=0.8)
+    ax[0].set_xlabel("rounds after the change")
+    ax[0].set_ylabel("recovered fraction of the frozen loss")
+    ax[0].set_title("update settings on simulated drifted logs")
+    ax[0].legend(fontsize=7)
+    probe = res.get("oracle_video_offset", {})
+    ax[1].plot([float(k) for k in probe], [v["recovered"] for v in probe.values()], "s-")
+    ax[1].axhline(0.5, color="tab:red", ls=":")
+    ax[1].set_xlabel("video scores lowered by d (initial policy)")
+    ax[1].set_ylabel("recovered fraction")
+    ax[1].set_title("oracle: demote video only")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="runs/pretrain")
@@ -309,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(a.out, res)
+        print(f"plot: {plot_diagnosis(res, Path(a.out).with_suffix('.png'))}")
     return 0
 
 

@@ -58,7 +58,7 @@ class OnlineConfig:
     policy: str | None = None  # initial policy checkpoint; default: DEFAULT_TRAIN/policy (trained if missing)
     train_out: str = DEFAULT_TRAIN
     rounds: int = 4
-    impressions_per_round: int = 4000
+    impressions_per_round: int = 10_000
     slate_size: int = 10
     # The exploration budget: the endpoint serves Plackett-Luce at this temperature; every round reports
     # its live cost on held-out sessions (served vs deterministic reward of the same version).
@@ -79,7 +79,7 @@ class OnlineConfig:
     # The update also replays the logs of up to this many previous rounds (each impression keeps its own
     # logging propensities, so old data stays valid off-policy; PPO's clip down-weights stale policies).
     # After a drift, replayed logs are from the old world, so a short replay follows the change faster.
-    replay_rounds: int = 1
+    replay_rounds: int = 0
     # Common random numbers: every round replays the same simulated sessions and user randomness, so
     # round-to-round changes in live reward come from the policy, not from which users arrived.
     common_traffic: bool = True
@@ -90,7 +90,18 @@ class OnlineConfig:
     address: str | None = None
     num_cpus: float = 1.0  # the Ranker replica's CPU reservation
     seed: int = 0
-    update: dict = field(default_factory=lambda: {"epochs": 3})  # agent.offpolicy.UpdateConfig overrides
+    # agent.offpolicy.UpdateConfig overrides. Measured (agent.online.diagnose, README): the whole
+    # network moved by PPO on one round of logs follows noise; the modality-offset head alone, with a
+    # wide trust region (clip 1, no KL: the gate is the safeguard), learns a changed modality quality.
+    update: dict = field(
+        default_factory=lambda: {
+            "epochs": 3,
+            "body_lr_scale": 0.0,
+            "offset_lr_scale": 10.0,
+            "clip": 1.0,
+            "kl_coeff": 0.0,
+        }
+    )
     gate: dict = field(default_factory=dict)  # agent.gate.GateConfig overrides
     heldout: dict = field(default_factory=dict)  # agent.online.heldout.HeldoutConfig overrides
     reward: str = "success"  # envs.reward.RewardConfig name: traffic, logged reward and held-out sessions
@@ -525,6 +536,9 @@ class OnlineLoop:
             "holdout_impressions": len(holdout),
             "gate_split": "by session",
             "failed_requests": traffic.failed_requests + probe_failed,
+            "traffic_errors": traffic.errors,
+            "traffic_thread_seconds": traffic.thread_seconds,
+            "client": {"concurrency": cfg.concurrency, "batch": cfg.client_batch},
             "swap_probe_requests": probe_n,
             "update": ustats,
             **held,
