@@ -35,7 +35,7 @@ from envs.user_model import UserModelConfig, satisfied_dwell_thresholds
 from pretrain import plackett_luce as pl
 from pretrain.losses import LossConfig
 from pretrain.page import PageBatch, collate, from_arrow
-from pretrain.reranker import WholePageReranker
+from pretrain.reranker import PAD_SCORE, WholePageReranker
 
 
 @dataclass
@@ -265,6 +265,43 @@ def _param_groups(model: WholePageReranker, cfg: UpdateConfig) -> list[dict]:
     return groups
 
 
+def _scorers(cand: WholePageReranker, serving: WholePageReranker, pb: PageBatch, cfg: UpdateConfig):
+    """(score(i), reference(i)): the candidate's (differentiable) and the serving policy's scores of
+    impressions i. When only the offset head learns (body_lr_scale 0, offset_params "head"), the rest
+    of the network is fixed, so its item scores and the context embedding are computed once and each
+    step only re-applies the head: the same scores, without a forward pass per step."""
+    head = cand.offset_head
+    if cfg.body_lr_scale > 0 or head is None or cfg.offset_params != "head":
+
+        def full(i):
+            return cand(pb.features[i], pb.modality[i], pb.mask[i], pb.query[i], pb.user[i])
+
+        def ref(i):
+            return serving(pb.features[i], pb.modality[i], pb.mask[i], pb.query[i], pb.user[i])
+
+        return full, ref
+    modality = pb.modality.long().clamp(0, len(cand.modalities) - 1)
+    with torch.no_grad():
+        parts = [
+            (
+                serving(pb.features[j], pb.modality[j], pb.mask[j], pb.query[j], pb.user[j]),
+                serving.context_embedding(pb.query[j].float(), pb.user[j].float()),
+            )
+            for j in torch.split(torch.arange(len(pb.mask)), 512)
+        ]
+        served = torch.cat([p[0] for p in parts])
+        context = torch.cat([p[1] for p in parts])
+        base = served - serving.offset_head(context).gather(1, modality)
+
+    def offsets_only(i):
+        return (base[i] + head(context[i]).gather(1, modality[i])).masked_fill(~pb.mask[i], PAD_SCORE)
+
+    def ref(i):
+        return served[i]
+
+    return offsets_only, ref
+
+
 def offpolicy_update(
     model: WholePageReranker, batch: LoggedBatch, target_agreement: float, cfg: UpdateConfig | None = None
 ) -> tuple[WholePageReranker, dict[str, float]]:
@@ -283,11 +320,12 @@ def offpolicy_update(
     lagrangian = Lagrangian(cfg.lagrangian(), k)
     rng = np.random.default_rng(cfg.seed)
     history: dict[str, list[float]] = {"ppo": [], "hinge": [], "kl": [], "agreement": [], "multiplier": []}
+    score, reference = _scorers(cand, serving, pb, cfg)
     for _ in range(cfg.epochs):
         for idx in np.array_split(rng.permutation(len(batch)), max(len(batch) // cfg.minibatch, 1)):
             i = torch.from_numpy(idx)
             mask = pb.mask[i]
-            scores = cand(pb.features[i], pb.modality[i], mask, pb.query[i], pb.user[i])
+            scores = score(i)
             logits = pl.masked_logits(scores, mask) / temp[i]
             logp = pl.stepwise_log_probs(logits, ranking[i])
             ratio = torch.exp(logp - logged_logp[i])
@@ -296,12 +334,7 @@ def offpolicy_update(
             known = mask & pb.has_score[i]
             penalty, hinge = lagrangian.penalty(scores, pb.single_modal_score[i], pb.modality[i], known)
             with torch.no_grad():
-                ref_logits = (
-                    pl.masked_logits(
-                        serving(pb.features[i], pb.modality[i], mask, pb.query[i], pb.user[i]), mask
-                    )
-                    / temp[i]
-                )
+                ref_logits = pl.masked_logits(reference(i), mask) / temp[i]
             kl = pl.kl_estimate(ref_logits, logits, k, cfg.kl_samples).mean()
             loss = ppo + penalty + cfg.kl_coeff * kl
             opt.zero_grad()

@@ -50,3 +50,26 @@ def test_offset_only_update_leaves_the_rest_as_served(tiny_run) -> None:
     assert moved and all(n.startswith("offset_head") for n in moved)
     with pytest.raises(ValueError):
         replace(UpdateConfig(), body_lr_scale=0.0, offset_lr_scale=0.0)
+
+
+def test_offset_only_scores_equal_the_full_forward(tiny_run) -> None:
+    """The offset-only update's cached item scores + re-applied head are the network's own scores."""
+    import copy
+
+    import torch
+
+    from agent.offpolicy import _scorers
+    from pretrain.page import collate
+
+    model, _ = tiny_run.reranker()
+    batch = simulated_batch(model, tiny_run.split("traffic"), 0.5, 20, seed=2, reward=RewardConfig())
+    pb = collate(batch.pages, int(batch.pages.sizes.max()))
+    cand = copy.deepcopy(model)
+    with torch.no_grad():
+        cand.offset_head.bias.add_(0.3)  # the head moved: the cached part must not include it
+    score, ref = _scorers(cand, model, pb, UpdateConfig(body_lr_scale=0.0))
+    i = torch.arange(len(pb.mask))
+    with torch.no_grad():
+        full = cand(pb.features, pb.modality, pb.mask, pb.query, pb.user)
+        assert torch.allclose(score(i), full, atol=1e-4)
+        assert torch.allclose(ref(i), model(pb.features, pb.modality, pb.mask, pb.query, pb.user), atol=1e-4)
