@@ -211,7 +211,8 @@ class Ranker:
         self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="rank")  # the compute thread
         runtime = RuntimeConfig()
         self.batcher = Batcher(self._rank_items, runtime.max_batch_size, runtime.batch_wait_timeout_s)
-        self._background: set[asyncio.Task] = set()
+        self._register_queue: list[tuple[str, str, list[str]]] = []
+        self._register_task: asyncio.Future | None = None
         self.register_errors = 0
         self.rank_requests = 0  # /rank requests ranked (for per-request figures from /healthz)
         self.rank_route_requests = 0  # of which RankRoute took (the rest came through FastAPI's route)
@@ -287,8 +288,7 @@ class Ranker:
     async def _rank_items(self, items: list[_Item]) -> list[bytes]:
         """Rank a batch: register its events with the ledger, then score, log and render it off-loop.
 
-        Event ids are issued first and the ledger registration (one call per batch, not waited for)
-        goes out on this loop; a page's shown items are all its candidates, so the entry is known
+        Event ids are issued first and queued for the ledger (not waited for; see `_queue_register`); a page's shown items are all its candidates, so the entry is known
         before ranking. The forward pass, the impression rows and the response bodies are made in
         the replica's compute thread (torch releases the GIL), so the loop keeps reading and
         parsing the next requests meanwhile. Returns the response body per item.
@@ -300,18 +300,30 @@ class Ranker:
         events = [
             (eid, it.scorer.version, [c.item_id for c in it.req.candidates]) for eid, it in zip(eids, items)
         ]
-        # Registration is sent now (before the response) but not waited for: see serving.ledger.
-        task = asyncio.ensure_future(self._register(events))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._queue_register(events)
         stages.CLOCK.add("event_ids", thread_time() - t0)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._rank_sync, items, eids, ts, runtime)
 
+    def _queue_register(self, events: list[tuple[str, str, list[str]]]) -> None:
+        """Send events to the ledger with at most one registration call in flight: what queues while a
+        call is out goes in the next one. A handle call costs the replica's loop and the ledger about
+        as much CPU as ranking a page, so at low concurrency (a batch per request) one call per batch
+        was the largest cost outside the model. Registration is off the response's critical path
+        (see serving.ledger); feedback that arrives first for a verified id is still accepted."""
+        self._register_queue.extend(events)
+        if self._register_task is None or self._register_task.done():
+            self._register_task = asyncio.ensure_future(self._register_loop())
+
+    async def _register_loop(self) -> None:
+        while self._register_queue:
+            events, self._register_queue = self._register_queue, []
+            await self._register(events)
+
     async def _register(self, events: list[tuple[str, str, list[str]]]) -> None:
         try:
             await self.ledger.register.remote(events)
-        except Exception as e:  # noqa: BLE001 - their feedback will be refused as unknown (404)
+        except Exception as e:  # noqa: BLE001 - feedback for them: see serving.ledger (unknown but signed)
             self.register_errors += 1
             self.last_register_error = f"{type(e).__name__}: {e}"
 
