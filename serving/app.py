@@ -66,8 +66,8 @@ RETRY_AFTER_S = 1  # the Retry-After hint (seconds) of a 503 when the feedback l
 
 class RankRoute:
     """Pure ASGI middleware: POST /rank straight to the Ranker, without FastAPI's routing, request
-    object, dependency solving and response classes (about 0.1 ms per request; the route is still
-    declared on the FastAPI app for OpenAPI and answers the same if this is bypassed). Inside
+    object, dependency solving and response classes (the route is still declared on the FastAPI app
+    for OpenAPI and answers the same if this is bypassed). Inside
     BodyLimit and RouteMetrics, so the size limit and the metrics apply as before."""
 
     def __init__(self, app) -> None:
@@ -288,8 +288,8 @@ class Ranker:
     async def _rank_items(self, items: list[_Item]) -> list[bytes]:
         """Rank a batch: register its events with the ledger, then score, log and render it off-loop.
 
-        Event ids are issued first and queued for the ledger (not waited for; see `_queue_register`); a page's shown items are all its candidates, so the entry is known
-        before ranking. The forward pass, the impression rows and the response bodies are made in
+        Event ids are issued first and queued for the ledger (not waited for; see `_queue_register`);
+        a page's shown items are all its candidates, so the entry is known before ranking. The forward pass, the impression rows and the response bodies are made in
         the replica's compute thread (torch releases the GIL), so the loop keeps reading and
         parsing the next requests meanwhile. Returns the response body per item.
         """
@@ -307,9 +307,8 @@ class Ranker:
 
     def _queue_register(self, events: list[tuple[str, str, list[str]]]) -> None:
         """Send events to the ledger with at most one registration call in flight: what queues while a
-        call is out goes in the next one. A handle call costs the replica's loop and the ledger about
-        as much CPU as ranking a page, so at low concurrency (a batch per request) one call per batch
-        was the largest cost outside the model. Registration is off the response's critical path
+        call is out goes in the next one. A handle call costs CPU in the replica's loop and in the
+        ledger for every call, so fewer, larger calls are cheaper (README, profile). Registration is off the response's critical path
         (see serving.ledger); feedback that arrives first for a verified id is still accepted."""
         self._register_queue.extend(events)
         if self._register_task is None or self._register_task.done():

@@ -12,8 +12,8 @@ background load hits them alike:
 - `serve_fast`: our Serve app (one Ranker replica at 1 CPU, batching on) on Serve's fast path
   (`RAY_SERVE_THROUGHPUT_OPTIMIZED=1`: direct ingress into the replica, found from Serve's target groups).
 - `serve_proxy`: the same running app through Serve's HTTP proxy (one more process and actor hop).
-The load generator is `serving/loadgen.py` (raw-socket HTTP/1.1, its own process, ~0.15 ms CPU per
-request); its CPU is reported. The servers report their CPU by stage on /healthz (`serving.stages`),
+The load generator is `serving/loadgen.py` (raw-socket HTTP/1.1, its own process); its CPU is
+reported. The servers report their CPU by stage on /healthz (`serving.stages`),
 and every Ray process's CPU is read from /proc, so each cell also gives one request's CPU by stage
 and by process (`profile`). The fault part (`--fault-seconds`, default 60; 0 skips it) runs the load
 at concurrency 32 with 10 % malformed requests of every class (`serving.malformed`) against the

@@ -2,8 +2,8 @@
 
 It is the benchmark's and the fault bench's client, and the "plain HTTP client from outside the
 project" of issue #18: it runs as its own process (`python serving/loadgen.py ...`), speaks HTTP/1.1
-over keep-alive TCP connections with asyncio protocols (no httpx, no project client), and costs a
-fraction of a millisecond of CPU per request, so it takes little of the cores it shares with the servers.
+over keep-alive TCP connections with asyncio protocols (no httpx, no project client), and costs little
+CPU per request (figures in the README) on the cores it shares with the servers.
 
 Input: a JSON file with a list of requests {"method", "path", "body" (text), "class"} that every
 connection cycles through, starting at a different offset. Output (stdout, one JSON object):

@@ -38,8 +38,8 @@ FLUSH_S = 1.0  # counters are summed in-process and added to Ray's counters this
 
 class RouteMetrics:
     """Counts per (route, model version, status) are summed in a dict and handed to Ray's counters
-    at most every FLUSH_S (one `inc(n)` per tag set, from a timer on the event loop), because each
-    Ray metric record costs tens of microseconds of the replica's loop; the latency histogram is
+    at most every FLUSH_S (one `inc(n)` per tag set, from a timer on the event loop), because every
+    Ray metric record costs the replica's loop noticeable CPU (README); the latency histogram is
     observed per request (Ray has no bulk observe)."""
 
     def __init__(self, app) -> None:

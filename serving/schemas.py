@@ -142,8 +142,8 @@ class VersionResponse(Contract):
 
 
 # ---------------------------------------------------------------------------- fast /rank decoding
-# The same RankRequest contract as msgspec Structs: decoding + validating a 50-candidate page takes
-# about a third of pydantic's time, and that was the largest single cost in the replica's event loop.
+# The same RankRequest contract as msgspec Structs: decoding + validating a page costs a fraction of
+# pydantic's time, and parsing was the largest single cost in the replica's event loop (README).
 # The accepted inputs are pydantic's: msgspec accepts a subset of what the pydantic model accepts (finite floats
 # via bounds, the same strict types, lengths and literals), and anything msgspec refuses is parsed
 # again by pydantic, which then either accepts it or raises its usual error naming the field
