@@ -57,6 +57,7 @@ from serving.settings import RANKER, AppSettings, RuntimeConfig
 from serving.stages import process_cpu_s, thread_time
 from serving.tokens import EventSigner
 
+REGISTER_EVERY_S = 0.02  # ledger registrations are sent in calls at most this often (Ranker._queue_register)
 RETRY_AFTER_S = 1  # the Retry-After hint (seconds) of a 503 when the feedback log cannot be written
 
 # State shared between a replica and its middlewares (the body limit, the Ranker for RankRoute) and
@@ -306,8 +307,8 @@ class Ranker:
         return await loop.run_in_executor(self._pool, self._rank_sync, items, eids, ts, runtime)
 
     def _queue_register(self, events: list[tuple[str, str, list[str]]]) -> None:
-        """Send events to the ledger with at most one registration call in flight: what queues while a
-        call is out goes in the next one. A handle call costs CPU in the replica's loop and in the
+        """Send events to the ledger in calls at most every REGISTER_EVERY_S, with at most one call in
+        flight: what queues meanwhile goes in the next one. A handle call costs CPU in the replica's loop and in the
         ledger for every call, so fewer, larger calls are cheaper (README, profile). Registration is off the response's critical path
         (see serving.ledger); feedback that arrives first for a verified id is still accepted."""
         self._register_queue.extend(events)
@@ -316,6 +317,7 @@ class Ranker:
 
     async def _register_loop(self) -> None:
         while self._register_queue:
+            await asyncio.sleep(REGISTER_EVERY_S)  # off the request that queued it; gathers more
             events, self._register_queue = self._register_queue, []
             await self._register(events)
 

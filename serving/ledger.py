@@ -232,8 +232,9 @@ class EventLedger:
     one at a time between awaits, so the book needs no lock; SQLite calls are sub-millisecond here.
 
     Rankers register a batch's events without waiting for the ledger (the hop stays off /rank's
-    latency); the registration is queued before the response and sent with at most one call in
-    flight per replica (`Ranker._queue_register`), so feedback can only overtake it by milliseconds. A claim for an id issued within the last `grace_s` that is not yet registered
+    latency); the registration is queued before the response and sent within tens of milliseconds,
+    in calls that gather a replica's recent events (`Ranker._queue_register`), so feedback can only
+    overtake it by that much. A claim for an id issued within the last `grace_s` that is not yet registered
     therefore waits (up to `grace_s`) for its registration, so its items can be checked; after that a
     verified signed id is accepted unchecked and an unsigned one is unknown.
     """
