@@ -316,78 +316,119 @@ def speed_comparison(args, out: Path) -> dict:
     return result
 
 
-def run_bench(args) -> dict:
+def _seed_part(args, seed: int, run, test, serp, smar, out: Path) -> dict:
+    """Every method of one seed: baselines evaluated, RL methods trained and evaluated."""
+    eval_seed = 1_000 + seed
+
+    def ev(policy):
+        return evaluate_policy(
+            policy, test.pages, test.truth, seed=eval_seed, repeats=args.eval_repeats, serp=serp
+        )
+
+    part: dict[str, dict] = {}
+    for name, policy in (("random", random_scorer(seed)), ("merge", run.merge()), ("smar", smar)):
+        part[name] = {"eval": ev(policy)}
+    for method in RL_METHODS:
+        t = time.time()
+        res = train_policy(_train_config(method, seed, args, out))
+        seconds = time.time() - t
+        trained = [r for r in res.history if r["iteration"] > 0]
+        train_s = sum(r["time_s"] for r in trained)  # algo.train() only (no evaluation)
+        cpu_s = sum(r["cpu_s"] for r in trained)
+        part[method] = {
+            "eval": ev(res.policy_path),
+            "env_steps": res.env_steps,
+            "history": res.history,
+            "seconds": seconds,
+            "steps_per_s": res.env_steps / train_s if train_s > 0 else float("nan"),
+            "steps_per_cpu_s": res.env_steps / cpu_s if cpu_s > 0 else float("nan"),
+        }
+        r = part[method]["eval"]
+        print(
+            f"seed {seed} {method:<18} reward {r['reward']:.4f} consistency {r['consistency']:.4f} "
+            f"({res.env_steps} env steps, {seconds:.0f} s)",
+            flush=True,
+        )
+    return part
+
+
+def _references_part(args, run, serp, smar) -> dict:
+    return {
+        "references": reference_policies(
+            run, smar, serp, seed=1_000, repeats=args.eval_repeats, attractiveness=args.references == "all"
+        ),
+        "layout_gradient": layout_gradients(run, smar, serp, args),
+    }
+
+
+def run_bench(args) -> dict | None:
+    """The whole bench in this process (`--part all`), or one piece of it written to DIR/parts/
+    (`--part seed:S`, `--part references`) so that pieces can run as parallel processes, and
+    `--part assemble` builds the report from DIR/parts/ (computing any piece that is missing)."""
     import ray
 
     t0 = time.time()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    parts = out / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
     run = open_or_pretrain(args.run)
     test = run.split("test")
     serp = serp_config_for([run.scored_pages("traffic"), test.pages], {"reward": {"name": args.reward}})
     smar, _ = run.reranker()
-    per_seed: dict[str, list[dict]] = {m: [] for m in (*BASELINES, *RL_METHODS)}
-    env_steps: dict[str, list[int]] = {m: [] for m in RL_METHODS}
-    histories: dict[str, list[list[dict]]] = {m: [] for m in RL_METHODS}
-    timings: dict[str, list[float]] = {m: [] for m in RL_METHODS}
-    steps_per_s: dict[str, list[float]] = {m: [] for m in RL_METHODS}
-    steps_per_cpu_s: dict[str, list[float]] = {m: [] for m in RL_METHODS}
-    started = not ray.is_initialized()
-    if started:  # one Ray for every run of the bench; the RL runs sample in the driver (one core)
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        for seed in range(args.seeds):
-            eval_seed = 1_000 + seed
+    which = args.part
+    seeds = [int(which.split(":")[1])] if which.startswith("seed:") else list(range(args.seeds))
 
-            def ev(policy, _eval_seed=eval_seed):
-                return evaluate_policy(
-                    policy, test.pages, test.truth, seed=_eval_seed, repeats=args.eval_repeats, serp=serp
-                )
+    def seed_part(seed: int) -> dict:
+        path = parts / f"seed{seed}.json"
+        if which == "assemble" and path.exists():
+            return json.loads(path.read_text())
+        started = not ray.is_initialized()
+        if started:  # one Ray for the seed's runs; the RL runs sample in the driver (one core)
+            ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            part = _seed_part(args, seed, run, test, serp, smar, out)
+        finally:
+            if started:
+                ray.shutdown()
+        write_json_atomic(path, part)
+        return part
 
-            for name, policy in (("random", random_scorer(seed)), ("merge", run.merge()), ("smar", smar)):
-                per_seed[name].append(ev(policy))
-            for method in RL_METHODS:
-                t = time.time()
-                res = train_policy(_train_config(method, seed, args, out))
-                timings[method].append(time.time() - t)
-                trained = [r for r in res.history if r["iteration"] > 0]
-                train_s = sum(r["time_s"] for r in trained)  # algo.train() only (no evaluation)
-                cpu_s = sum(r["cpu_s"] for r in trained)
-                steps_per_s[method].append(res.env_steps / train_s if train_s > 0 else float("nan"))
-                steps_per_cpu_s[method].append(res.env_steps / cpu_s if cpu_s > 0 else float("nan"))
-                per_seed[method].append(ev(res.policy_path))
-                env_steps[method].append(res.env_steps)
-                histories[method].append(res.history)
-                r = per_seed[method][-1]
-                print(
-                    f"seed {seed} {method:<18} reward {r['reward']:.4f} consistency {r['consistency']:.4f} "
-                    f"({res.env_steps} env steps, {timings[method][-1]:.0f} s)",
-                    flush=True,
-                )
-    finally:
-        if started:
-            ray.shutdown()
+    def references_part() -> dict:
+        path = parts / "references.json"
+        if which == "assemble" and path.exists():
+            return json.loads(path.read_text())
+        part = _references_part(args, run, serp, smar)
+        write_json_atomic(path, part)
+        return part
 
+    if which.startswith("seed:"):
+        seed_part(seeds[0])
+        return None
+    if which == "references":
+        references_part()
+        return None
+    by_seed = [seed_part(s) for s in seeds]
+    refs = references_part()
     methods = {}
-    for name, evals in per_seed.items():
+    for name in (*BASELINES, *RL_METHODS):
+        evals = [p[name]["eval"] for p in by_seed]
         methods[name] = {k: _stats([e[k] for e in evals]) for k in SESSION_METRICS}
-        methods[name]["env_steps"] = int(np.mean(env_steps[name])) if name in env_steps else 0
-        if name in timings:
-            methods[name]["train_seconds"] = _stats(timings[name])
-            methods[name]["train_env_steps_per_s"] = _stats(steps_per_s[name])
-            methods[name]["train_env_steps_per_cpu_s"] = _stats(steps_per_cpu_s[name])
-    references = reference_policies(
-        run, smar, serp, seed=1_000, repeats=args.eval_repeats, attractiveness=args.references == "all"
-    )
+        methods[name]["env_steps"] = int(np.mean([p[name].get("env_steps", 0) for p in by_seed]))
+        if name in RL_METHODS:
+            methods[name]["train_seconds"] = _stats([p[name]["seconds"] for p in by_seed])
+            methods[name]["train_env_steps_per_s"] = _stats([p[name]["steps_per_s"] for p in by_seed])
+            methods[name]["train_env_steps_per_cpu_s"] = _stats([p[name]["steps_per_cpu_s"] for p in by_seed])
+    references = refs["references"]
     report = {
         "methods": methods,
         "references": references,
         "landscape": landscape(methods, references),
-        "layout_gradient": layout_gradients(run, smar, serp, args),
+        "layout_gradient": refs["layout_gradient"],
         "checks": checks(methods, references),
         "setup": {
             "run": str(run.root),
-            "seeds": args.seeds,
+            "seeds": len(seeds),
+            "reward": args.reward,
             "eval": {
                 "split": "test",
                 "sessions": int(len(np.unique(test.pages.query_id))),
@@ -397,9 +438,11 @@ def run_bench(args) -> dict:
             "train_config": _train_config("ppo_constrained", 0, args, out).to_json(),
             "serp": serp.to_json(),
             "seconds": round(time.time() - t0, 1),
+            "parts": which,
         },
     }
     write_json_atomic(out / "report.json", report)
+    histories = {m: [p[m]["history"] for p in by_seed] for m in RL_METHODS}
     plot_curves(histories, out / "learning_curves.png")
     plot_landscape(methods, references, out / "reward_vs_ndcg.png")
     return report
@@ -450,6 +493,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--eval-repeats", type=int, default=EVAL_REPEATS)
     p.add_argument(
+        "--part",
+        type=str,
+        default="all",
+        help="all (the whole bench here); seed:S or references (one piece into DIR/parts/, so pieces "
+        "can run as parallel processes); assemble (the report from DIR/parts/, missing pieces computed)",
+    )
+    p.add_argument(
         "--speed-against",
         type=str,
         default=None,
@@ -482,6 +532,9 @@ def run(args: argparse.Namespace) -> int:
         if args.speed_only:
             return 0
     report = run_bench(args)
+    if report is None:
+        print(f"wrote the {args.part} piece under {Path(args.out) / 'parts'}")
+        return 0
     print(format_report(report))
     names = ", ".join(
         str(Path(args.out) / f) for f in ("report.json", "learning_curves.png", "reward_vs_ndcg.png")
