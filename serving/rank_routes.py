@@ -1,0 +1,167 @@
+"""The ranking half of the `Ranker` deployment (serving.app): POST /rank and /rank/batch.
+
+Requests are parsed and checked on the replica's event loop, gathered by the dynamic batcher, and
+ranked, logged and rendered in the replica's compute thread. Event ids are issued before ranking and
+registered with the ledger in the background (`_queue_register`).
+"""
+
+import asyncio
+from dataclasses import dataclass
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from serving import stages
+from serving.errors import parse_body, parse_rank
+from serving.feedback_log import impression_row, now_ms
+from serving.ingress import fastapi_app
+from serving.schemas import (
+    FieldError,
+    RankBatchRequest,
+    RankBatchResponse,
+    RankRequest,
+    RankResponse,
+    check_rank,
+    rank_response_json,
+)
+from serving.scoring import Prepared, Scorer
+from serving.settings import RuntimeConfig
+from serving.stages import thread_time
+
+REGISTER_EVERY_S = 0.02  # ledger registrations are sent in calls at most this often (_queue_register)
+
+
+@dataclass
+class _Item:
+    """One request travelling through the batch queue with the scorer it was validated against."""
+
+    req: RankRequest
+    prepared: Prepared
+    scorer: Scorer
+
+
+class RankRoutes:
+    """/rank and /rank/batch, mixed into `serving.app.Ranker` (which sets the state they use:
+    settings, scorer, runtime, batcher, signer, ledger, impressions log, generator, compute thread)."""
+
+    async def _rank_items(self, items: list[_Item]) -> list[bytes]:
+        """Rank a batch: register its events with the ledger, then score, log and render it off-loop.
+
+        Event ids are issued first and queued for the ledger (not waited for; see `_queue_register`);
+        a page's shown items are all its candidates, so the entry is known before ranking. The forward pass, the impression rows and the response bodies are made in
+        the replica's compute thread (torch releases the GIL), so the loop keeps reading and
+        parsing the next requests meanwhile. Returns the response body per item.
+        """
+        t0 = thread_time()
+        runtime = self.runtime
+        ts = now_ms()
+        eids = [self.signer.issue(it.scorer.version, ts / 1000) for it in items]
+        events = [
+            (eid, it.scorer.version, [c.item_id for c in it.req.candidates]) for eid, it in zip(eids, items)
+        ]
+        self._queue_register(events)
+        stages.CLOCK.add("event_ids", thread_time() - t0)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._rank_sync, items, eids, ts, runtime)
+
+    def _queue_register(self, events: list[tuple[str, str, list[str]]]) -> None:
+        """Send events to the ledger in calls at most every REGISTER_EVERY_S, with at most one call in
+        flight: what queues meanwhile goes in the next one. A handle call costs CPU in the replica's loop and in the
+        ledger for every call, so fewer, larger calls are cheaper (README, profile). Registration is off the response's critical path
+        (see serving.ledger); feedback that arrives first for a verified id is still accepted."""
+        self._register_queue.extend(events)
+        if self._register_task is None or self._register_task.done():
+            self._register_task = asyncio.ensure_future(self._register_loop())
+
+    async def _register_loop(self) -> None:
+        while self._register_queue:
+            await asyncio.sleep(REGISTER_EVERY_S)  # off the request that queued it; gathers more
+            events, self._register_queue = self._register_queue, []
+            await self._register(events)
+
+    async def _register(self, events: list[tuple[str, str, list[str]]]) -> None:
+        try:
+            await self.ledger.register.remote(events)
+        except Exception as e:  # noqa: BLE001 - feedback for them: see serving.ledger (unknown but signed)
+            self.register_errors += 1
+            self.last_register_error = f"{type(e).__name__}: {e}"
+
+    def _rank_sync(self, items: list[_Item], eids: list[str], ts: int, runtime: RuntimeConfig) -> list[bytes]:
+        """Score (grouped by the scorer each request was validated with: a swap may land mid-batch),
+        queue the impressions, render the responses."""
+        out: list[bytes | None] = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault(id(it.scorer), []).append(i)
+        rows = []
+        for idx in groups.values():
+            scorer = items[idx[0]].scorer
+            with self._compute:  # one forward at a time per replica; the generator is not thread-safe
+                ranked = scorer.rank(
+                    [items[i].prepared for i in idx], runtime.exploration, runtime.temperature, self.generator
+                )
+            t0 = thread_time()
+            for i, r in zip(idx, ranked):
+                it = items[i]
+                rows.append(impression_row(eids[i], ts, self.replica, scorer.version, it.req, r, it.prepared))
+            t1 = thread_time()
+            for i, r in zip(idx, ranked):
+                out[i] = rank_response_json(items[i].req, eids[i], scorer.version, r)
+            stages.CLOCK.add("impression_rows", t1 - t0)
+            stages.CLOCK.add("response_json", thread_time() - t1)
+        self.impressions.append(rows)
+        return out  # type: ignore[return-value]
+
+    async def rank_body(self, body: bytes) -> bytes:
+        """/rank: a request body to its response body (RankRoute and the FastAPI route both call this)."""
+        t0 = thread_time()
+        req = parse_rank(body)
+        t1 = thread_time()
+        scorer = self.scorer
+        s = self.settings
+        check_rank(
+            req, scorer.feature_dims, scorer.query_dim, scorer.user_dim, s.max_candidates, s.max_item_id_len
+        )
+        t2 = thread_time()
+        item = _Item(req, scorer.prepare(req), scorer)
+        t3 = thread_time()
+        stages.CLOCK.add("parse_validate", t1 - t0)
+        stages.CLOCK.add("contract_check", t2 - t1)
+        stages.CLOCK.add("feature_arrays", t3 - t2)
+        if self.runtime.batching:
+            out = await self.batcher.submit(item)
+        else:
+            out = (await self._rank_items([item]))[0]
+        self.rank_requests += 1
+        return out
+
+    @fastapi_app.post("/rank", response_model=RankResponse)
+    async def rank(self, request: Request) -> Response:
+        # Rendered by rank_response_json and returned as bytes, so FastAPI does not validate the
+        # response model again; `response_model` still documents the shape in OpenAPI.
+        return Response(await self.rank_body(await request.body()), media_type="application/json")
+
+    @fastapi_app.post("/rank/batch", response_model=RankBatchResponse)
+    async def rank_batch(self, request: Request) -> Response:
+        """Several pages in one request: each is checked, ranked, logged and answered as on /rank (its
+        own event id), in one forward pass; a page that breaks the contract fails the whole request
+        with a 422 naming it (`body.pages.<i>...`)."""
+        req = parse_body(RankBatchRequest, await request.body())
+        scorer = self.scorer
+        s = self.settings
+        items = []
+        for i, page in enumerate(req.pages):
+            try:
+                check_rank(
+                    page,
+                    scorer.feature_dims,
+                    scorer.query_dim,
+                    scorer.user_dim,
+                    s.max_candidates,
+                    s.max_item_id_len,
+                )
+            except FieldError as e:
+                raise FieldError(("body", "pages", i, *e.loc[1:]), e.msg, e.status) from None
+            items.append(_Item(page, scorer.prepare(page), scorer))
+        bodies = await self._rank_items(items)  # each page's /rank response body (a RankResponse)
+        return Response(b'{"results":[' + b",".join(bodies) + b"]}", media_type="application/json")
