@@ -136,7 +136,7 @@ def test_malformed_load_during_hot_swaps_outside_client(app, tmp_path):
     """The short variant of `smar bench serve`'s fault part: serving/loadgen.py (a raw-socket HTTP
     client in its own process) at concurrency 8 for 6 s with 10 % malformed requests of every class,
     two hot swaps (to v-b and back) meanwhile, and every bad class through curl."""
-    from serving.bench import fault_load
+    from serving.bench_fault import fault_load
 
     bodies = [page_request(app.pages, p, explore=bool(p % 2)) for p in range(20)]
     got = fault_load(app.url, bodies, 6.0, tmp_path, swap_versions=("v-b", "v-a"), concurrency=8, n_max=20)
