@@ -99,6 +99,28 @@ def _raw(method: str, host: str, path: str, body: str | None) -> bytes:
     return (head + "\r\n").encode() + data
 
 
+class _Tally:
+    """The measured requests' outcomes by class: status counts, latencies (ms), end times (s from the start)."""
+
+    def __init__(self) -> None:
+        self.classes: dict[str, dict] = {}
+        self.conn_errors: list[str] = []
+
+    def _count(self, cls: str, status: str) -> dict:
+        c = self.classes.setdefault(cls, {"status": {}, "lat_ms": [], "t_s": []})
+        c["status"][status] = c["status"].get(status, 0) + 1
+        return c
+
+    def record(self, cls: str, status: int, lat: float, t_end: float) -> None:
+        c = self._count(cls, str(status))
+        c["lat_ms"].append(round(lat * 1000, 4))
+        c["t_s"].append(round(t_end, 3))
+
+    def conn_error(self, cls: str, e: BaseException) -> None:
+        self.conn_errors.append(f"{cls}: {type(e).__name__}: {e}"[:200])
+        self._count(cls, "conn_error")
+
+
 async def run(
     url: str,
     specs: list[dict],
@@ -114,20 +136,13 @@ async def run(
     raws = [_raw(s.get("method", "POST"), hosthdr, s.get("path", "/rank"), s.get("body")) for s in specs]
     classes = [s.get("class", "valid") for s in specs]
     loop = asyncio.get_running_loop()
-    out: dict[str, dict] = {}
-    conn_errors: list[str] = []
+    tally = _Tally()
     issued = 0
     stop_at = None
 
     async def connect() -> _Conn:
         _, proto = await loop.create_connection(_Conn, host, port)
         return proto
-
-    def record(cls: str, status: int, lat: float, t_end: float) -> None:
-        c = out.setdefault(cls, {"status": {}, "lat_ms": [], "t_s": []})
-        c["status"][str(status)] = c["status"].get(str(status), 0) + 1
-        c["lat_ms"].append(round(lat * 1000, 4))
-        c["t_s"].append(round(t_end, 3))
 
     async def worker(k: int, measured: bool, n_total: int | None) -> None:
         nonlocal issued
@@ -149,14 +164,12 @@ async def run(
                 status, _, close = await asyncio.wait_for(conn.request(raw), timeout_s)
             except (TimeoutError, ConnectionError, OSError) as e:
                 if measured:
-                    conn_errors.append(f"{cls}: {type(e).__name__}: {e}"[:200])
-                    c = out.setdefault(cls, {"status": {}, "lat_ms": [], "t_s": []})
-                    c["status"]["conn_error"] = c["status"].get("conn_error", 0) + 1
+                    tally.conn_error(cls, e)
                 conn.transport.close()
                 conn = await connect()
                 continue
             if measured:
-                record(cls, status, time.perf_counter() - t, time.perf_counter() - t_start)
+                tally.record(cls, status, time.perf_counter() - t, time.perf_counter() - t_start)
             if close or conn.closed:
                 conn.transport.close()
                 conn = await connect()
@@ -177,9 +190,9 @@ async def run(
         "concurrency": concurrency,
         "wall_s": wall,
         "cpu_s": cpu,
-        "classes": out,
-        "conn_errors": conn_errors[:50],
-        "n_conn_errors": len(conn_errors),
+        "classes": tally.classes,
+        "conn_errors": tally.conn_errors[:50],
+        "n_conn_errors": len(tally.conn_errors),
     }
 
 
