@@ -6,8 +6,9 @@ Layout (hive partitions, so pyarrow.dataset prunes by version and hour)::
     LOG_DIR/feedback/model_version=V/hour=YYYYMMDDHH/part-<ts_ms>-<replica>-<seq>.parquet
 
 Every writer puts its replica tag in its file names, so replicas never collide. A file is written
-under a dot-prefixed temporary name, fsynced, renamed into place and the folder fsynced: readers
-(which skip dot files) never see a partial file, and a renamed file survives a crash.
+through `envs.atomic_io.atomic_path`: under a dot-prefixed temporary name, fsynced, renamed into place
+and the folder fsynced, so readers (which skip dot files) never see a partial file, a renamed file
+survives a crash, and a failed write leaves no temporary behind.
 
 Durability contract (tested in tests/serving/test_feedback_log.py):
 - Feedback is group-committed: `LogWriter.append` returns a future that resolves only after the file
@@ -18,20 +19,18 @@ Durability contract (tested in tests/serving/test_feedback_log.py):
   `impression_max_rows` of them. Feedback whose impression was lost is dropped by `read_logs`.
 - A graceful shutdown (`close`) flushes everything.
 
-Column names follow Open Bandit Pipeline where they map: `action` (candidate index shown at a
-position), `position` (1-based), `pscore` (propensity), `reward` (click, in `explode_positions`).
+The columns and the partition layout are in serving.log_schema.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-import re
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,76 +40,19 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from envs.atomic_io import atomic_path
+from serving.log_schema import (
+    FEEDBACK,
+    IMPRESSIONS,
+    PARTITIONING,
+    SCHEMAS,
+    TS,
+    f32,
+    hour_of,
+    now_ms,
+    safe_name,
+)
 from serving.stages import CLOCK, thread_time
-
-IMPRESSIONS = "impressions"
-FEEDBACK = "feedback"
-TS = pa.timestamp("ms", tz="UTC")
-f32 = pa.float32()
-
-# Partition columns (model_version, hour) live in the paths, not in the files.
-IMPRESSION_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("ts", TS),
-        ("replica", pa.string()),
-        ("page_id", pa.string()),
-        ("policy", pa.string()),  # "greedy" | "plackett_luce"
-        ("temperature", f32),  # 0 for greedy
-        ("slate_log_prob", pa.float64()),  # log P(shown ranking); 0 for greedy
-        ("query_features", pa.list_(f32)),
-        ("user_features", pa.list_(f32)),
-        # the full candidate page, in the order the client sent it
-        ("item_id", pa.list_(pa.string())),
-        ("modality", pa.list_(pa.string())),
-        ("features", pa.list_(pa.list_(f32))),
-        ("single_modal_score", pa.list_(f32)),
-        # the shown ranking, one entry per position
-        ("action", pa.list_(pa.int32())),  # candidate index shown at each position
-        ("position", pa.list_(pa.int32())),  # 1..n
-        ("score", pa.list_(f32)),  # model score of the shown item
-        ("pscore", pa.list_(pa.float64())),  # P(item at this position | items above)
-    ]
-)
-FEEDBACK_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("ts", TS),
-        ("replica", pa.string()),
-        ("item_id", pa.list_(pa.string())),
-        ("click", pa.list_(pa.bool_())),
-        ("dwell_s", pa.list_(f32)),
-    ]
-)
-SCHEMAS = {IMPRESSIONS: IMPRESSION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA}
-PARTITIONING = ds.partitioning(
-    pa.schema([("model_version", pa.string()), ("hour", pa.int32())]), flavor="hive"
-)
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def hour_of(ts_ms: int) -> int:
-    """YYYYMMDDHH (UTC) as an int: sortable, so `hour >= hour_of(since)` prunes partitions."""
-    return int(datetime.fromtimestamp(ts_ms / 1000, tz=UTC).strftime("%Y%m%d%H"))
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def safe_name(s: str) -> str:
-    return _SAFE.sub("_", s)[:80] or "_"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LogWriter:
@@ -246,15 +188,10 @@ class LogWriter:
         table = pa.Table.from_arrays(
             [_column(f.type, [r.get(f.name) for r in rows]) for f in self.schema], schema=self.schema
         )
-        tmp = folder / f".{name}.tmp"
-        with open(tmp, "wb") as fh:
+        with atomic_path(folder / name) as tmp:
             # No dictionary pages: the columns are mostly unique floats, and building dictionaries
             # was the largest share of the write's CPU.
-            pq.write_table(table, fh, compression="zstd", compression_level=1, use_dictionary=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, folder / name)
-        _fsync_dir(folder)
+            pq.write_table(table, tmp, compression="zstd", compression_level=1, use_dictionary=False)
         self.files_written += 1
         return folder / name
 
