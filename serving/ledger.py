@@ -35,6 +35,7 @@ from pathlib import Path
 from ray import serve
 
 from serving.settings import LEDGER
+from serving.tokens import b36
 
 BOOK_FILE = "ledger.sqlite"
 PID_FILE = "ledger.pid"
@@ -43,17 +44,7 @@ PID_FILE = "ledger.pid"
 def new_event_id(now_s: float | None = None) -> str:
     """An unsigned id in the old two-part format (the peer's impressions; forged-id tests)."""
     ms = int((time.time() if now_s is None else now_s) * 1000)
-    return f"{_b36(ms)}.{secrets.token_urlsafe(18)}"
-
-
-def _b36(n: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-        if n == 0:
-            return out
+    return f"{b36(ms)}.{secrets.token_urlsafe(18)}"
 
 
 def issued_s(event_id: str) -> float | None:

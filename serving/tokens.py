@@ -28,7 +28,8 @@ MAC_BYTES = 16
 NONCE_BYTES = 12
 
 
-def _b36(n: int) -> str:
+def b36(n: int) -> str:
+    """`n` >= 0 in base 36 (lower-case digits): the time part of every event id."""
     out = ""
     while True:
         n, r = divmod(n, 36)
@@ -69,7 +70,7 @@ class EventSigner:
 
     def issue(self, model_version: str, now_s: float | None = None) -> str:
         ms = int((time.time() if now_s is None else now_s) * 1000)
-        body = f"{_b36(ms)}.{_b64(secrets.token_bytes(NONCE_BYTES))}.{_b64(model_version.encode())}"
+        body = f"{b36(ms)}.{_b64(secrets.token_bytes(NONCE_BYTES))}.{_b64(model_version.encode())}"
         return f"{body}.{self._mac(body)}"
 
     def verify(self, event_id: str) -> Verified | None:
