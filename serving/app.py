@@ -11,9 +11,9 @@ deploy`) and used by `smar serve`. The `Ranker` deployment holds the current `Sc
 then swaps one reference, so in-flight batches finish on the model they started with and no replica
 restarts. A version that fails to load is refused and the old one keeps serving.
 
-Where the rest is: the FastAPI app and its middlewares in serving.ingress, the /rank routes in
-serving.rank_routes, the /feedback routes in serving.feedback_routes (mixins of `Ranker`), the event
-ledger deployment in serving.ledger.
+Where the rest is: the FastAPI app and its middlewares in serving.ingress, what /rank and /feedback
+do in serving.ranker_rank and serving.ranker_feedback (mixins of `Ranker`), the event ledger
+deployment in serving.ledger.
 """
 
 import asyncio
@@ -23,22 +23,30 @@ import threading
 import zlib
 
 import torch
+from fastapi import Request
+from fastapi.responses import Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pretrain.checkpoint import CheckpointError
-from serving.rank_routes import RankRoutes  # first: the routes are listed in OpenAPI in import order
-
-# isort: split
 from serving import replica_state, stages
 from serving.batcher import Batcher
 from serving.feedback_log import FEEDBACK, IMPRESSIONS, LogWriter
-from serving.feedback_routes import FeedbackRoutes
 from serving.ingress import fastapi_app
 from serving.ledger import EventLedger
 from serving.metrics import set_model_version
+from serving.ranker_feedback import RankerFeedback
+from serving.ranker_rank import RankerRanking
 from serving.registry import Registry, RegistryError
-from serving.schemas import VersionResponse
+from serving.schemas import (
+    FeedbackBatchRequest,
+    FeedbackBatchResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    RankBatchResponse,
+    RankResponse,
+    VersionResponse,
+)
 from serving.scoring import Scorer
 from serving.settings import RANKER, AppSettings, RuntimeConfig
 from serving.stages import process_cpu_s
@@ -46,8 +54,9 @@ from serving.tokens import EventSigner
 
 # State shared between a replica and its middlewares (the body limit, the Ranker for RankRoute) and
 # the stage clocks are named through their modules (serving.replica_state, serving.stages): Serve
-# pickles this class with copies of the module globals its methods name. The routes' mixins
-# (serving.rank_routes, serving.feedback_routes) are imported by reference.
+# pickles this class with copies of the module globals its methods name. The routes are declared on
+# this class, not on its mixins: Serve rewrites each route's signature on the function object, which
+# travels to the replicas with this class (the mixins' methods are imported there afresh).
 
 
 @serve.deployment(
@@ -61,7 +70,7 @@ from serving.tokens import EventSigner
     graceful_shutdown_timeout_s=20,
 )
 @serve.ingress(fastapi_app)
-class Ranker(RankRoutes, FeedbackRoutes):
+class Ranker(RankerRanking, RankerFeedback):
     def __init__(self, ledger: DeploymentHandle, settings: dict) -> None:
         torch.set_num_threads(1)  # a replica is sized at <= 1 CPU; more threads only contend
         self.settings = AppSettings.from_dict(settings)
@@ -149,6 +158,34 @@ class Ranker(RankRoutes, FeedbackRoutes):
             w = getattr(self, name, None)
             if w is not None:
                 w.close()
+
+    # ------------------------------------------------------------------ routes
+    @fastapi_app.post("/rank", response_model=RankResponse)
+    async def rank(self, request: Request) -> Response:
+        # Rendered by rank_response_json and returned as bytes, so FastAPI does not validate the
+        # response model again; `response_model` still documents the shape in OpenAPI.
+        return Response(await self.rank_body(await request.body()), media_type="application/json")
+
+    @fastapi_app.post("/rank/batch", response_model=RankBatchResponse)
+    async def rank_batch(self, request: Request) -> Response:
+        """Several pages in one request: each is checked, ranked, logged and answered as on /rank (its
+        own event id), in one forward pass; a page that breaks the contract fails the whole request
+        with a 422 naming it (`body.pages.<i>...`)."""
+        return Response(await self.rank_batch_body(await request.body()), media_type="application/json")
+
+    @fastapi_app.post(
+        "/feedback",
+        response_model=FeedbackResponse,
+        responses={404: {"description": "unknown event_id"}, 410: {"description": "expired event_id"}},
+    )
+    async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
+        return await self.accept_feedback(req)
+
+    @fastapi_app.post("/feedback/batch", response_model=FeedbackBatchResponse)
+    async def feedback_batch(self, req: FeedbackBatchRequest) -> FeedbackBatchResponse:
+        """Feedback for several events: each is checked and claimed as on /feedback, the accepted ones
+        are written in one group commit; every event gets its own outcome (never a silent drop)."""
+        return await self.accept_feedback_batch(req)
 
     # ------------------------------------------------------------------ introspection
     @fastapi_app.get("/healthz")

@@ -1,7 +1,7 @@
 """The FastAPI ingress of the Serve app: the app object, its pure-ASGI middlewares and error handlers.
 
-The `Ranker` deployment (serving.app) is declared on `fastapi_app`; its routes live in serving.app,
-serving.rank_routes and serving.feedback_routes. State a middleware needs from the replica (the body
+The `Ranker` deployment (serving.app) is declared on `fastapi_app` with its routes; their work is in
+serving.ranker_rank and serving.ranker_feedback. State a middleware needs from the replica (the body
 limit, the Ranker for RankRoute) is named through serving.replica_state.
 """
 

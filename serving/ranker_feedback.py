@@ -1,4 +1,4 @@
-"""The feedback half of the `Ranker` deployment (serving.app): POST /feedback and /feedback/batch.
+"""The feedback half of the `Ranker` deployment (serving.app): what POST /feedback and /feedback/batch do.
 
 A feedback is checked without state first (contract, signed id, age), then claimed in the event
 ledger, written durably to the feedback log and only then acknowledged; a storage failure releases
@@ -9,8 +9,10 @@ import asyncio
 import contextlib
 import time
 
+from fastapi.responses import JSONResponse
+
 from serving.feedback_log import now_ms
-from serving.ingress import fastapi_app, unavailable
+from serving.ingress import unavailable
 from serving.schemas import (
     FeedbackBatchItem,
     FeedbackBatchRequest,
@@ -22,8 +24,8 @@ from serving.schemas import (
 )
 
 
-class FeedbackRoutes:
-    """/feedback and /feedback/batch, mixed into `serving.app.Ranker` (which sets the state they use:
+class RankerFeedback:
+    """/feedback and /feedback/batch, mixed into `serving.app.Ranker` (the routes are declared there) (which sets the state they use:
     settings, signer, ledger, feedback log, replica name)."""
 
     def _check_feedback(self, req: FeedbackRequest) -> str:
@@ -94,12 +96,8 @@ class FeedbackRoutes:
                 await self.ledger.commit_many.remote([row["event_id"] for row in rows])
         return None
 
-    @fastapi_app.post(
-        "/feedback",
-        response_model=FeedbackResponse,
-        responses={404: {"description": "unknown event_id"}, 410: {"description": "expired event_id"}},
-    )
-    async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
+    async def accept_feedback(self, req: FeedbackRequest) -> FeedbackResponse | JSONResponse:
+        """/feedback: claim, write durably, then acknowledge (503 + Retry-After if the ledger or the log is down)."""
         version = self._check_feedback(req)
         items = [f.item_id for f in req.feedback]
         try:
@@ -114,8 +112,7 @@ class FeedbackRoutes:
             return unavailable(failure)
         return FeedbackResponse(event_id=req.event_id, status="accepted", model_version=row["model_version"])
 
-    @fastapi_app.post("/feedback/batch", response_model=FeedbackBatchResponse)
-    async def feedback_batch(self, req: FeedbackBatchRequest) -> FeedbackBatchResponse:
+    async def accept_feedback_batch(self, req: FeedbackBatchRequest) -> FeedbackBatchResponse:
         """Feedback for several events: each is checked and claimed as on /feedback, the accepted ones
         are written in one group commit; every event gets its own outcome (never a silent drop)."""
 

@@ -1,4 +1,4 @@
-"""The ranking half of the `Ranker` deployment (serving.app): POST /rank and /rank/batch.
+"""The ranking half of the `Ranker` deployment (serving.app): what POST /rank and /rank/batch do.
 
 Requests are parsed and checked on the replica's event loop, gathered by the dynamic batcher, and
 ranked, logged and rendered in the replica's compute thread. Event ids are issued before ranking and
@@ -8,19 +8,13 @@ registered with the ledger in the background (`_queue_register`).
 import asyncio
 from dataclasses import dataclass
 
-from fastapi import Request
-from fastapi.responses import Response
-
 from serving import stages
 from serving.errors import parse_body, parse_rank
 from serving.feedback_log import impression_row, now_ms
-from serving.ingress import fastapi_app
 from serving.schemas import (
     FieldError,
     RankBatchRequest,
-    RankBatchResponse,
     RankRequest,
-    RankResponse,
     check_rank,
     rank_response_json,
 )
@@ -40,8 +34,8 @@ class _Item:
     scorer: Scorer
 
 
-class RankRoutes:
-    """/rank and /rank/batch, mixed into `serving.app.Ranker` (which sets the state they use:
+class RankerRanking:
+    """/rank and /rank/batch, mixed into `serving.app.Ranker` (the routes are declared there) (which sets the state they use:
     settings, scorer, runtime, batcher, signer, ledger, impressions log, generator, compute thread)."""
 
     async def _rank_items(self, items: list[_Item]) -> list[bytes]:
@@ -135,18 +129,9 @@ class RankRoutes:
         self.rank_requests += 1
         return out
 
-    @fastapi_app.post("/rank", response_model=RankResponse)
-    async def rank(self, request: Request) -> Response:
-        # Rendered by rank_response_json and returned as bytes, so FastAPI does not validate the
-        # response model again; `response_model` still documents the shape in OpenAPI.
-        return Response(await self.rank_body(await request.body()), media_type="application/json")
-
-    @fastapi_app.post("/rank/batch", response_model=RankBatchResponse)
-    async def rank_batch(self, request: Request) -> Response:
-        """Several pages in one request: each is checked, ranked, logged and answered as on /rank (its
-        own event id), in one forward pass; a page that breaks the contract fails the whole request
-        with a 422 naming it (`body.pages.<i>...`)."""
-        req = parse_body(RankBatchRequest, await request.body())
+    async def rank_batch_body(self, body: bytes) -> bytes:
+        """/rank/batch: a request body to its response body (each page's /rank body, in order)."""
+        req = parse_body(RankBatchRequest, body)
         scorer = self.scorer
         s = self.settings
         items = []
@@ -164,4 +149,4 @@ class RankRoutes:
                 raise FieldError(("body", "pages", i, *e.loc[1:]), e.msg, e.status) from None
             items.append(_Item(page, scorer.prepare(page), scorer))
         bodies = await self._rank_items(items)  # each page's /rank response body (a RankResponse)
-        return Response(b'{"results":[' + b",".join(bodies) + b"]}", media_type="application/json")
+        return b'{"results":[' + b",".join(bodies) + b"]}"
