@@ -42,3 +42,30 @@ def serving_ckpts(tiny_world, tmp_path_factory):
         "b": make_checkpoint(pages, root / "b", "v-b", 2),
         "root": root,
     }
+
+
+@pytest.fixture(scope="session")
+def deploy_app():
+    """deploy_app(root, reg, **args) -> url: the Serve app over loopback, two Ranker replicas at 0.5 CPU,
+    serving registry `reg` with its logs and state under `root` (`args`: more AppSettings fields)."""
+
+    def _deploy(root, reg, **args) -> str:
+        from serving import deploy
+        from serving.settings import load_config, with_overrides
+
+        cfg = with_overrides(
+            load_config(),
+            port=deploy.free_port(),
+            replicas=2,
+            num_cpus=0.5,
+            args={
+                "registry": str(reg.root),
+                "log_dir": str(root / "logs"),
+                "state_dir": str(root / "state"),
+                "max_candidates": 20,
+                **args,
+            },
+        )
+        return deploy.deploy(cfg, timeout_s=150)
+
+    return _deploy

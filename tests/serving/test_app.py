@@ -26,33 +26,24 @@ from serving.feedback_log import read_logs
 from serving.ledger import new_event_id
 from serving.malformed import bad_cases
 from serving.registry import Registry
-from serving.settings import APP_NAME, load_config, with_overrides
+from serving.settings import APP_NAME
 from serving.tokens import EventSigner
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def app(ray_session, serving_ckpts, tiny_world, tmp_path_factory):
+def app(ray_session, serving_ckpts, tiny_world, tmp_path_factory, deploy_app):
     root = tmp_path_factory.mktemp("serve_app")
     reg = Registry(root / "registry")
     reg.publish(serving_ckpts["a"].path)
     log_dir = root / "logs"
-    cfg = with_overrides(
-        load_config(),
-        port=deploy.free_port(),
-        replicas=2,
-        num_cpus=0.5,
-        args={
-            "registry": str(reg.root),
-            "log_dir": str(log_dir),
-            "state_dir": str(root / "state"),
-            "max_candidates": 20,
-            "max_body_bytes": 512 * 1024,
-            "logs": {"impression_max_rows": 100_000, "impression_max_age_s": 3600.0},
-        },
+    url = deploy_app(
+        root,
+        reg,
+        max_body_bytes=512 * 1024,
+        logs={"impression_max_rows": 100_000, "impression_max_age_s": 3600.0},
     )
-    url = deploy.deploy(cfg, timeout_s=150)
     state = SimpleNamespace(
         url=url,
         reg=reg,

@@ -19,14 +19,13 @@ from serving import deploy
 from serving.client import page_request
 from serving.ledger import PID_FILE, issued_s
 from serving.registry import Registry
-from serving.settings import load_config, with_overrides
 
 pytestmark = pytest.mark.slow
 IMPRESSION_MAX_AGE_S = 2.0
 
 
 @pytest.fixture(scope="module")
-def app(ray_session, serving_ckpts, tiny_world, tmp_path_factory):
+def app(ray_session, serving_ckpts, tiny_world, tmp_path_factory, deploy_app):
     from ray import serve
 
     root = tmp_path_factory.mktemp("serve_faults")
@@ -34,20 +33,7 @@ def app(ray_session, serving_ckpts, tiny_world, tmp_path_factory):
     reg.publish(serving_ckpts["a"].path)
     reg.publish(serving_ckpts["b"].path)
     reg.rollback()  # current v-a; v-b is there for the swap
-    cfg = with_overrides(
-        load_config(),
-        port=deploy.free_port(),
-        replicas=2,
-        num_cpus=0.5,
-        args={
-            "registry": str(reg.root),
-            "log_dir": str(root / "logs"),
-            "state_dir": str(root / "state"),
-            "max_candidates": 20,
-            "logs": {"impression_max_age_s": IMPRESSION_MAX_AGE_S},
-        },
-    )
-    url = deploy.deploy(cfg, timeout_s=150)
+    url = deploy_app(root, reg, logs={"impression_max_age_s": IMPRESSION_MAX_AGE_S})
     ep = deploy.endpoints()
     assert ep["direct"] and ep["proxy"], ep  # the fast path is on and the proxy path still there
     yield SimpleNamespace(
