@@ -84,7 +84,7 @@ def command_parser(prog: str, description: str):
     """A command's parser: jsonargparse (dataclass groups, strict config files) with `--config`."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(prog=prog, description=description)
+    parser = ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     parser.add_argument(
         "--config",
         action=ActionConfigFile,

@@ -35,7 +35,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ CSV_COLUMNS = (
 class TrainConfig:
     """Everything one training run needs. Defaults: small PPO settings for a 2-core machine."""
 
-    out: str
+    out: str = "runs/train"  # the run folder (`smar train --out`)
     run: str = DEFAULT_RUN  # pretrain run folder (world, SMAR reranker, scored splits)
     init: str | None = None  # reranker checkpoint to start from (default: the run's SMAR reranker)
     scratch: bool = False  # fresh network (same shape as the SMAR reranker), normaliser fitted on traffic
@@ -748,48 +748,14 @@ def ppo_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", default=DEFAULT_RUN, help=f"pretrain run folder (default {DEFAULT_RUN})")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--init", help="reranker checkpoint to start from (default: the run's SMAR reranker)")
-    g.add_argument("--scratch", action="store_true", help="start from a fresh network (no SMAR pretraining)")
-    p.add_argument(
-        "--constraint", choices=("on", "off"), default="on", help="single-modal consistency constraint"
-    )
-    p.add_argument("--iterations", type=int, default=10)
-    p.add_argument(
-        "--env-runners", type=int, default=0, help="remote EnvRunner actors (0 = sample in the driver)"
-    )
-    p.add_argument("--envs-per-runner", type=int, default=TrainConfig.envs_per_runner)
-    add_ppo_arguments(p)
-    p.add_argument("--reference-kl", type=float, default=0.0, help="weight of KL(pi_SMAR || pi)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=5)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument(
-        "--address", help="Ray cluster address (e.g. auto, ray://head:10001); default RAY_ADDRESS/local"
-    )
-    p.add_argument("--no-progress", action="store_true")
+    # Every TrainConfig setting as --train.FIELD: the start (run, init, scratch), PPO, the constraint,
+    # the environment (serp: SerpConfig overrides as JSON, reward), evaluation, Ray (address).
+    p.add_class_arguments(TrainConfig, "train", skip={"out"})
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = TrainConfig(
-        out=args.out,
-        run=args.run,
-        init=args.init,
-        scratch=args.scratch,
-        constraint=args.constraint == "on",
-        iterations=args.iterations,
-        env_runners=args.env_runners,
-        envs_per_runner=args.envs_per_runner,
-        **ppo_options(args),
-        reference_kl_coeff=args.reference_kl,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        address=args.address,
-        progress=not args.no_progress,
-    )
+    cfg = replace(args.train, out=args.out)
     res = train_policy(cfg)
     fmt = "reward {reward:.3f}  ctr {ctr:.3f}  sat-click {satisfied_click_rate:.3f}  ndcg@10 {ndcg@10:.3f}  consistency {consistency:.3f}"
     print(f"before: {fmt.format(**res.initial_eval)}")

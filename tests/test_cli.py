@@ -92,3 +92,36 @@ def test_help_lists_commands(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
     assert "world" in out and "import" in out
+
+
+def test_train_settings_round_trip_through_a_resolved_config(tmp_path):
+    """`smar train`: every TrainConfig field is an option, and the dumped settings parse back to the same
+    config (the PPO run itself is reproducible by seed: tests/agent/test_train.py)."""
+    from agent import train
+    from agent.cli import command_parser
+
+    def parse(argv):
+        p = command_parser("smar train", "")
+        train.add_arguments(p)
+        parsed = p.parse_args(argv)
+        return p, parsed, p.instantiate(parsed)
+
+    argv = ["--out", str(tmp_path / "t"), "--train.iterations", "3", "--train.ratio", "position"]
+    argv += ["--train.serp", '{"n_max": 40}', "--train.reward", "clicks", "--train.constraint", "false"]
+    p, parsed, args = parse(argv)
+    cfg = dataclasses.replace(args.train, out=args.out)
+    assert (cfg.iterations, cfg.ratio, cfg.serp, cfg.reward, cfg.constraint) == (
+        3,
+        "position",
+        {"n_max": 40},
+        "clicks",
+        False,
+    )
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(p.dump(parsed))
+    for name in (f.name for f in dataclasses.fields(train.TrainConfig) if f.name != "out"):
+        assert f"  {name}:" in resolved.read_text() or getattr(cfg, name) is None, name
+    _, _, again = parse(["--config", str(resolved)])
+    assert dataclasses.replace(again.train, out=again.out) == cfg
+    with pytest.raises(SystemExit):
+        parse(["--out", "x", "--train.iteration", "3"])
