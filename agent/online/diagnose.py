@@ -317,6 +317,24 @@ def main(argv: list[str] | None = None) -> int:
             ),
             a.temperature,
         ),
+        "bias+immediate": (
+            replace(
+                base,
+                body_lr_scale=0.0,
+                offset_lr_scale=10.0,
+                offset_params="bias",
+                clip=1.0,
+                kl_coeff=0.0,
+                advantage="immediate",
+            ),
+            a.temperature,
+        ),
+        "bias+explore": (
+            replace(
+                base, body_lr_scale=0.0, offset_lr_scale=10.0, offset_params="bias", clip=1.0, kl_coeff=0.0
+            ),
+            1.0,
+        ),
         "mixed": (replace(base, lr=1e-3, offset_lr_scale=30.0), a.temperature),
     }
     res["drift"] = {}

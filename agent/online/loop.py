@@ -715,6 +715,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="passes over each round's logs")
     p.add_argument("--advantage", choices=("reward_to_go", "immediate"), default=None)
     p.add_argument(
+        "--offset-params", choices=("head", "bias"), default=None, help="what of the offset head learns"
+    )
+    p.add_argument("--offset-lr-scale", type=float, default=None, help="offset head lr multiplier")
+    p.add_argument("--body-lr-scale", type=float, default=None, help="lr multiplier of the rest (0: fixed)")
+    p.add_argument("--clip", type=float, default=None, help="PPO clip of the update (trust region)")
+    p.add_argument("--kl-coeff", type=float, default=None, help="KL-to-serving coefficient of the update")
+    p.add_argument(
         "--evaluate-versions",
         type=int,
         default=0,
@@ -760,7 +767,16 @@ def run(args: argparse.Namespace) -> int:
             **OnlineConfig().update,
             **{
                 k: v
-                for k, v in (("lr", args.lr), ("epochs", args.epochs), ("advantage", args.advantage))
+                for k, v in (
+                    ("lr", args.lr),
+                    ("epochs", args.epochs),
+                    ("advantage", args.advantage),
+                    ("offset_params", args.offset_params),
+                    ("offset_lr_scale", args.offset_lr_scale),
+                    ("body_lr_scale", args.body_lr_scale),
+                    ("clip", args.clip),
+                    ("kl_coeff", args.kl_coeff),
+                )
                 if v is not None
             },
         },
