@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--settings", default="loop,lr,trust,explore", help="drift settings to compare")
+    p.add_argument("--checks-only", action="store_true", help="propensities and the known answer only")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -250,13 +251,25 @@ def main(argv: list[str] | None = None) -> int:
     b = simulated_batch(model, traffic, a.temperature, 300, 1, RewardConfig(name="success"))
     res["propensities"] = propensity_check(model, b)
     print(f"propensities: {res['propensities']}", flush=True)
-    res["known_answer"] = known_answer(model, traffic, base, a.temperature, a.sessions, target)
-    ka = res["known_answer"]
-    print(
-        f"known answer ({ka['modality']} on top): true serving {ka['true_serving']:.4f} -> candidate "
-        f"{ka['true_candidate']:.4f}; DR of candidate {ka['dr_candidate']:.4f} (logged serving {ka['logged_serving']:.4f})",
-        flush=True,
-    )
+    from agent.online.loop import OnlineConfig
+
+    loop_update = UpdateConfig(**{"margin": base.margin, **OnlineConfig().update})
+    res["known_answer"] = {}
+    for name, cfg in (
+        ("previous loop update (whole network)", base),
+        ("loop default (offset head)", loop_update),
+    ):
+        ka = res["known_answer"][name] = known_answer(model, traffic, cfg, a.temperature, a.sessions, target)
+        print(
+            f"known answer ({ka['modality']} on top), {name}: true serving {ka['true_serving']:.4f} -> "
+            f"candidate {ka['true_candidate']:.4f}; DR of candidate {ka['dr_candidate']:.4f} "
+            f"(logged serving {ka['logged_serving']:.4f})",
+            flush=True,
+        )
+    if a.checks_only:
+        if a.out:
+            write_json_atomic(a.out, res)
+        return 0
 
     drift = DriftConfig()
     dworld, dtest = drift_split(traffic, drift), drift_split(test, drift)
