@@ -45,7 +45,7 @@ from pretrain.run import DEFAULT_RUN, open_or_pretrain
 RL_METHODS = ("ppo_scratch", "ppo_unconstrained", "ppo_constrained")
 BASELINES = ("random", "merge", "smar")
 EVAL_REPEATS = 10  # plays of each held-out session per method and seed (200 sessions -> 2000 episodes)
-# --select-every N: each RL run exports its best iterate on traffic (agent.train.Selection, checked at
+# --select-every N: each RL run exports its best iterate on traffic (agent.train_log.Selection, checked at
 # the start and every N iterations; never on test). Off by default. It guards against a bad last
 # iterate: PPO from SMAR at lr 1e-3 is decided by where its first large steps land, and with one random
 # stream seeds 0 / 2 ended at 1.08 / 1.15 (2-play test evaluation of the last iterate) while seed 1

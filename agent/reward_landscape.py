@@ -208,8 +208,8 @@ def reference_policies(
 def fresh_network(pages: Pages, like, seed: int):
     """The untrained network ppo_scratch seed `seed` starts from: `like`'s architecture, normaliser
     fitted on `pages` (the same model_config `smar train --scratch` builds)."""
+    from agent.ppo_config import network_shape
     from agent.rl_module import build_reranker, scratch_model_config
-    from agent.train import network_shape
 
     return build_reranker(scratch_model_config(pages, seed=seed, **network_shape(like.config)))
 

@@ -23,57 +23,48 @@ Scale-out: everything runs on Ray. `--env-runners 0` samples in the driver (test
 it with `--address auto` (or `RAY_ADDRESS=ray://head:10001 smar train ...`): the same command then
 places env runners on the cluster's nodes. Pages travel inside the env config, so workers need no
 shared filesystem; the init checkpoint path must be readable on every node (shared storage).
+
+Where is what: this module holds the settings (TrainConfig), the env wrapper, the loop (`train_policy`)
+and the CLI; the RLlib PPO config and the policy read back from it are in agent/ppo_config.py, the
+metrics log, plots, checkpoints and best-iterate selection in agent/train_log.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import logging
-import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from agent.ppo_config import (
+    build_ppo_config,
+    model_config_json,
+    network_shape,
+    policy_network,
+    pretrain_margin,
+)
+from agent.train_log import (
+    Selection,
+    eval_row,
+    latest_checkpoint,
+    metrics_row,
+    plot_learning_curves,
+    plot_title,
+    progress,
+    read_csv,
+    save_algo,
+    tb_writer,
+    write_csv,
+    write_scalars,
+)
 from envs.atomic_io import write_json_atomic
 from envs.serp_env import SerpConfig, SerpEnv
 from pretrain.run import DEFAULT_RUN
 
 log = logging.getLogger(__name__)
-
-MODULE_ID = "default_policy"
-CSV_COLUMNS = (
-    "iteration",
-    "env_steps",
-    "time_s",
-    "cpu_s",
-    "train_return",
-    "agreement",
-    "multiplier",
-    "target",
-    "hinge",
-    "reference_kl",
-    "entropy",
-    "policy_loss",
-    "vf_loss",
-    "ppo_kl",
-    "clip_fraction",
-    "slate_clip_fraction",
-    "vf_explained_var",
-    "select_reward",
-    "select_agreement",
-    "eval_reward",
-    "eval_ctr",
-    "eval_satisfied_click_rate",
-    "eval_ndcg@10",
-    "eval_consistency",
-)
 
 
 @dataclass
@@ -187,257 +178,11 @@ class RLlibSerpEnv(SerpEnv):
         super().__init__(pages=config.get("pages"), truth=config.get("truth"), config=config.get("serp"))
 
 
-# ----------------------------------------------------------------------------- pieces
 def serp_config_for(pages_list: list, overrides: dict | None = None) -> SerpConfig:
     """SerpConfig with n_max = the longest page (fewer padded slots = cheaper forward passes)."""
     d = dict(overrides or {})
     d.setdefault("n_max", int(max(int(p.sizes.max()) for p in pages_list)))
     return SerpConfig.from_dict(d)
-
-
-def reranker_state(module_state: dict[str, Any]) -> dict[str, Any]:
-    """The WholePageReranker state dict inside an RLModule state ("reranker." prefix), as torch tensors."""
-    import torch
-
-    out = {
-        k[len("reranker.") :]: torch.as_tensor(np.asarray(v))
-        for k, v in module_state.items()
-        if k.startswith("reranker.")
-    }
-    if not out:
-        raise ValueError("module state holds no 'reranker.*' weights")
-    return out
-
-
-def policy_network(algo, config_json: dict):
-    """The trained scoring network as a standalone WholePageReranker (eval mode), from the learner."""
-    import torch
-
-    from pretrain.reranker import RerankerConfig, WholePageReranker
-
-    with torch.random.fork_rng():  # building a module draws init weights: keep training's RNG untouched,
-        net = WholePageReranker(RerankerConfig.from_json(config_json))  # so evaluating never changes a run
-    net.load_state_dict(reranker_state(algo.learner_group.get_weights([MODULE_ID])[MODULE_ID]))
-    return net.eval()
-
-
-def lr_schedule(cfg: TrainConfig) -> float | list[list[float]]:
-    """PPO's learning rate: a constant, or RLlib's piecewise-linear schedule [[env steps, lr], ...]
-    (the learner applies the value at the env steps sampled so far, so iteration i + 1 uses the value
-    at i x train_batch and the first iteration uses the first point's)."""
-    if cfg.lr_end is None and not cfg.lr_warmup:
-        return cfg.lr
-    total = cfg.iterations * cfg.train_batch
-    points = [[0, cfg.lr / 10 if cfg.lr_warmup else cfg.lr]]
-    if cfg.lr_warmup:
-        points.append([min(cfg.lr_warmup, total), cfg.lr])
-    if cfg.lr_end is not None and points[-1][0] < total:
-        points.append([total, cfg.lr_end])
-    return points
-
-
-def pretrain_margin(ckpt) -> float:
-    """The consistency-hinge margin a reranker checkpoint was pretrained with (agent.constraint)."""
-    from agent.constraint import checkpoint_margin
-
-    return checkpoint_margin(ckpt.manifest)
-
-
-def build_ppo_config(
-    cfg: TrainConfig,
-    train_split,
-    model_config: dict,
-    serp: SerpConfig,
-    target: float | None,
-    margin: float | None = None,
-):
-    from ray.rllib.algorithms.ppo import PPOConfig
-
-    from agent.learner import ConstrainedPPOLearner, ConstraintConfig
-    from agent.rl_module import module_spec
-
-    constraint = ConstraintConfig(
-        enabled=cfg.constraint,
-        target=target,
-        target_fraction=cfg.target_fraction,
-        margin=ConstraintConfig.margin if margin is None else margin,
-        multiplier_lr=cfg.multiplier_lr,
-        multiplier_init=cfg.multiplier_init,
-        reference_checkpoint=model_config.get("reference_checkpoint"),
-        reference_kl_coeff=cfg.reference_kl_coeff,
-        offset_lr_scale=cfg.offset_lr_scale,
-        ratio=cfg.ratio,
-        drop_bootstrap_rows=cfg.drop_bootstrap_rows,
-    )
-    lr: float | list = lr_schedule(cfg)
-    mc = {k: v for k, v in model_config.items() if k != "reference_checkpoint"}
-    mc["temperature"] = cfg.temperature
-    return (
-        PPOConfig()
-        .environment(
-            RLlibSerpEnv,
-            env_config={"pages": train_split.pages, "truth": train_split.truth, "serp": serp.to_json()},
-        )
-        .env_runners(
-            num_env_runners=cfg.env_runners,
-            num_envs_per_env_runner=cfg.envs_per_runner,
-            rollout_fragment_length="auto",
-            num_cpus_per_env_runner=1,
-        )
-        .rl_module(rl_module_spec=module_spec(mc))
-        .learners(learner_class=ConstrainedPPOLearner, learner_config_dict=constraint.to_dict())
-        .training(
-            train_batch_size_per_learner=cfg.train_batch,
-            minibatch_size=cfg.minibatch,
-            num_epochs=cfg.epochs,
-            lr=lr,
-            gamma=cfg.gamma,
-            lambda_=cfg.lambda_,
-            clip_param=cfg.clip,
-            entropy_coeff=cfg.entropy_coeff,
-            use_kl_loss=cfg.use_kl_loss,
-            grad_clip=cfg.grad_clip,
-            vf_clip_param=100.0,
-        )
-        .debugging(seed=cfg.seed)
-    )
-
-
-def _row(
-    iteration: int, result: dict, elapsed: float, evaluation: dict | None, cpu: float = float("nan")
-) -> dict[str, float]:
-    from agent.learner import (
-        AGREEMENT,
-        APPROX_KL,
-        CLIP_FRACTION,
-        EXPLAINED_VAR,
-        HINGE,
-        MULTIPLIER,
-        REFERENCE_KL,
-        SLATE_CLIP_FRACTION,
-        TARGET,
-    )
-
-    lr = result.get("learners", {}).get(MODULE_ID, {})
-    er = result.get("env_runners", {})
-
-    def f(x) -> float:
-        try:
-            return float(x)
-        except (TypeError, ValueError):
-            return float("nan")
-
-    row = {
-        "iteration": iteration,
-        "env_steps": int(
-            f(er.get("num_env_steps_sampled_lifetime", result.get("num_env_steps_sampled_lifetime")))
-        ),
-        "time_s": round(elapsed, 3),  # wall seconds of algo.train() (sampling + learning)
-        "cpu_s": round(cpu, 3),  # this process's CPU seconds in algo.train() (env runners are local)
-        "train_return": f(er.get("episode_return_mean")),
-        "agreement": f(lr.get(AGREEMENT)),
-        "multiplier": f(lr.get(MULTIPLIER)),
-        "target": f(lr.get(TARGET)),
-        "hinge": f(lr.get(HINGE)),
-        "reference_kl": f(lr.get(REFERENCE_KL)),
-        "entropy": f(lr.get("entropy")),
-        "policy_loss": f(lr.get("policy_loss")),
-        "vf_loss": f(lr.get("vf_loss")),
-        "ppo_kl": f(lr.get(APPROX_KL)),  # approximate KL(pi_old || pi) of the last minibatch
-        "clip_fraction": f(lr.get(CLIP_FRACTION)),
-        "slate_clip_fraction": f(lr.get(SLATE_CLIP_FRACTION)),
-        "vf_explained_var": f(lr.get(EXPLAINED_VAR)),
-        "select_reward": float("nan"),  # filled in by best-iterate selection when it runs
-        "select_agreement": float("nan"),
-    }
-    for k in ("reward", "ctr", "satisfied_click_rate", "ndcg@10", "consistency"):
-        row[f"eval_{k}"] = f(evaluation[k]) if evaluation else float("nan")
-    return row
-
-
-def _eval_row(iteration: int, env_steps: int, evaluation: dict) -> dict[str, float]:
-    row = {c: float("nan") for c in CSV_COLUMNS}
-    row.update(iteration=iteration, env_steps=env_steps, time_s=0.0, cpu_s=0.0)
-    for k in ("reward", "ctr", "satisfied_click_rate", "ndcg@10", "consistency"):
-        row[f"eval_{k}"] = float(evaluation[k])
-    return row
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: r.get(c, float("nan")) for c in CSV_COLUMNS})
-    tmp.replace(path)
-
-
-def read_csv(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as f:
-        rows = [
-            {k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()}
-            for r in csv.DictReader(f)
-        ]
-    for r in rows:  # integer columns stay integers when the file is rewritten after --resume
-        r["iteration"], r["env_steps"] = int(r["iteration"]), int(r["env_steps"])
-    return rows
-
-
-def plot_learning_curves(rows: list[dict], path: Path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ev = [r for r in rows if not math.isnan(r["eval_reward"])]
-    tr = [r for r in rows if not math.isnan(r["train_return"])]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    axes[0].plot(
-        [r["env_steps"] for r in ev], [r["eval_reward"] for r in ev], "o-", label="eval (deterministic)"
-    )
-    axes[0].plot(
-        [r["env_steps"] for r in tr], [r["train_return"] for r in tr], ".--", label="train (sampled)"
-    )
-    axes[0].set_ylabel("session reward")
-    axes[1].plot(
-        [r["env_steps"] for r in ev], [r["eval_consistency"] for r in ev], "o-", label="eval consistency"
-    )
-    axes[1].plot([r["env_steps"] for r in tr], [r["agreement"] for r in tr], ".--", label="batch agreement")
-    axes[1].plot([r["env_steps"] for r in tr], [r["target"] for r in tr], ":", label="target")
-    axes[1].set_ylabel("within-modality agreement")
-    axes[2].plot([r["env_steps"] for r in tr], [r["multiplier"] for r in tr], ".-")
-    axes[2].set_ylabel("Lagrange multiplier")
-    for ax in axes:
-        ax.set_xlabel("env steps (pages)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    axes[1].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _latest_checkpoint(out: Path) -> dict | None:
-    f = out / "checkpoints" / "latest.json"
-    return json.loads(f.read_text()) if f.exists() else None
-
-
-def _save_algo(algo, out: Path, iteration: int, env_steps: int, keep: int) -> Path:
-    ck_root = out / "checkpoints"
-    path = ck_root / f"iter_{iteration:05d}"
-    if path.exists():
-        shutil.rmtree(path)
-    algo.save_to_path(str(path.resolve()))
-    write_json_atomic(
-        ck_root / "latest.json", {"iteration": iteration, "env_steps": env_steps, "path": path.name}
-    )
-    old = sorted(p for p in ck_root.glob("iter_*") if p.is_dir())
-    for p in old[:-keep] if keep > 0 else []:
-        shutil.rmtree(p, ignore_errors=True)
-    return path
 
 
 # ----------------------------------------------------------------------------- the Python API
@@ -448,16 +193,96 @@ def open_run(path: str | Path):
     return PretrainRun.open(path)
 
 
+@dataclass
+class _Setup:
+    """What step 1 of `train_policy` resolves before Ray starts: data, environment, start policy, target."""
+
+    out: Path
+    train_split: Any  # the pretrain run's `traffic` split (training pages and their truth)
+    test_split: Any  # its held-out `test` split (evaluation only)
+    serp: SerpConfig
+    smar_net: Any
+    smar_ckpt: Any
+    model_config: dict  # the RL module's (agent.rl_module.module_spec)
+    init_desc: dict
+    smar_agree: float  # SMAR's top-K agreement on the training pages
+    target: float  # the consistency target
+
+
+class _Training:
+    """The algorithm of one run with its evaluations: of the current policy on the held-out test pages, and
+    of iterates on training traffic for best-iterate selection."""
+
+    def __init__(self, cfg: TrainConfig, s: _Setup, algo, margin: float) -> None:
+        self.cfg, self.s, self.algo, self.margin = cfg, s, algo, margin
+        self.selection = Selection(s.out / "best", cfg.constraint, s.target)
+
+    def policy(self):
+        """The learner's current policy as a reranker."""
+        return policy_network(self.algo, model_config_json(self.s.model_config, self.s.smar_ckpt))
+
+    def evaluate(self, repeats: int, seed: int, net=None) -> dict:
+        """Held-out test evaluation of `net` (default: the learner's current policy)."""
+        from agent.evaluation import evaluate_policy
+
+        if net is None:
+            net = self.policy()
+        s = self.s
+        return evaluate_policy(
+            net, s.test_split.pages, s.test_split.truth, seed=seed, repeats=repeats, serp=s.serp
+        )
+
+    def select(self, row: dict, iteration: int) -> None:
+        """Play the current policy on training traffic, record it in `row`, offer it to the selection."""
+        from agent.evaluation import evaluate_policy
+        from agent.learner import topk_consistency
+
+        cfg, s = self.cfg, self.s
+        net = self.policy()
+        r = evaluate_policy(
+            net,
+            s.train_split.pages,
+            s.train_split.truth,
+            seed=cfg.seed + 30_000,
+            repeats=cfg.select_repeats,
+            serp=s.serp,
+        )["reward"]
+        agreement = topk_consistency(net, s.train_split.pages, s.serp.slate_size)
+        row["select_reward"], row["select_agreement"] = r, agreement
+        self.selection.offer(net, iteration, r, agreement)
+
+
 def train_policy(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) one PPO policy as configured; export it; return where everything is."""
     import ray
 
-    from agent.evaluation import evaluate_policy
-    from agent.rl_module import scratch_model_config
-    from pretrain.checkpoint import load_checkpoint, make_version, save_checkpoint
     from pretrain.runtime import torch_threads
 
     t0 = time.time()
+    s = _setup(cfg)  # 1. data, environment, start policy, constraint target
+    started_ray = _start_ray(cfg)
+    with torch_threads(cfg.torch_threads):
+        margin = cfg.margin if cfg.margin is not None else pretrain_margin(s.smar_ckpt)
+        algo = build_ppo_config(cfg, s.train_split, s.model_config, s.serp, s.target, margin).build_algo()
+        try:
+            t = _Training(cfg, s, algo, margin)
+            initial_eval, rows, start_iter = _initial_evaluation(t)  # 2. (or where --resume continues)
+            rows, env_steps = _iterate(t, rows, start_iter)  # 3. PPO iterations, logged and checkpointed
+            net = _best_iterate(t)  # 4. the policy to export
+            final_eval = t.evaluate(cfg.final_eval_repeats, cfg.seed + 20_000, net)
+        finally:
+            algo.stop()
+            if started_ray:
+                ray.shutdown()
+    return _export(t, net, rows, env_steps, initial_eval, final_eval, t0)  # 5.
+
+
+def _setup(cfg: TrainConfig) -> _Setup:
+    """Step 1: the pretrain run's splits, the SerpConfig, the start policy, the consistency target."""
+    from agent.learner import topk_consistency
+    from agent.rl_module import scratch_model_config
+    from pretrain.checkpoint import load_checkpoint
+
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     run = open_run(cfg.run)
@@ -465,8 +290,6 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
     serp = serp_config_for(
         [train_split.pages, test_split.pages], {"reward": {"name": cfg.reward}, **cfg.serp}
     )
-    k = serp.slate_size
-
     smar_net, smar_ckpt = run.reranker()
     if cfg.scratch:
         model_config = scratch_model_config(
@@ -481,128 +304,120 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
     if cfg.reference_kl_coeff > 0:
         model_config["reference_checkpoint"] = str(run.reranker_path.resolve())
     # The constraint target: a fraction of the SMAR policy's own agreement on the training pages.
-    from agent.learner import topk_consistency
-
-    smar_agree = topk_consistency(smar_net, train_split.pages, k)
+    smar_agree = topk_consistency(smar_net, train_split.pages, serp.slate_size)
     target = cfg.target if cfg.target is not None else cfg.target_fraction * smar_agree
+    return _Setup(
+        out, train_split, test_split, serp, smar_net, smar_ckpt, model_config, init_desc, smar_agree, target
+    )
 
-    started_ray = False
-    if not ray.is_initialized():
-        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-        address = cfg.address or os.environ.get("RAY_ADDRESS")
-        if address:
-            kw["address"] = address
-        else:
-            kw["num_cpus"] = max(2, cfg.env_runners + 1)
-        ray.init(**kw)
-        started_ray = True
 
+def _start_ray(cfg: TrainConfig) -> bool:
+    """Start Ray unless it runs (cfg.address, RAY_ADDRESS, or a local one); True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        kw["address"] = address
+    else:
+        kw["num_cpus"] = max(2, cfg.env_runners + 1)
+    ray.init(**kw)
+    return True
+
+
+def _initial_evaluation(t: _Training) -> tuple[dict, list[dict], int]:
+    """Step 2: the starting policy's test evaluation; then either --resume's checkpoint, rows and selection,
+    or iteration 0's row (and selection offer). Returns (initial evaluation, rows, first iteration)."""
+    cfg, out = t.cfg, t.s.out
     rows: list[dict] = []
     start_iter = 0
-    with torch_threads(cfg.torch_threads):
-        margin = cfg.margin if cfg.margin is not None else pretrain_margin(smar_ckpt)
-        algo = build_ppo_config(cfg, train_split, model_config, serp, target, margin).build_algo()
-        try:
+    initial_eval = t.evaluate(cfg.final_eval_repeats, cfg.seed + 20_000)  # the starting policy
+    latest = latest_checkpoint(out) if cfg.resume else None
+    if latest:
+        t.algo.restore_from_path(str((out / "checkpoints" / latest["path"]).resolve()))
+        start_iter = int(latest["iteration"])
+        if (out / "metrics.csv").exists():
+            rows = [r for r in read_csv(out / "metrics.csv") if r["iteration"] <= start_iter]
+    elif cfg.resume:
+        log.info("--resume: no checkpoint under %s; starting fresh", out / "checkpoints")
+    if cfg.resume and start_iter > 0:
+        t.selection.restore()
+    if start_iter == 0:
+        rows = [eval_row(0, 0, t.evaluate(cfg.eval_repeats, cfg.seed + 10_000))]
+        if cfg.select_every:
+            t.select(rows[0], 0)
+    return initial_eval, rows, start_iter
 
-            def evaluate(repeats: int, seed: int, net=None) -> dict:
-                """Held-out test evaluation of `net` (default: the learner's current policy)."""
-                if net is None:
-                    net = policy_network(algo, model_config_json(model_config, smar_ckpt))
-                return evaluate_policy(
-                    net, test_split.pages, test_split.truth, seed=seed, repeats=repeats, serp=serp
-                )
 
-            initial_eval = evaluate(cfg.final_eval_repeats, cfg.seed + 20_000)  # the starting policy
-            latest = _latest_checkpoint(out) if cfg.resume else None
-            if latest:
-                algo.restore_from_path(str((out / "checkpoints" / latest["path"]).resolve()))
-                start_iter = int(latest["iteration"])
-                if (out / "metrics.csv").exists():
-                    rows = [r for r in read_csv(out / "metrics.csv") if r["iteration"] <= start_iter]
-            elif cfg.resume:
-                log.info("--resume: no checkpoint under %s; starting fresh", out / "checkpoints")
-            selection = Selection(out / "best", cfg.constraint, target)
-            if cfg.resume and start_iter > 0:
-                selection.restore()
-
-            def select(row: dict, iteration: int) -> None:
-                net = policy_network(algo, model_config_json(model_config, smar_ckpt))
-                r = evaluate_policy(
-                    net,
-                    train_split.pages,
-                    train_split.truth,
-                    seed=cfg.seed + 30_000,
-                    repeats=cfg.select_repeats,
-                    serp=serp,
-                )["reward"]
-                agreement = topk_consistency(net, train_split.pages, k)
-                row["select_reward"], row["select_agreement"] = r, agreement
-                selection.offer(net, iteration, r, agreement)
-
-            if start_iter == 0:
-                rows = [_eval_row(0, 0, evaluate(cfg.eval_repeats, cfg.seed + 10_000))]
-                if cfg.select_every:
-                    select(rows[0], 0)
-            writer = _tb_writer(out)
-            bar = _progress(
-                range(start_iter, cfg.iterations), cfg.progress, total=cfg.iterations, initial=start_iter
+def _iterate(t: _Training, rows: list[dict], start_iter: int) -> tuple[list[dict], int]:
+    """Step 3: PPO iterations start_iter + 1 .. cfg.iterations, each evaluated, selected and checkpointed as
+    configured and logged (metrics.csv, TensorBoard, progress bar). Returns (rows, env steps)."""
+    cfg, out = t.cfg, t.s.out
+    writer = tb_writer(out)
+    bar = progress(range(start_iter, cfg.iterations), cfg.progress, total=cfg.iterations, initial=start_iter)
+    env_steps = int(rows[-1]["env_steps"]) if rows else 0
+    for it in bar:
+        t_it, c_it = time.perf_counter(), time.process_time()
+        result = t.algo.train()
+        elapsed, cpu = time.perf_counter() - t_it, time.process_time() - c_it
+        it1 = it + 1
+        do_eval = (cfg.eval_every and it1 % cfg.eval_every == 0) or it1 == cfg.iterations
+        evaluation = t.evaluate(cfg.eval_repeats, cfg.seed + 10_000) if do_eval else None
+        row = metrics_row(it1, result, elapsed, evaluation, cpu)
+        if cfg.select_every and (it1 % cfg.select_every == 0 or it1 == cfg.iterations):
+            t.select(row, it1)
+        env_steps = int(row["env_steps"])
+        rows.append(row)
+        write_csv(out / "metrics.csv", rows)
+        write_scalars(writer, row, env_steps)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(
+                steps=env_steps,
+                ret=f"{row['train_return']:.3f}",
+                agree=f"{row['agreement']:.3f}",
+                lam=f"{row['multiplier']:.2f}",
             )
-            env_steps = int(rows[-1]["env_steps"]) if rows else 0
-            for it in bar:
-                t_it, c_it = time.perf_counter(), time.process_time()
-                result = algo.train()
-                elapsed, cpu = time.perf_counter() - t_it, time.process_time() - c_it
-                it1 = it + 1
-                do_eval = (cfg.eval_every and it1 % cfg.eval_every == 0) or it1 == cfg.iterations
-                evaluation = evaluate(cfg.eval_repeats, cfg.seed + 10_000) if do_eval else None
-                row = _row(it1, result, elapsed, evaluation, cpu)
-                if cfg.select_every and (it1 % cfg.select_every == 0 or it1 == cfg.iterations):
-                    select(row, it1)
-                env_steps = int(row["env_steps"])
-                rows.append(row)
-                write_csv(out / "metrics.csv", rows)
-                if writer is not None:
-                    for c in CSV_COLUMNS[2:]:
-                        if not math.isnan(row[c]):
-                            writer.add_scalar(c, row[c], env_steps)
-                    writer.flush()
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(
-                        steps=env_steps,
-                        ret=f"{row['train_return']:.3f}",
-                        agree=f"{row['agreement']:.3f}",
-                        lam=f"{row['multiplier']:.2f}",
-                    )
-                if cfg.checkpoint_every and (it1 % cfg.checkpoint_every == 0 or it1 == cfg.iterations):
-                    _save_algo(algo, out, it1, env_steps, cfg.keep_checkpoints)
-            if writer is not None:
-                writer.close()
+        if cfg.checkpoint_every and (it1 % cfg.checkpoint_every == 0 or it1 == cfg.iterations):
+            save_algo(t.algo, out, it1, env_steps, cfg.keep_checkpoints)
+    if writer is not None:
+        writer.close()
+    return rows, env_steps
 
-            if cfg.select_every and selection.path.exists():
-                net, _ = load_checkpoint(selection.path)
-            else:
-                net = policy_network(algo, model_config_json(model_config, smar_ckpt))
-            final_eval = evaluate(cfg.final_eval_repeats, cfg.seed + 20_000, net)
-        finally:
-            algo.stop()
-            if started_ray:
-                ray.shutdown()
 
-    plot_learning_curves(rows, out / "learning_curves.png", title=_title(cfg))
+def _best_iterate(t: _Training):
+    """Step 4: the selected iterate (TrainConfig.select_every) or else the last one, as a reranker."""
+    from pretrain.checkpoint import load_checkpoint
+
+    if t.cfg.select_every and t.selection.path.exists():
+        net, _ = load_checkpoint(t.selection.path)
+        return net
+    return t.policy()
+
+
+def _export(
+    t: _Training, net, rows: list[dict], env_steps: int, initial_eval: dict, final_eval: dict, t0: float
+) -> TrainResult:
+    """Step 5: learning curves, the policy as a reranker checkpoint (policy/), result.json."""
+    from pretrain.checkpoint import make_version, save_checkpoint
+
+    cfg, s = t.cfg, t.s
+    plot_learning_curves(rows, s.out / "learning_curves.png", title=plot_title(cfg))
     version = make_version("ppo")
     extra = {
         "kind": "ppo",
         "train_config": cfg.to_json(),
-        "init": init_desc,
-        "smar_version": smar_ckpt.version,
-        "consistency_target": target,
-        "consistency_margin": margin,
-        "smar_agreement_traffic": smar_agree,
+        "init": s.init_desc,
+        "smar_version": s.smar_ckpt.version,
+        "consistency_target": s.target,
+        "consistency_margin": t.margin,
+        "smar_agreement_traffic": s.smar_agree,
         "env_steps": env_steps,
-        "selected_iteration": selection.iteration if cfg.select_every else cfg.iterations,
+        "selected_iteration": t.selection.iteration if cfg.select_every else cfg.iterations,
         "metrics": {"initial_eval": initial_eval, "final_eval": final_eval},
     }
-    policy_path = out / "policy"
+    policy_path = s.out / "policy"
     save_checkpoint(net, policy_path, version=version, extra=extra, overwrite=True)
     seconds = time.time() - t0
     summary = {
@@ -612,80 +427,11 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
         "env_steps": env_steps,
         "initial_eval": initial_eval,
         "final_eval": final_eval,
-        "consistency_target": target,
+        "consistency_target": s.target,
         "seconds": round(seconds, 1),
     }
-    write_json_atomic(out / "result.json", summary, default=str)
-    return TrainResult(out, policy_path, version, rows, initial_eval, final_eval, env_steps, seconds)
-
-
-class Selection:
-    """The best iterate so far (TrainConfig.select_every), kept as a reranker checkpoint at `path` so
-    that --resume continues the same selection. Key: feasible iterates (agreement >= target, or any
-    with the constraint off) by reward, above infeasible ones by agreement; ties keep the earlier."""
-
-    def __init__(self, path: Path, constraint: bool, target: float) -> None:
-        self.path, self.constraint, self.target = path, constraint, target
-        self.key: tuple[bool, float] | None = None
-        self.iteration = -1
-
-    def restore(self) -> None:
-        if self.path.exists():
-            from pretrain.checkpoint import verify_checkpoint
-
-            sel = verify_checkpoint(self.path).manifest["selection"]
-            self.key, self.iteration = (bool(sel["key"][0]), float(sel["key"][1])), int(sel["iteration"])
-
-    def offer(self, net, iteration: int, reward: float, agreement: float) -> bool:
-        """Keep `net` if it beats the best so far; True if it does."""
-        from pretrain.checkpoint import make_version, save_checkpoint
-
-        feasible = not self.constraint or agreement >= self.target
-        key = (feasible, reward if feasible else agreement)
-        if self.key is not None and key <= self.key:
-            return False
-        self.key, self.iteration = key, iteration
-        extra = {
-            "selection": {"iteration": iteration, "reward": reward, "agreement": agreement, "key": list(key)}
-        }
-        save_checkpoint(net, self.path, version=make_version("ppo-best"), extra=extra, overwrite=True)
-        return True
-
-
-def model_config_json(model_config: dict, smar_ckpt) -> dict:
-    """The RerankerConfig (as JSON) of the network a model_config builds."""
-    if model_config.get("reranker_config") is not None:
-        return model_config["reranker_config"]
-    from pretrain.checkpoint import verify_checkpoint
-
-    return verify_checkpoint(model_config["checkpoint"]).config.to_json()
-
-
-def network_shape(config) -> dict:
-    """Every RerankerConfig field but the data-derived input widths, so --scratch trains a network of
-    exactly the SMAR architecture (including options added to the reranker later)."""
-    return {k: v for k, v in config.to_json().items() if k not in ("feature_dims", "query_dim", "user_dim")}
-
-
-def _title(cfg: TrainConfig) -> str:
-    init = "scratch" if cfg.scratch else "SMAR init"
-    return f"PPO ({init}, constraint {'on' if cfg.constraint else 'off'}, seed {cfg.seed})"
-
-
-def _tb_writer(out: Path):
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:  # TensorBoard logging is optional
-        return None
-    return SummaryWriter(str(out / "tb"))
-
-
-def _progress(it, enabled: bool, **kw):
-    if not enabled:
-        return it
-    from tqdm import tqdm
-
-    return tqdm(it, desc="ppo", unit="iter", disable=None, **kw)
+    write_json_atomic(s.out / "result.json", summary, default=str)
+    return TrainResult(s.out, policy_path, version, rows, initial_eval, final_eval, env_steps, seconds)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from agent.evaluation import evaluate_policy, random_scorer, session_page_lists
-from agent.train import Selection, TrainConfig, lr_schedule, pretrain_margin, train_policy
+from agent.ppo_config import lr_schedule, pretrain_margin
+from agent.train import TrainConfig, train_policy
+from agent.train_log import Selection
 from pretrain.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]

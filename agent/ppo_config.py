@@ -1,0 +1,142 @@
+"""The RLlib side of `smar train`: the PPO AlgorithmConfig (environment, env runners, RL module, the
+constrained learner, the learning-rate schedule) and the trained policy read back from the learner as a
+standalone reranker.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from envs.serp_env import SerpConfig
+
+if TYPE_CHECKING:
+    from agent.train import TrainConfig
+
+MODULE_ID = "default_policy"
+
+
+def reranker_state(module_state: dict[str, Any]) -> dict[str, Any]:
+    """The WholePageReranker state dict inside an RLModule state ("reranker." prefix), as torch tensors."""
+    import torch
+
+    out = {
+        k[len("reranker.") :]: torch.as_tensor(np.asarray(v))
+        for k, v in module_state.items()
+        if k.startswith("reranker.")
+    }
+    if not out:
+        raise ValueError("module state holds no 'reranker.*' weights")
+    return out
+
+
+def policy_network(algo, config_json: dict):
+    """The trained scoring network as a standalone WholePageReranker (eval mode), from the learner."""
+    import torch
+
+    from pretrain.reranker import RerankerConfig, WholePageReranker
+
+    with torch.random.fork_rng():  # building a module draws init weights: keep training's RNG untouched,
+        net = WholePageReranker(RerankerConfig.from_json(config_json))  # so evaluating never changes a run
+    net.load_state_dict(reranker_state(algo.learner_group.get_weights([MODULE_ID])[MODULE_ID]))
+    return net.eval()
+
+
+def lr_schedule(cfg: TrainConfig) -> float | list[list[float]]:
+    """PPO's learning rate: a constant, or RLlib's piecewise-linear schedule [[env steps, lr], ...]
+    (the learner applies the value at the env steps sampled so far, so iteration i + 1 uses the value
+    at i x train_batch and the first iteration uses the first point's)."""
+    if cfg.lr_end is None and not cfg.lr_warmup:
+        return cfg.lr
+    total = cfg.iterations * cfg.train_batch
+    points = [[0, cfg.lr / 10 if cfg.lr_warmup else cfg.lr]]
+    if cfg.lr_warmup:
+        points.append([min(cfg.lr_warmup, total), cfg.lr])
+    if cfg.lr_end is not None and points[-1][0] < total:
+        points.append([total, cfg.lr_end])
+    return points
+
+
+def pretrain_margin(ckpt) -> float:
+    """The consistency-hinge margin a reranker checkpoint was pretrained with (agent.constraint)."""
+    from agent.constraint import checkpoint_margin
+
+    return checkpoint_margin(ckpt.manifest)
+
+
+def build_ppo_config(
+    cfg: TrainConfig,
+    train_split,
+    model_config: dict,
+    serp: SerpConfig,
+    target: float | None,
+    margin: float | None = None,
+):
+    """The PPOConfig of one run: `build_algo()` on it gives the algorithm `train_policy` trains."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from agent.learner import ConstrainedPPOLearner, ConstraintConfig
+    from agent.rl_module import module_spec
+    from agent.train import RLlibSerpEnv  # the env class RLlib builds on every env runner
+
+    constraint = ConstraintConfig(
+        enabled=cfg.constraint,
+        target=target,
+        target_fraction=cfg.target_fraction,
+        margin=ConstraintConfig.margin if margin is None else margin,
+        multiplier_lr=cfg.multiplier_lr,
+        multiplier_init=cfg.multiplier_init,
+        reference_checkpoint=model_config.get("reference_checkpoint"),
+        reference_kl_coeff=cfg.reference_kl_coeff,
+        offset_lr_scale=cfg.offset_lr_scale,
+        ratio=cfg.ratio,
+        drop_bootstrap_rows=cfg.drop_bootstrap_rows,
+    )
+    lr: float | list = lr_schedule(cfg)
+    mc = {k: v for k, v in model_config.items() if k != "reference_checkpoint"}
+    mc["temperature"] = cfg.temperature
+    return (
+        PPOConfig()
+        .environment(
+            RLlibSerpEnv,
+            env_config={"pages": train_split.pages, "truth": train_split.truth, "serp": serp.to_json()},
+        )
+        .env_runners(
+            num_env_runners=cfg.env_runners,
+            num_envs_per_env_runner=cfg.envs_per_runner,
+            rollout_fragment_length="auto",
+            num_cpus_per_env_runner=1,
+        )
+        .rl_module(rl_module_spec=module_spec(mc))
+        .learners(learner_class=ConstrainedPPOLearner, learner_config_dict=constraint.to_dict())
+        .training(
+            train_batch_size_per_learner=cfg.train_batch,
+            minibatch_size=cfg.minibatch,
+            num_epochs=cfg.epochs,
+            lr=lr,
+            gamma=cfg.gamma,
+            lambda_=cfg.lambda_,
+            clip_param=cfg.clip,
+            entropy_coeff=cfg.entropy_coeff,
+            use_kl_loss=cfg.use_kl_loss,
+            grad_clip=cfg.grad_clip,
+            vf_clip_param=100.0,
+        )
+        .debugging(seed=cfg.seed)
+    )
+
+
+def model_config_json(model_config: dict, smar_ckpt) -> dict:
+    """The RerankerConfig (as JSON) of the network a model_config builds."""
+    if model_config.get("reranker_config") is not None:
+        return model_config["reranker_config"]
+    from pretrain.checkpoint import verify_checkpoint
+
+    return verify_checkpoint(model_config["checkpoint"]).config.to_json()
+
+
+def network_shape(config) -> dict:
+    """Every RerankerConfig field but the data-derived input widths, so --scratch trains a network of
+    exactly the SMAR architecture (including options added to the reranker later)."""
+    return {k: v for k, v in config.to_json().items() if k not in ("feature_dims", "query_dim", "user_dim")}
