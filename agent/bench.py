@@ -31,14 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from agent.evaluation import SESSION_METRICS, evaluate_policy, random_scorer
+from agent.ppo_config import add_ppo_arguments, ppo_options
 from agent.reward_landscape import fresh_network, layout_gradient, reference_policies
-from agent.train import (
-    TrainConfig,
-    add_ppo_arguments,
-    ppo_options,
-    serp_config_for,
-    train_policy,
-)
+from agent.train import TrainConfig, serp_config_for, train_policy
 from envs.atomic_io import write_json_atomic
 from pretrain.run import DEFAULT_RUN, open_or_pretrain
 

@@ -221,32 +221,23 @@ class _Training:
         """The learner's current policy as a reranker."""
         return policy_network(self.algo, model_config_json(self.s.model_config, self.s.smar_ckpt))
 
-    def evaluate(self, repeats: int, seed: int, net=None) -> dict:
-        """Held-out test evaluation of `net` (default: the learner's current policy)."""
+    def play(self, net, split, seed: int, repeats: int) -> dict:
+        """`net`'s deterministic evaluation on `split`'s sessions (agent.evaluation.evaluate_policy)."""
         from agent.evaluation import evaluate_policy
 
-        if net is None:
-            net = self.policy()
-        s = self.s
-        return evaluate_policy(
-            net, s.test_split.pages, s.test_split.truth, seed=seed, repeats=repeats, serp=s.serp
-        )
+        return evaluate_policy(net, split.pages, split.truth, seed=seed, repeats=repeats, serp=self.s.serp)
+
+    def evaluate(self, repeats: int, seed: int, net=None) -> dict:
+        """Held-out test evaluation of `net` (default: the learner's current policy)."""
+        return self.play(self.policy() if net is None else net, self.s.test_split, seed, repeats)
 
     def select(self, row: dict, iteration: int) -> None:
         """Play the current policy on training traffic, record it in `row`, offer it to the selection."""
-        from agent.evaluation import evaluate_policy
         from agent.learner import topk_consistency
 
         cfg, s = self.cfg, self.s
         net = self.policy()
-        r = evaluate_policy(
-            net,
-            s.train_split.pages,
-            s.train_split.truth,
-            seed=cfg.seed + 30_000,
-            repeats=cfg.select_repeats,
-            serp=s.serp,
-        )["reward"]
+        r = self.play(net, s.train_split, cfg.seed + 30_000, cfg.select_repeats)["reward"]
         agreement = topk_consistency(net, s.train_split.pages, s.serp.slate_size)
         row["select_reward"], row["select_agreement"] = r, agreement
         self.selection.offer(net, iteration, r, agreement)
@@ -435,64 +426,6 @@ def _export(
 
 
 # ----------------------------------------------------------------------------- CLI
-def add_ppo_arguments(p: argparse.ArgumentParser) -> None:
-    """The PPO options `smar train` and `smar bench agent` share (defaults: TrainConfig's)."""
-    p.add_argument(
-        "--train-batch", type=int, default=TrainConfig.train_batch, help="env steps (pages) per iteration"
-    )
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--minibatch", type=int, default=TrainConfig.minibatch, help="PPO minibatch (pages)")
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument(
-        "--lr-end",
-        type=float,
-        default=TrainConfig.lr_end,
-        help="learning rate at the end of the run (linear decay from --lr; negative: constant --lr)",
-    )
-    p.add_argument(
-        "--temperature", type=float, default=TrainConfig.temperature, help="exploration: logits = scores / T"
-    )
-    p.add_argument(
-        "--offset-lr-scale",
-        type=float,
-        default=TrainConfig.offset_lr_scale,
-        help="learning-rate multiplier of the reranker's modality-offset head (the page layout)",
-    )
-    p.add_argument(
-        "--ratio",
-        choices=("slate", "position"),
-        default=TrainConfig.ratio,
-        help="PPO importance ratio: per slate, or per position with position-level reward-to-go",
-    )
-    p.add_argument(
-        "--reward",
-        default=TrainConfig.reward,
-        help="product reward by name (envs.reward.REWARD_NAMES) the policy plays and learns from",
-    )
-    p.add_argument(
-        "--target-fraction",
-        type=float,
-        default=TrainConfig.target_fraction,
-        help="consistency target, as a fraction of SMAR's agreement",
-    )
-
-
-def ppo_options(args: argparse.Namespace) -> dict[str, Any]:
-    """TrainConfig keyword arguments from `add_ppo_arguments`' options."""
-    return {
-        "train_batch": args.train_batch,
-        "epochs": args.epochs,
-        "minibatch": args.minibatch,
-        "lr": args.lr,
-        "lr_end": args.lr_end if args.lr_end is not None and args.lr_end >= 0 else None,
-        "temperature": args.temperature,
-        "offset_lr_scale": args.offset_lr_scale,
-        "ratio": args.ratio,
-        "target_fraction": args.target_fraction,
-        "reward": args.reward,
-    }
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     # Every TrainConfig setting as --train.FIELD: the start (run, init, scratch), PPO, the constraint,
