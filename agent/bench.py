@@ -42,13 +42,10 @@ BASELINES = ("random", "merge", "smar")
 EVAL_REPEATS = 10  # plays of each held-out session per method and seed (200 sessions -> 2000 episodes)
 # --select-every N: each RL run exports its best iterate on traffic (agent.train_log.Selection, checked at
 # the start and every N iterations; never on test). Off by default. It guards against a bad last
-# iterate: PPO from SMAR at lr 1e-3 is decided by where its first large steps land, and with one random
-# stream seeds 0 / 2 ended at 1.08 / 1.15 (2-play test evaluation of the last iterate) while seed 1
-# reached 1.35; `--select-every 2` exported SMAR itself for seeds 0 / 2 (1.263 / 1.256 on test) and
-# the seed-1 iterate (1.349). But the start is a candidate, so when RL does not beat SMAR on traffic
-# both ppo_unconstrained and ppo_constrained export SMAR (measured on the margin-0.25 SMAR run, seeds
-# 0 / 1: unconstrained 1.2748 / 1.2442 = SMAR's), which makes the comparison between the RL methods
-# degenerate; ppo_scratch picks its most consistent iterate when none meets the target.
+# iterate (PPO from SMAR is decided by where its first large steps land). But the start is a candidate,
+# so when RL does not beat SMAR on traffic both RL methods from SMAR export SMAR itself, which makes their
+# comparison degenerate (RESULTS.md, "Constrained RL defaults"); ppo_scratch picks its most consistent
+# iterate when none meets the target.
 SELECT_EVERY = 0
 
 

@@ -82,7 +82,7 @@ class TrainConfig:
     # vector step, so 64 envs make 16 forwards per 1,024-step iteration instead of 128 with 8.
     envs_per_runner: int = 64
     seed: int = 0
-    # PPO. The defaults are the ones `smar bench agent` measured (README, "Constrained RL").
+    # PPO. The defaults are the ones `smar bench agent` measured (RESULTS.md).
     train_batch: int = 1024  # env steps (pages) per iteration
     minibatch: int = 256
     epochs: int = 2
@@ -97,17 +97,14 @@ class TrainConfig:
     entropy_coeff: float = 0.0
     use_kl_loss: bool = False  # PPO's own KL to the previous policy (the clip already bounds steps)
     grad_clip: float = 1.0
-    # Exploration: logits = scores / temperature. SMAR's scores are in grade units (per-page std ~1.3),
-    # so at 0.5 its Plackett-Luce policy hardly varies the page layout and one 1,024-page batch cannot
-    # tell which modality to move up (agent.reward_landscape.layout_gradient: video z 2.1 at 0.5, 4.3
-    # at 4, about a fresh network's 4.7 at 0.5). Measured on 6 paired seeds, constrained PPO from
-    # SMAR: 1.051 x SMAR's test reward at 4 vs 1.018 x at 0.5, with higher NDCG@10.
+    # Exploration: logits = scores / temperature. SMAR's scores are in grade units, so at a low
+    # temperature its Plackett-Luce policy hardly varies the page layout and a batch cannot tell which
+    # modality to move up (agent.reward_landscape.layout_gradient; RESULTS.md, "Constrained RL defaults").
     temperature: float = 4.0
     # constraint (agent.learner.ConstraintConfig)
     target: float | None = None  # absolute consistency target; None -> target_fraction x SMAR's
-    # 0.99, not 0.97: dual ascent holds the target on average over training pages, and the last
-    # iterate's test consistency lands about 2.5% lower (measured: 0.97 -> 0.945 x SMAR's on test,
-    # 0.99 -> 0.969 x; smar bench agent --target-fraction), so the margin must cover that.
+    # Above 0.95: dual ascent holds the target on average over training pages, and the last iterate's
+    # test consistency lands a little lower, so the margin must cover that (RESULTS.md).
     target_fraction: float = 0.99
     multiplier_lr: float = 20.0
     # hinge margin of the constraint's surrogate; None: the margin the run's SMAR reranker was
