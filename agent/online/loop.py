@@ -170,6 +170,8 @@ def plot_rounds(rounds: list[dict], path: Path, drift_round: int | None = None) 
         band("heldout_reward", "online, deterministic", "o-")
         band("heldout_served", "online, as served", "s--")
         band("frozen_heldout", "frozen initial, deterministic", "x:")
+        if "heldout_reward_after" in rounds[0]:
+            band("heldout_reward_after", "online after the round's decision", "^-.")
         ax[1].set_title("held-out sessions (never trained on), ±95%")
         ax[1].set_ylabel("session reward")
         ax[1].legend(fontsize=8)
