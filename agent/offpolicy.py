@@ -267,11 +267,11 @@ def _param_groups(model: WholePageReranker, cfg: UpdateConfig) -> list[dict]:
 
 def _scorers(cand: WholePageReranker, serving: WholePageReranker, pb: PageBatch, cfg: UpdateConfig):
     """(score(i), reference(i)): the candidate's (differentiable) and the serving policy's scores of
-    impressions i. When only the offset head learns (body_lr_scale 0, offset_params "head"), the rest
+    impressions i. When only the offset head (or its bias) learns (body_lr_scale 0), the rest
     of the network is fixed, so its item scores and the context embedding are computed once and each
     step only re-applies the head: the same scores, without a forward pass per step."""
     head = cand.offset_head
-    if cfg.body_lr_scale > 0 or head is None or cfg.offset_params != "head":
+    if cfg.body_lr_scale > 0 or head is None:
 
         def full(i):
             return cand(pb.features[i], pb.modality[i], pb.mask[i], pb.query[i], pb.user[i])

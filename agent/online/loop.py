@@ -91,13 +91,15 @@ class OnlineConfig:
     num_cpus: float = 1.0  # the Ranker replica's CPU reservation
     seed: int = 0
     # agent.offpolicy.UpdateConfig overrides. Measured (agent.online.diagnose, README): the whole
-    # network moved by PPO on one round of logs follows noise; the modality-offset head alone, with a
-    # wide trust region (clip 1, no KL: the gate is the safeguard), learns a changed modality quality.
+    # network moved by PPO on one round of logs follows noise; the modality-offset head's bias alone
+    # (one score shift per modality), with a wide trust region (clip 1, no KL: the gate is the
+    # safeguard), learns a changed modality quality in steps the gate can certify.
     update: dict = field(
         default_factory=lambda: {
             "epochs": 3,
             "body_lr_scale": 0.0,
             "offset_lr_scale": 10.0,
+            "offset_params": "bias",
             "clip": 1.0,
             "kl_coeff": 0.0,
         }
