@@ -505,7 +505,7 @@ def run(args: argparse.Namespace) -> int:
             batch_pages=args.batch_pages,
             scores=scores,
         )
-        hint = f"smar import --format crossrank {args.out} --out DIR --modal-map {s['modal_map']}"
+        hint = f"smar import --format crossrank {args.out} --out DIR --modal-map {s['modal_map']} --no-query-text"
     rows = ", ".join(f"{k} {v}" for k, v in s["rows"].items())
     print(f"wrote {args.out}: {rows} search rows in {s['seconds']} s")
     if s.get("dropped_features"):

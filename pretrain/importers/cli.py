@@ -69,6 +69,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="qilin: retrieval list whose [note_idx, score] gives single_modal_score (auto: dpr_results)",
     )
     p.add_argument(
+        "--no-query-text",
+        action="store_true",
+        help="crossrank: `query` is an id, not text (an exported world): group by it, do not hash it",
+    )
+    p.add_argument(
         "--modal-map", type=_modal_map, default={"0": "doc", "1": "video"}, help="crossrank modal map"
     )
 
@@ -87,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 dwell_cuts=args.dwell_cuts, note_types=args.note_types, upstream=args.upstream, **common
             )
         else:
-            cfg = CrossRankConfig(modal_map=args.modal_map, **common)
+            cfg = CrossRankConfig(modal_map=args.modal_map, query_text=not args.no_query_text, **common)
     except ValueError as e:
         print(f"smar import: {e}", file=sys.stderr)
         return 2

@@ -206,6 +206,9 @@ class CrossRankConfig:
     impute_missing: bool = False
     limit: int | None = None
     max_chars: int = 512
+    # False: `query` is an identifier, not text (as in `smar export`'s copies): it still groups the
+    # pages but is not hashed into query features, where it would only be noise.
+    query_text: bool = True
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modal_map.values() if m not in MODALITIES]
@@ -422,14 +425,15 @@ class CrossRankImporter:
         modality = np.array([MODALITY_ID[cfg.modal_map[m]] for m in modal], np.int8)
 
         queries = b.column("query").to_pylist()
-        q_title = hash_texts(queries, cfg.title_dim, max_chars=cfg.max_chars)
-        q_abs = hash_texts(queries, cfg.text_dim, max_chars=cfg.max_chars)
+        texts = queries if cfg.query_text else [""] * len(queries)  # the pages' grouping stays `query`
+        q_title = hash_texts(texts, cfg.title_dim, max_chars=cfg.max_chars)
+        q_abs = hash_texts(texts, cfg.text_dim, max_chars=cfg.max_chars)
         q_hash = (
             q_abs
             if cfg.query_text_dim == cfg.text_dim
-            else hash_texts(queries, cfg.query_text_dim, max_chars=cfg.max_chars)
+            else hash_texts(texts, cfg.query_text_dim, max_chars=cfg.max_chars)
         )
-        q_len = np.log1p([len(normalise_text(q, 10**9)) for q in queries])[:, None]
+        q_len = np.log1p([len(normalise_text(q, 10**9)) for q in texts])[:, None]
         # The corpus's query_feat_* describe the query, repeated on each of its candidates' rows: they
         # also become the page's query features (their mean over the page's candidates; pages whose
         # candidates disagree are counted), where the rankers' and the reranker's context reads them.

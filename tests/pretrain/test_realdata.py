@@ -286,3 +286,26 @@ def test_qilin_malformed_files_name_file_and_column(qilin_exported, tmp_path):
     with pytest.raises(SourceFormatError, match=r"notes.*video_width"):
         import_qilin(src, out, cfg)
     assert not (out / "train.parquet").exists()
+
+
+def test_no_query_text_keeps_grouping_and_drops_the_hashed_ids(exported, tmp_path):
+    _, root = exported
+    out = tmp_path / "imp"
+    args = [
+        "import",
+        "--format",
+        "crossrank",
+        str(root / "cr"),
+        "--out",
+        str(out),
+        "--modal-map",
+        MODAL_MAP_ARG,
+    ]
+    assert main([*args, "--no-query-text"]) == 0
+    info = json.loads((out / "import.json").read_text())
+    hashed = [i for i, n in enumerate(info["query_feature_names"]) if not n.startswith("query_feat_")]
+    got, ref = read_pages(out / "test.parquet"), read_pages(root / "imp" / "test.parquet")
+    assert (got.query_features[:, hashed] == 0).all() and (ref.query_features[:, hashed] != 0).any()
+    np.testing.assert_array_equal(got.query_id, ref.query_id)
+    rest = [i for i in range(got.query_dim) if i not in hashed]
+    np.testing.assert_array_equal(got.query_features[:, rest], ref.query_features[:, rest])
