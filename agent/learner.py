@@ -65,7 +65,8 @@ CLIP_FRACTION = "clip_fraction"  # share of the objective's ratios (slates or po
 SLATE_CLIP_FRACTION = "slate_clip_fraction"  # the same for the slate ratio, whatever the objective
 APPROX_KL = "approx_kl"  # E[(r - 1) - log r] over the minibatch, r = pi / pi_old of the sampled slate
 EXPLAINED_VAR = "vf_explained_var"  # RLlib's own (PPOTorchLearner logs it)
-OFFSET_OPTIMIZER = "offset_head"  # the second named optimizer (ConstraintConfig.offset_lr_scale != 1)
+OFFSET_OPTIMIZER = "offset_head"  # a named optimizer (ConstraintConfig.offset_lr_scale != 1)
+BODY_OPTIMIZER = "reranker_body"  # a named optimizer (ConstraintConfig.body_lr_scale != 1)
 POSITION_REWARDS = "position_rewards"  # batch column [B, K]: the page reward per shown position (env info)
 POSITION_ADVANTAGES = "position_advantages"  # batch column [B, K]: PositionAdvantages' output
 RATIOS = ("slate", "position")
@@ -89,6 +90,10 @@ class ConstraintConfig:
     # The optimiser: the reranker's modality-offset head (the page layout: how modalities interleave,
     # which no within-modality order depends on) learns at offset_lr_scale x the learning rate.
     offset_lr_scale: float = 1.0
+    # The rest of the reranker (item scoring and the context embedding) learns at body_lr_scale x the
+    # learning rate; 0 keeps every within-modality order as pretrained, so only the layout moves (the
+    # value head always learns at the full rate).
+    body_lr_scale: float = 1.0
     # The trust region (PPO's importance ratio):
     #   "slate"     one ratio per page, pi(a) / pi_old(a) of the whole top-K ranking (RLlib's PPO loss);
     #               a product of K per-position ratios, so it leaves 1 +- clip after a small step
@@ -115,6 +120,8 @@ class ConstraintConfig:
             )
         if self.offset_lr_scale <= 0:
             raise ValueError(f"ConstraintConfig.offset_lr_scale must be > 0, got {self.offset_lr_scale}")
+        if self.body_lr_scale < 0:
+            raise ValueError(f"ConstraintConfig.body_lr_scale must be >= 0, got {self.body_lr_scale}")
         for name in ("margin", "multiplier_init", "multiplier_lr", "multiplier_max", "reference_kl_coeff"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ConstraintConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -177,30 +184,37 @@ class ConstrainedPPOLearner(PPOTorchLearner):
     # ------------------------------------------------------------------ the optimisers
     @override(PPOTorchLearner)
     def configure_optimizers_for_module(self, module_id: str, config: Any = None) -> None:
-        """Adam over the module at the (scheduled) learning rate; with offset_lr_scale != 1 the
-        reranker's modality-offset head gets a second named Adam (OFFSET_OPTIMIZER) whose schedule is
-        the same one scaled by offset_lr_scale. RLlib steps and schedules both."""
+        """Adam over the module at the (scheduled) learning rate. With offset_lr_scale != 1 the
+        reranker's modality-offset head, and with body_lr_scale != 1 the rest of the reranker, get
+        their own named Adam (OFFSET_OPTIMIZER, BODY_OPTIMIZER) on the same schedule scaled. RLlib
+        steps and schedules all of them."""
         module = self._module[module_id]
         params = self.get_parameters(module)
-        offset_head = getattr(module.unwrapped().reranker, "offset_head", None)
-        scale = self.constraint.offset_lr_scale
-        fast = (
-            {id(p) for p in offset_head.parameters()} if offset_head is not None and scale != 1.0 else set()
-        )
-        body = [p for p in params if id(p) not in fast]
+        reranker = module.unwrapped().reranker
+        offset_head = getattr(reranker, "offset_head", None)
+        c = self.constraint
+        head = {id(p) for p in offset_head.parameters()} if offset_head is not None else set()
+        groups: dict[str, tuple[set[int], float]] = {}
+        if head and c.offset_lr_scale != 1.0:
+            groups[OFFSET_OPTIMIZER] = (head, c.offset_lr_scale)
+        if c.body_lr_scale != 1.0:
+            body = {id(p) for p in reranker.parameters()} - head
+            if c.offset_lr_scale == c.body_lr_scale:
+                body |= head
+                groups.pop(OFFSET_OPTIMIZER, None)
+            groups[BODY_OPTIMIZER] = (body, c.body_lr_scale)
+        grouped = set().union(*(ids for ids, _ in groups.values())) if groups else set()
+        rest = [p for p in params if id(p) not in grouped]
         self.register_optimizer(
-            module_id=module_id,
-            optimizer=torch.optim.Adam(body),
-            params=body,
-            lr_or_lr_schedule=config.lr,
+            module_id=module_id, optimizer=torch.optim.Adam(rest), params=rest, lr_or_lr_schedule=config.lr
         )
-        if fast:
-            head = [p for p in params if id(p) in fast]
+        for name, (ids, scale) in groups.items():
+            ps = [p for p in params if id(p) in ids]
             self.register_optimizer(
                 module_id=module_id,
-                optimizer_name=OFFSET_OPTIMIZER,
-                optimizer=torch.optim.Adam(head),
-                params=head,
+                optimizer_name=name,
+                optimizer=torch.optim.Adam(ps),
+                params=ps,
                 lr_or_lr_schedule=scaled_schedule(config.lr, scale),
             )
 

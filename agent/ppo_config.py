@@ -91,6 +91,7 @@ def build_ppo_config(
         reference_checkpoint=model_config.get("reference_checkpoint"),
         reference_kl_coeff=cfg.reference_kl_coeff,
         offset_lr_scale=cfg.offset_lr_scale,
+        body_lr_scale=cfg.body_lr_scale,
         ratio=cfg.ratio,
         drop_bootstrap_rows=cfg.drop_bootstrap_rows,
     )
@@ -170,6 +171,12 @@ def add_ppo_arguments(p: argparse.ArgumentParser) -> None:
         help="learning-rate multiplier of the reranker's modality-offset head (the page layout)",
     )
     p.add_argument(
+        "--body-lr-scale",
+        type=float,
+        default=TrainConfig.body_lr_scale,
+        help="learning-rate multiplier of the rest of the reranker (0: only the layout learns)",
+    )
+    p.add_argument(
         "--ratio",
         choices=("slate", "position"),
         default=TrainConfig.ratio,
@@ -198,6 +205,7 @@ def ppo_options(args: argparse.Namespace) -> dict[str, Any]:
         "lr_end": args.lr_end if args.lr_end is not None and args.lr_end >= 0 else None,
         "temperature": args.temperature,
         "offset_lr_scale": args.offset_lr_scale,
+        "body_lr_scale": args.body_lr_scale,
         "ratio": args.ratio,
         "target_fraction": args.target_fraction,
         "reward": args.reward,

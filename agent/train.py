@@ -114,6 +114,7 @@ class TrainConfig:
     multiplier_init: float = 0.0
     reference_kl_coeff: float = 0.0  # KL(pi_SMAR || pi): needs a SMAR reranker (not with --scratch)
     offset_lr_scale: float = 1.0  # the reranker's modality-offset head learns at this x lr
+    body_lr_scale: float = 1.0  # the rest of the reranker at this x lr (0: only the layout learns)
     # PPO's importance ratio (agent.learner.ConstraintConfig.ratio): "slate" (one per ranking) or
     # "position" (one per placement, with position-level reward-to-go under the cascade)
     ratio: str = "slate"

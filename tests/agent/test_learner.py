@@ -14,6 +14,7 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 
 from agent.learner import (
     AGREEMENT,
+    BODY_OPTIMIZER,
     MULTIPLIER,
     OFFSET_OPTIMIZER,
     POSITION_ADVANTAGES,
@@ -196,6 +197,30 @@ def test_offset_head_is_a_second_named_optimizer_on_the_scaled_schedule(env, tin
     assert scaled_schedule([[0, 1e-3], [100, 0.0]], 10.0) == [[0, 1e-2], [100, 0.0]]
     plain = _learner(env, tiny_world, offsets=True)  # scale 1: one optimizer, RLlib's behaviour
     assert len(plain.get_optimizers_for_module("default_policy")) == 1
+
+
+def test_body_lr_scale_zero_trains_the_layout_and_value_head_only(env, tiny_world):
+    learner = _learner(env, tiny_world, offsets=True, offset_lr_scale=10.0, body_lr_scale=0.0)
+    opts = dict(learner.get_optimizers_for_module("default_policy"))
+    assert set(opts) == {DEFAULT_OPTIMIZER, OFFSET_OPTIMIZER, BODY_OPTIMIZER}
+    module = learner.module["default_policy"]
+    head = {id(p) for p in module.reranker.offset_head.parameters()}
+    body = {id(p) for p in module.reranker.parameters()} - head
+    ids = {k: {id(p) for g in o.param_groups for p in g["params"]} for k, o in opts.items()}
+    assert ids[BODY_OPTIMIZER] == body and ids[OFFSET_OPTIMIZER] == head
+    assert ids[DEFAULT_OPTIMIZER] == {id(p) for p in module.value_head.parameters()}
+    learner.after_gradient_based_update(timesteps={"num_env_steps_sampled_lifetime": 0})
+    assert opts[BODY_OPTIMIZER].param_groups[0]["lr"] == 0.0
+    # a step moves the offset head but leaves every item score's within-modality order as it was
+    before = {n: p.detach().clone() for n, p in module.reranker.named_parameters()}
+    for p in module.parameters():
+        p.grad = torch.ones_like(p)
+    for o in opts.values():
+        o.step()
+    moved = {n for n, p in module.reranker.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(n.startswith("offset_head") for n in moved)
+    with pytest.raises(ValueError, match="body_lr_scale"):
+        ConstraintConfig(body_lr_scale=-1.0)
 
 
 def test_trust_region_stats_are_the_clip_share_and_k3_kl():
