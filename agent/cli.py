@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "world": ("pretrain.world_io", "generate the synthetic search world and write it to Parquet"),
     "import": ("pretrain.importers.cli", "convert Qilin or CrossRank files into the page contract"),
     "export": (
-        "pretrain.export",
+        "pretrain.export.cli",
         "write a synthetic world as CrossRank- or Qilin-format files (what `import` reads)",
     ),
     "pretrain": ("pretrain.train", "train single-modal rankers and the SMAR whole-page reranker"),

@@ -172,7 +172,7 @@ def load_data(root: str | Path, config: DataConfig | None = None) -> ImportedDat
     if not (root / "import.json").exists():
         raise FileNotFoundError(
             f"{root} is not `smar import` output (no import.json); create it with "
-            f"`smar import --format crossrank|qilin SRC --out {root}`"
+            f"`smar import SRC --out {root} --import.format crossrank|qilin`"
         )
     info = json.loads((root / "import.json").read_text())
     for name in ("train", "test"):

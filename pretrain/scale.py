@@ -193,8 +193,8 @@ def bench(
         )
     if steps["export"]["returncode"] == 0 and start in ("export", "import"):
         steps["import"] = measured(
-            [*py, "agent.cli", "import", "--format", "crossrank", str(src), "--out", str(data)]
-            + ["--modal-map", MODAL_MAP_ARG],
+            [*py, "agent.cli", "import", str(src), "--out", str(data), "--import.format", "crossrank"]
+            + ["--import.modal_map", MODAL_MAP_ARG],
             out / "import.log",
         )
     if steps.get("import", {}).get("returncode") == 0:

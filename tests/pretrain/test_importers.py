@@ -464,7 +464,10 @@ def test_smar_import_command(tmp_path, capsys):
     src = write_crossrank(tmp_path / "cr")
     out = tmp_path / "out"
     assert (
-        main(["import", "--format", "crossrank", str(src), "--out", str(out), "--modal-map", "0=doc,1=image"])
+        main(
+            ["import", str(src), "--out", str(out), "--import.format", "crossrank"]
+            + ["--import.modal_map", '{"0": "doc", "1": "image"}']
+        )
         == 0
     )
     assert "train" in capsys.readouterr().out
@@ -472,7 +475,7 @@ def test_smar_import_command(tmp_path, capsys):
     assert set(read_pages(out / "train.parquet").modality.tolist()) == {0, 1}
     t = pq.read_table(src / "MultiModalCorpus.parquet").drop_columns(["modal"])
     pq.write_table(t, src / "MultiModalCorpus.parquet")
-    assert main(["import", "--format", "crossrank", str(src), "--out", str(out)]) == 1
+    assert main(["import", str(src), "--out", str(out), "--import.format", "crossrank"]) == 1
     assert "modal" in capsys.readouterr().err
 
 

@@ -40,8 +40,8 @@ def exported(tiny_world, tmp_path_factory):
     root = tmp_path_factory.mktemp("realdata")
     export_crossrank(world, root / "cr")
     code = main(
-        ["import", "--format", "crossrank", str(root / "cr"), "--out", str(root / "imp")]
-        + ["--modal-map", MODAL_MAP_ARG]
+        ["import", str(root / "cr"), "--out", str(root / "imp")]
+        + ["--import.format", "crossrank", "--import.modal_map", MODAL_MAP_ARG]
     )
     assert code == 0
     return world, root
@@ -122,12 +122,12 @@ def test_without_single_modal_part_uses_upstream_scores(exported, tmp_path, caps
         main(
             [
                 "import",
-                "--format",
-                "crossrank",
                 str(tmp_path / "cr"),
                 "--out",
                 str(tmp_path / "imp"),
-                "--modal-map",
+                "--import.format",
+                "crossrank",
+                "--import.modal_map",
                 MODAL_MAP_ARG,
             ]
         )
@@ -176,11 +176,10 @@ def test_malformed_single_modal_files_name_file_and_column(exported, tmp_path):
 
 
 def _import(src, out):
+    from pretrain.export import MODAL_MAP
     from pretrain.importers import CrossRankConfig, import_crossrank
 
-    return import_crossrank(
-        src, out, CrossRankConfig(modal_map=dict(p.split("=") for p in MODAL_MAP_ARG.split(",")))
-    )
+    return import_crossrank(src, out, CrossRankConfig(modal_map=MODAL_MAP))
 
 
 # --------------------------------------------------------------------------- Qilin-format copy
@@ -190,8 +189,8 @@ def qilin_exported(exported, tmp_path_factory):
     root = tmp_path_factory.mktemp("qilin")
     summary = export_qilin(world, root / "qi", batch_pages=7)  # several batches per split
     code = main(
-        ["import", "--format", "qilin", str(root / "qi"), "--out", str(root / "imp")]
-        + ["--note-types", NOTE_TYPES_ARG, "--text-dim", "8", "--query-text-dim", "8"]
+        ["import", str(root / "qi"), "--out", str(root / "imp"), "--import.format", "qilin"]
+        + ["--import.note_types", NOTE_TYPES_ARG, "--import.text_dim", "8", "--import.query_text_dim", "8"]
     )
     assert code == 0
     return world, root, summary
@@ -267,7 +266,7 @@ def test_qilin_malformed_files_name_file_and_column(qilin_exported, tmp_path):
     src = tmp_path / "qi"
     shutil.copytree(root / "qi", src)
     out = tmp_path / "o"
-    # the world's documents (note_type 3) without --note-types: the error names the page and field
+    # the world's documents (note_type 3) without --import.note_types: the error names the page and field
     with pytest.raises(PageValidationError, match=r"search_train.*field 'modality'.*note_type 3"):
         import_qilin(src, out)
     cfg = QilinConfig(note_types={1: "image", 2: "video", 3: "doc", 4: "answer"})
@@ -293,15 +292,15 @@ def test_no_query_text_keeps_grouping_and_drops_the_hashed_ids(exported, tmp_pat
     out = tmp_path / "imp"
     args = [
         "import",
-        "--format",
-        "crossrank",
         str(root / "cr"),
         "--out",
         str(out),
-        "--modal-map",
+        "--import.format",
+        "crossrank",
+        "--import.modal_map",
         MODAL_MAP_ARG,
     ]
-    assert main([*args, "--no-query-text"]) == 0
+    assert main([*args, "--import.query_text", "false"]) == 0
     info = json.loads((out / "import.json").read_text())
     hashed = [i for i, n in enumerate(info["query_feature_names"]) if not n.startswith("query_feat_")]
     got, ref = read_pages(out / "test.parquet"), read_pages(root / "imp" / "test.parquet")
