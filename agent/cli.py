@@ -6,7 +6,9 @@ so a command adds its typed config dataclasses whole (`parser.add_class_argument
 every field becomes `--world.FIELD`, and `run` receives the dataclass). Every command takes
 `--config FILE` (YAML or JSON, keys as in `--help`; an unknown key is an error naming it), and a command
 with an `--out` folder writes its fully resolved settings there as `resolved.yaml`: fed back with
-`--config`, it reproduces the run.
+`--config`, it reproduces the run. Optional module hooks: `defaults_for(argv) -> {key: value}`, option
+defaults read from a file the command line names (`smar serve --serve-config`), and `NOT_RESOLVED`,
+options never written to `resolved.yaml` (secrets).
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def _dispatch(table: dict[str, tuple[str, str]], argv: list[str], prog: str) -> 
     module = importlib.import_module(table[name][0])
     parser = command_parser(f"{prog} {name}", table[name][1])
     module.add_arguments(parser)
+    if hasattr(module, "defaults_for"):  # defaults read from a file the command line names (serve)
+        parser.set_defaults(module.defaults_for(rest))
     parsed = parser.parse_args(rest)
     try:
         args = parser.instantiate(parsed)
@@ -73,7 +77,7 @@ def _dispatch(table: dict[str, tuple[str, str]], argv: list[str], prog: str) -> 
         parser.error(f"invalid settings: {e}")
     code = int(module.run(args) or 0)
     if code == 0:
-        write_resolved_config(parser, parsed)
+        write_resolved_config(parser, parsed, skip=getattr(module, "NOT_RESOLVED", ()))
     return code
 
 
@@ -94,14 +98,24 @@ def command_parser(prog: str, description: str):
     return parser
 
 
-def write_resolved_config(parser, parsed) -> Path | None:
-    """Write the settings a run actually used beside its outputs (`--out` folder), if it has one."""
+def write_resolved_config(parser, parsed, skip: tuple[str, ...] = ()) -> Path | None:
+    """Write the settings a run actually used beside its outputs (`--out` folder), if it has one;
+    `skip`: options that are no settings and must not land in a file (a command's secrets)."""
     out = getattr(parsed, "out", None)
     if not out or not Path(out).is_dir():
         return None
     from envs.atomic_io import write_text_atomic
 
-    return write_text_atomic(Path(out) / RESOLVED, parser.dump(parsed))
+    return write_text_atomic(Path(out) / RESOLVED, resolved_yaml(parser, parsed, skip))
+
+
+def resolved_yaml(parser, parsed, skip: tuple[str, ...] = ()) -> str:
+    """The parsed settings as the YAML `--config` reads back."""
+    kept = parsed.clone()
+    for key in skip:
+        if key in kept:
+            del kept[key]
+    return parser.dump(kept)
 
 
 def configure_logging() -> None:

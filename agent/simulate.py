@@ -5,8 +5,9 @@ Policies:
   merge            the pretrain run's merge baseline (calibrated single-modal scores)
   checkpoint:PATH  a reranker checkpoint (pretrain.checkpoint format)
 Score-based policies sample Plackett-Luce rankings at `--temperature` (exact propensities from
-pretrain.plackett_luce, the one PL implementation) or rank greedily with `--temperature 0`
-(propensity 1). Pages and simulator truth come from a pretrain run (`--run`, scored pages) or a world
+pretrain.plackett_luce, the one PL implementation; default: the endpoint's exploration temperature,
+serving.settings.SERVING_TEMPERATURE, so a simulated log looks like a served one) or rank greedily
+with `--temperature 0` (propensity 1). Pages and simulator truth come from a pretrain run (`--run`, scored pages) or a world
 folder (`--world`; single-modal scores then unknown, so consistency is NaN).
 """
 
@@ -32,6 +33,7 @@ from envs.simulation import (
 )
 from envs.world import WHOLE_PAGE_SPLITS, Split, WorldConfig, generate_world
 from pretrain.plackett_luce import masked_logits, sample_topk, stepwise_log_probs
+from serving.settings import SERVING_TEMPERATURE
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", help="pretrain run folder (scored pages, merge, truth)")
     p.add_argument("--world", help="world folder (when no pretrain run is available)")
     p.add_argument("--split", default="traffic", choices=WHOLE_PAGE_SPLITS)
-    p.add_argument("--temperature", type=float, default=1.0, help="PL temperature; 0 = greedy")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=SERVING_TEMPERATURE,
+        help="PL temperature (default: the endpoint's exploration temperature); 0 = greedy",
+    )
     # sessions, seed, slate size, the user model (--simulation.user.*) and the reward (--simulation.reward.*)
     p.add_class_arguments(SimulationConfig, "simulation")
     p.add_argument("--no-plots", action="store_true")

@@ -100,6 +100,9 @@ class TrainConfig:
     # Exploration: logits = scores / temperature. SMAR's scores are in grade units, so at a low
     # temperature its Plackett-Luce policy hardly varies the page layout and a batch cannot tell which
     # modality to move up (agent.reward_landscape.layout_gradient; RESULTS.md, "Constrained RL defaults").
+    # Not the endpoint's exploration temperature (serving.settings.SERVING_TEMPERATURE): exploring
+    # here costs only simulated sessions, while the endpoint's costs reward on every page users see.
+    # The policy is exported and evaluated deterministically (top-K by score), whatever it trained at.
     temperature: float = 4.0
     # constraint (agent.learner.ConstraintConfig)
     target: float | None = None  # absolute consistency target; None -> target_fraction x SMAR's

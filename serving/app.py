@@ -48,7 +48,7 @@ from serving.schemas import (
     VersionResponse,
 )
 from serving.scoring import Scorer
-from serving.settings import RANKER, AppSettings, RuntimeConfig
+from serving.settings import RANKER, AppSettings, RankerDeployment, RuntimeConfig
 from serving.stages import process_cpu_s
 from serving.tokens import EventSigner
 
@@ -59,12 +59,15 @@ from serving.tokens import EventSigner
 # travels to the replicas with this class (the mixins' methods are imported there afresh).
 
 
+_DEPLOYMENT = RankerDeployment()  # the deploy config states the same (tests/serving/test_settings.py)
+
+
 @serve.deployment(
     name=RANKER,
-    num_replicas=1,
-    max_ongoing_requests=64,
-    max_queued_requests=512,
-    ray_actor_options={"num_cpus": 1},
+    num_replicas=_DEPLOYMENT.num_replicas,
+    max_ongoing_requests=_DEPLOYMENT.max_ongoing_requests,
+    max_queued_requests=_DEPLOYMENT.max_queued_requests,
+    ray_actor_options={"num_cpus": _DEPLOYMENT.num_cpus},
     user_config=RuntimeConfig().to_dict(),
     health_check_period_s=5,
     graceful_shutdown_timeout_s=20,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.settings import SERVING_TEMPERATURE
+
 CONCURRENCY = (1, 8, 32)
 HTTP_RUNS = ("fastapi", "serve_fast", "serve_proxy")
 N_CANDIDATES = 50
@@ -138,13 +140,13 @@ def model_cell(scorer, prepared: list, c: int, batches: int, gen) -> dict:
     from serving.stages import thread_time
 
     for i in range(2):
-        scorer.rank(prepared[i : i + c] or prepared[:1], "plackett_luce", 1.0, gen)
+        scorer.rank(prepared[i : i + c] or prepared[:1], "plackett_luce", SERVING_TEMPERATURE, gen)
     lat, cpu = [], 0.0
     t0 = time.perf_counter()
     for i in range(batches):
         batch = [prepared[(i * c + j) % len(prepared)] for j in range(c)]
         t, tc = time.perf_counter(), thread_time()
-        scorer.rank(batch, "plackett_luce", 1.0, gen)
+        scorer.rank(batch, "plackett_luce", SERVING_TEMPERATURE, gen)
         cpu += thread_time() - tc
         lat.append(1000 * (time.perf_counter() - t))
     return {"lat": lat, "wall": time.perf_counter() - t0, "pages": batches * c, "cpu": cpu}

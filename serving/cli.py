@@ -1,14 +1,23 @@
 """`smar serve`: run the endpoint, and publish / roll back model versions (hot swaps, no restart).
 
-    smar serve [--checkpoint PATH] [--registry DIR] [--port P] [--replicas R] [--log-dir DIR] ...
+    smar serve [--checkpoint PATH] [--http.port P] [--ranker.num_replicas R] [--runtime.temperature T]
+               [--app.FIELD V] [--app.logs.FIELD V] [--ranker.FIELD V] [--runtime.FIELD V] [--out DIR]
     smar serve publish PATH [--token T]     verify + register PATH, make the running app serve it
     smar serve rollback [--token T]         back to the previous version, in place
     smar serve token                        configure (rotate) the admin token; prints it once
 
-`run` deploys `serving/config.yaml` with these overrides, the same app `serve run serving/config.yaml`
-starts. `publish`/`rollback` change the registry and, when a Serve app is running on the Ray cluster
-at `--address` (default: the local one), swap it in place; they need the admin token when one is
-configured (`--token` or the SMAR_ADMIN_TOKEN environment variable).
+Every setting of serving.settings.ServeSettings is an option: `--http.*` (HttpSettings: host, port,
+request timeout), `--app.*` (AppSettings: registry, log and state folders, request limits, event TTL,
+seed; `--app.logs.*` the log writers' bounds), `--ranker.*` (RankerDeployment: replicas, CPUs per
+replica, request bounds) and `--runtime.*` (RuntimeConfig: version, exploration and its temperature,
+batching). Their defaults are the deploy config's: the shipped `serving/config.yaml`, or the file
+`--serve-config` names (on the command line or in a `--config` file), so options layer over it.
+`run` deploys that file with these settings, the same app `serve run serving/config.yaml` starts;
+`--out DIR` writes the settings to DIR/resolved.yaml when the command ends (`--config` reproduces
+the run; the admin token is never written). `publish`/`rollback` change the registry and, when a
+Serve app is running on the Ray cluster at `--address` (default: the local one), swap it in place;
+they need the admin token when one is configured (`--token` or the SMAR_ADMIN_TOKEN environment
+variable).
 """
 
 from __future__ import annotations
@@ -18,11 +27,28 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
-from serving.settings import APP_NAME, AppSettings, app_entry, load_config, with_overrides
+import yaml
+
+from serving.settings import (
+    APP_NAME,
+    CONFIG_PATH,
+    AppSettings,
+    HttpSettings,
+    RankerDeployment,
+    RuntimeConfig,
+    ServeSettings,
+    deploy_config,
+    load_config,
+    settings_of,
+)
+
+NOT_RESOLVED = ("token",)  # a secret: never written to resolved.yaml
+GROUPS = {"http": HttpSettings, "app": AppSettings, "ranker": RankerDeployment, "runtime": RuntimeConfig}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p) -> None:
     p.add_argument(
         "action",
         nargs="?",
@@ -30,41 +56,79 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["run", "publish", "rollback", "token"],
         help="run the app (default), publish a checkpoint, roll back, or set the admin token",
     )
-    p.add_argument("path", nargs="?", help="checkpoint folder (publish)")
-    p.add_argument("--checkpoint", help="publish this checkpoint to the registry before serving")
-    p.add_argument("--registry", help="registry folder (default: config.yaml args.registry)")
-    p.add_argument("--log-dir", help="impression/feedback log folder (default: config.yaml args.log_dir)")
-    p.add_argument("--port", type=int, help="HTTP port (default: config.yaml, 8000)")
-    p.add_argument("--replicas", type=int, help="Ranker replicas (default 1)")
-    p.add_argument("--num-cpus", type=float, help="CPUs reserved per Ranker replica (default 1)")
+    p.add_argument("path", nargs="?", default=None, help="checkpoint folder (publish)")
     p.add_argument(
-        "--serve-config", help="a Serve deploy config to use instead of the shipped serving/config.yaml"
-    )
-    p.add_argument("--address", help="Ray cluster address (default: start a local Ray for run; 'auto' else)")
-    p.add_argument(
-        "--duration", type=float, help="serve for this many seconds then shut down (default: until Ctrl-C)"
+        "--checkpoint", default=None, help="publish this checkpoint to the registry before serving"
     )
     p.add_argument(
-        "--token", default=os.environ.get("SMAR_ADMIN_TOKEN"), help="admin token (publish/rollback)"
+        "--serve-config",
+        default=None,
+        help="a Serve deploy config to use instead of the shipped serving/config.yaml (its settings become "
+        "the options' defaults)",
     )
+    for key, cls in GROUPS.items():
+        p.add_class_arguments(cls, key)
+    p.add_argument("--out", default=None, help="folder for resolved.yaml (the settings this run used)")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: start a local Ray for run; 'auto' else)",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="serve for this many seconds then shut down (default: until Ctrl-C)",
+    )
+    p.add_argument("--token", default=None, help="admin token (publish/rollback; default: $SMAR_ADMIN_TOKEN)")
 
 
-def _config(args: argparse.Namespace) -> dict:
-    base = load_config(args.serve_config) if args.serve_config else load_config()
-    over = {k: v for k, v in {"registry": args.registry, "log_dir": args.log_dir}.items() if v}
-    return with_overrides(base, port=args.port, replicas=args.replicas, num_cpus=args.num_cpus, args=over)
+def defaults_for(argv: list[str]) -> dict:
+    """The options' defaults: the settings of the deploy config `--serve-config` names (the last one on
+    the command line or in a `--config` file), else of the shipped one."""
+    path = None
+    for i, arg in enumerate(argv):
+        name, _, value = arg.partition("=")
+        if name not in ("--serve-config", "--config"):
+            continue
+        value = value or (argv[i + 1] if i + 1 < len(argv) else "")
+        if name == "--serve-config":
+            path = value
+        elif Path(value).is_file():
+            named = (yaml.safe_load(Path(value).read_text()) or {}).get("serve_config")
+            path = named or path
+    return _flat(settings_of(load_config(path or CONFIG_PATH)).to_dict())
 
 
-def _settings(cfg: dict) -> AppSettings:
-    return AppSettings.from_dict(app_entry(cfg, APP_NAME).get("args"))
+def _flat(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def settings(args: argparse.Namespace) -> ServeSettings:
+    return ServeSettings(**{key: getattr(args, key) for key in GROUPS})
+
+
+def deploy_config_of(args: argparse.Namespace) -> dict:
+    """The deploy config this command runs: the `--serve-config` file (or the shipped one) stating
+    every setting of `args`."""
+    return deploy_config(load_config(args.serve_config or CONFIG_PATH), settings(args))
 
 
 def run(args: argparse.Namespace) -> int:
     from pretrain.checkpoint import CheckpointError
     from serving.registry import AdminTokenError, Registry, RegistryError
 
-    cfg = _config(args)
-    reg = Registry(_settings(cfg).registry)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    cfg = deploy_config_of(args)
+    reg = Registry(args.app.resolved().registry)
+    token = args.token or os.environ.get("SMAR_ADMIN_TOKEN")
     try:
         if args.action == "token":
             print(f"admin token for {reg.root} (shown once; pass as --token or SMAR_ADMIN_TOKEN):")
@@ -74,15 +138,15 @@ def run(args: argparse.Namespace) -> int:
             if not args.path:
                 print("smar serve publish: PATH (a checkpoint folder) is required", file=sys.stderr)
                 return 2
-            version = reg.publish(args.path, token=args.token)
+            version = reg.publish(args.path, token=token)
             print(f"published {version} to {reg.root}")
             return _swap_running(version, args)
         if args.action == "rollback":
-            version = reg.rollback(token=args.token)
+            version = reg.rollback(token=token)
             print(f"rolled back to {version}")
             return _swap_running(version, args)
         if args.checkpoint:
-            print(f"published {reg.publish(args.checkpoint, token=args.token)} to {reg.root}")
+            print(f"published {reg.publish(args.checkpoint, token=token)} to {reg.root}")
     except AdminTokenError as e:
         print(f"refused: {e}", file=sys.stderr)
         return 3

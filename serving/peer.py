@@ -19,7 +19,7 @@ from serving.feedback_log import IMPRESSIONS, LogWriter, impression_row, now_ms
 from serving.ledger import new_event_id
 from serving.schemas import RankResponse, check_rank, rank_response_json
 from serving.scoring import Scorer
-from serving.settings import AppSettings
+from serving.settings import SERVING_TEMPERATURE, AppSettings
 from serving.stages import CLOCK, process_cpu_s, thread_time
 
 
@@ -58,7 +58,7 @@ def build_peer_app(checkpoint: str, log_dir: str, seed: int = 0) -> FastAPI:
         t2 = thread_time()
         prepared = scorer.prepare(req)
         t3 = thread_time()
-        r = scorer.rank([prepared], "plackett_luce", 1.0, gen)[0]
+        r = scorer.rank([prepared], "plackett_luce", SERVING_TEMPERATURE, gen)[0]
         t4 = thread_time()
         eid = new_event_id()
         t5 = thread_time()

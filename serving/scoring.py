@@ -24,6 +24,7 @@ from pretrain import plackett_luce as pl
 from pretrain.checkpoint import Checkpoint, load_checkpoint
 from pretrain.reranker import WholePageReranker
 from serving.schemas import RankRequest
+from serving.settings import SERVING_TEMPERATURE
 from serving.stages import CLOCK, thread_time
 
 
@@ -121,7 +122,7 @@ class Scorer:
         self,
         pages: list[Prepared],
         exploration: str = "plackett_luce",
-        temperature: float = 1.0,
+        temperature: float = SERVING_TEMPERATURE,
         generator: torch.Generator | None = None,
     ) -> list[Ranked]:
         """Score and rank a batch; pages with explore=True are sampled when exploration is PL."""

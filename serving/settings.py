@@ -3,15 +3,18 @@
 `AppSettings` are fixed for the life of a deployment (they are the builder's `args` in `config.yaml`;
 changing them redeploys). `RuntimeConfig` is the deployment's `user_config`: Serve hands it to
 `reconfigure` on live replicas, so the model version, exploration and batching change in place,
-without a restart. `config.yaml` (shipped as package data) states the same defaults as these
-dataclasses; a test keeps the two in step, so `smar serve` and `serve run serving/config.yaml` run the
-same app.
+without a restart. `HttpSettings` (the proxy's `http_options`) and `RankerDeployment` (the Ranker's
+replicas and their resources) are the rest of the deploy config a run may set. `ServeSettings` holds
+all four: `settings_of(config)` reads them from a deploy config, `deploy_config(base, settings)` writes
+them into one (`smar serve` derives its options from these dataclasses). `config.yaml` (shipped as
+package data) states the same defaults as these dataclasses; a test keeps the two in step, so
+`smar serve` and `serve run serving/config.yaml` run the same app.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,12 @@ APP_NAME = "smar"
 RANKER = "Ranker"
 LEDGER = "EventLedger"
 EXPLORATION_MODES = ("greedy", "plackett_luce")
+# What the endpoint samples at when a request asks to explore (Plackett-Luce over scores / T), and so
+# what `smar simulate` and the online loop serve at: one exploration budget. Lower keeps the served
+# slates close to the deterministic ranking (the live cost of exploring, which the online loop reports
+# every round); higher gives the off-policy update more varied logs. The value is the online loop's
+# measured trade-off (RESULTS.md, "Continual online updates").
+SERVING_TEMPERATURE = 0.5
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,7 @@ class RuntimeConfig:
 
     version: str | None = None  # registry version to serve; None = the registry's current pointer
     exploration: str = "plackett_luce"  # used when a request sets explore=true; otherwise greedy
-    temperature: float = 1.0
+    temperature: float = SERVING_TEMPERATURE  # Plackett-Luce over scores / temperature
     batching: bool = True
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.0  # extra wait for a batch to fill (serving.batcher); 0 = none
@@ -101,6 +110,50 @@ class RuntimeConfig:
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> RuntimeConfig:
         return config_io.from_dict(RuntimeConfig, d, "user_config")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The deploy config's `http_options`: where Serve's proxy listens (fast-path replicas bind the same
+    host, on ports of their own)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    request_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+
+
+@dataclass(frozen=True)
+class RankerDeployment:
+    """The Ranker deployment's replicas and resources in the deploy config."""
+
+    num_replicas: int = 1
+    # The proxy and controller reserve no CPU, so on 2 cores one replica at 1 CPU (or 2 at 0.5) fits.
+    num_cpus: float = 1.0
+    max_ongoing_requests: int = 64
+    max_queued_requests: int = 512  # beyond this Serve answers 503 instead of queueing without bound
+
+    def __post_init__(self) -> None:
+        if self.num_replicas < 1:
+            raise ValueError(f"num_replicas must be >= 1, got {self.num_replicas}")
+        if self.num_cpus < 0:
+            raise ValueError(f"num_cpus must be >= 0, got {self.num_cpus}")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Every setting of a Serve run that a deploy config holds and `smar serve` sets."""
+
+    http: HttpSettings = field(default_factory=HttpSettings)
+    app: AppSettings = field(default_factory=AppSettings)
+    ranker: RankerDeployment = field(default_factory=RankerDeployment)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,6 +181,44 @@ def deployment_entry(app: dict[str, Any], name: str) -> dict[str, Any]:
     return dep
 
 
+def settings_of(config: dict[str, Any]) -> ServeSettings:
+    """The settings a deploy config states (strict on the app's args and user_config; a setting it
+    leaves out takes the dataclass default; http_options Serve knows but we do not set are ignored)."""
+    app = app_entry(config)
+    ranker = deployment_entry(copy.deepcopy(app), RANKER)
+    http = config.get("http_options") or {}
+    deployment = {
+        k: ranker[k] for k in ("num_replicas", "max_ongoing_requests", "max_queued_requests") if k in ranker
+    }
+    if "num_cpus" in (ranker.get("ray_actor_options") or {}):
+        deployment["num_cpus"] = ranker["ray_actor_options"]["num_cpus"]
+    return ServeSettings(
+        http=config_io.from_dict(HttpSettings, {k: http[k] for k in _fields(HttpSettings) if k in http}),
+        app=AppSettings.from_dict(app.get("args")),
+        ranker=config_io.from_dict(RankerDeployment, deployment, RANKER),
+        runtime=RuntimeConfig.from_dict(ranker.get("user_config")),
+    )
+
+
+def deploy_config(base: dict[str, Any], settings: ServeSettings) -> dict[str, Any]:
+    """A copy of the deploy config `base` that states `settings` (the app's paths made absolute);
+    everything else (proxy location, import path, the ledger's deployment) stays as `base` has it."""
+    cfg = copy.deepcopy(base)
+    cfg.setdefault("http_options", {}).update(asdict(settings.http))
+    app = app_entry(cfg)
+    app["args"] = settings.app.resolved().to_dict()
+    ranker = deployment_entry(app, RANKER)
+    d = settings.ranker
+    ranker.update(
+        num_replicas=d.num_replicas,
+        max_ongoing_requests=d.max_ongoing_requests,
+        max_queued_requests=d.max_queued_requests,
+    )
+    ranker.setdefault("ray_actor_options", {})["num_cpus"] = d.num_cpus
+    ranker["user_config"] = settings.runtime.to_dict()
+    return cfg
+
+
 def with_overrides(
     config: dict[str, Any],
     *,
@@ -137,18 +228,18 @@ def with_overrides(
     args: dict[str, Any] | None = None,
     user_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A copy of a deploy config with CLI overrides applied (validated through the dataclasses)."""
-    cfg = copy.deepcopy(config)
-    if port is not None:
-        cfg.setdefault("http_options", {})["port"] = int(port)
-    app = app_entry(cfg)
-    merged_args = {**(app.get("args") or {}), **(args or {})}
-    app["args"] = AppSettings.from_dict(merged_args).resolved().to_dict()
-    ranker = deployment_entry(app, RANKER)
-    if replicas is not None:
-        ranker["num_replicas"] = int(replicas)
-    if num_cpus is not None:
-        ranker.setdefault("ray_actor_options", {})["num_cpus"] = float(num_cpus)
-    uc = {**(ranker.get("user_config") or {}), **(user_config or {})}
-    ranker["user_config"] = RuntimeConfig.from_dict(uc).to_dict()
-    return cfg
+    """A copy of a deploy config with some settings changed (validated through the dataclasses)."""
+    s = settings_of(config)
+    http = s.http if port is None else replace(s.http, port=int(port))
+    ranker = replace(
+        s.ranker,
+        num_replicas=s.ranker.num_replicas if replicas is None else int(replicas),
+        num_cpus=s.ranker.num_cpus if num_cpus is None else float(num_cpus),
+    )
+    app = AppSettings.from_dict({**s.app.to_dict(), **(args or {})})
+    runtime = RuntimeConfig.from_dict({**s.runtime.to_dict(), **(user_config or {})})
+    return deploy_config(config, ServeSettings(http=http, app=app, ranker=ranker, runtime=runtime))
+
+
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]

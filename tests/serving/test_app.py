@@ -8,7 +8,6 @@ longer than the module's run time).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import shutil
@@ -306,6 +305,7 @@ def _replicas(app, n=30) -> set[str]:
 
 
 def test_publish_swaps_in_place_with_no_failed_request(app, serving_ckpts):
+    from agent.cli import command_parser
     from serving import cli
 
     before = _replicas(app)
@@ -326,11 +326,10 @@ def test_publish_swaps_in_place_with_no_failed_request(app, serving_ckpts):
     for t in threads:
         t.start()
     time.sleep(1.0)
-    p = argparse.ArgumentParser()
+    p = command_parser("smar serve", "")
     cli.add_arguments(p)
-    assert (
-        cli.run(p.parse_args(["publish", str(serving_ckpts["b"].path), "--registry", str(app.reg.root)])) == 0
-    )
+    argv = ["publish", str(serving_ckpts["b"].path), "--app.registry", str(app.reg.root)]
+    assert cli.run(p.instantiate(p.parse_args(argv))) == 0
     time.sleep(1.0)
     stop.set()
     for t in threads:

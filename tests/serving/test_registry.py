@@ -87,19 +87,20 @@ def test_admin_token(serving_ckpts, tmp_path):
 
 
 def test_cli_publish_requires_the_token(serving_ckpts, tmp_path, capsys):
-    import argparse
-
+    from agent.cli import command_parser
     from serving import cli
 
     reg = Registry(tmp_path / "reg")
     token = reg.set_admin_token()
-    p = argparse.ArgumentParser()
+    p = command_parser("smar serve", "")
     cli.add_arguments(p)
-    args = p.parse_args(
-        ["publish", str(serving_ckpts["a"].path), "--registry", str(reg.root), "--token", "nope"]
+    args = p.instantiate(
+        p.parse_args(
+            ["publish", str(serving_ckpts["a"].path), "--app.registry", str(reg.root), "--token", "nope"]
+        )
     )
     assert cli.run(args) == 3
     assert "refused" in capsys.readouterr().err
     assert reg.current() is None
-    args = p.parse_args(["rollback", "--registry", str(reg.root), "--token", token])
+    args = p.instantiate(p.parse_args(["rollback", "--app.registry", str(reg.root), "--token", token]))
     assert cli.run(args) == 1  # nothing to roll back to
