@@ -26,10 +26,10 @@ about the page layout (one score offset per modality) at a given Plackett-Luce p
 
 Offsets and weights are chosen on `traffic` sessions (the RL training pages), never on `test`; the
 chosen policies are then evaluated on `test` exactly like the methods. The choice has two stages, so
-that it is not the luckiest of hundreds of noisy grid points: (1) one sweep of the grid
-(`offset_sweep`: per-session returns, SEARCH_REPEATS plays of SEARCH_SESSIONS sessions); (2) the
+that it is not the luckiest of hundreds of noisy grid points: (1) one sweep of the grid (`_sweep`,
+`offset_sweep`: per-session returns, SEARCH_REPEATS plays of SEARCH_SESSIONS sessions); (2) the
 REFINE_TOP best candidates of the sweep are played again, REFINE_REPEATS times with a fresh seed, and
-the best of those is chosen. The same sweep ranks candidates over all sessions (fixed offsets) and over
+the best of those is chosen (`_refine`; `_fixed_reference`, `_intent_reference`). The same sweep ranks candidates over all sessions (fixed offsets) and over
 each intent's sessions (`top_by_intent`), so the per-intent references add no sweep, only the second
 stage on each intent's sessions. `search_reward` is the chosen policy's second-stage mean return on the
 search sessions (`search_base_reward`: the base scores without offsets, same plays); with per-intent
@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +53,7 @@ from envs.world import ItemTruth
 OFFSET_GRID = (-5.0, 0.0, 2.0, 5.0, 10.0, 30.0)  # doc stays at 0; in units of the base score
 TRUTH_OFFSET_GRID = (0.0, 2.0, 5.0, 10.0)  # the grade's units (0..4)
 ATTRACT_WEIGHTS = (0.0, 4.0, 12.0)  # truth_offsets: weight of attractiveness next to the grade
-SMAR_ATTRACT_WEIGHTS = (1.0, 4.0)  # smar_attractiveness_offsets (SMAR's page score std is ~2.5)
+SMAR_ATTRACT_WEIGHTS = (1.0, 4.0)  # smar_attractiveness_offsets, in units of SMAR's score
 SEARCH_SESSIONS = 500  # traffic sessions the grid search plays (500 = all of the default world's)
 SEARCH_REPEATS = 2  # plays of each search session per grid point in the sweep
 REFINE_TOP = 8  # candidates of the sweep (per intent for the intent-aware references) played again
@@ -106,102 +108,178 @@ def top_by_intent(returns: np.ndarray, intents: np.ndarray, k: int) -> list[np.n
     return out
 
 
+@dataclass(frozen=True)
+class _Sessions:
+    """The search sessions (the head of traffic, with their intents and SMAR's scores) and the test
+    sessions every chosen reference is evaluated on (the methods' seed and repeats)."""
+
+    pages: Pages
+    truth: ItemTruth
+    intents: np.ndarray
+    smar: np.ndarray
+    test: Any
+    smar_test: np.ndarray
+    serp: Any
+    seed: int
+    repeats: int
+
+    def evaluate(self, policy) -> dict:
+        """A policy (or a scorer) played on the test sessions like the methods."""
+        t = self.test
+        return evaluate_policy(policy, t.pages, t.truth, seed=self.seed, repeats=self.repeats, serp=self.serp)
+
+    def evaluate_scores(self, scores: np.ndarray) -> dict:
+        """Fixed scores of the test pages played like the methods."""
+        return self.evaluate(lambda _p: scores)
+
+    def replay(self, scores: np.ndarray, sessions: np.ndarray | None = None) -> np.ndarray:
+        """Second-stage returns [REFINE_REPEATS, sessions] of fixed scores on the search sessions."""
+        return session_returns(
+            lambda _p: scores,
+            self.pages,
+            self.truth,
+            sessions=sessions,
+            seed=REFINE_SEED,
+            repeats=REFINE_REPEATS,
+            serp=self.serp,
+        )
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    """Stage 1 of one reference family: every (weight, offsets) candidate's sweep returns."""
+
+    base: np.ndarray  # the family's base scores on the search sessions
+    weights: np.ndarray  # [C] attractiveness weight of each candidate
+    offsets: np.ndarray  # [C, 4] per-modality offsets
+    returns: np.ndarray  # [C, SEARCH_REPEATS, sessions]
+
+    def scores(self, j: int, ss: _Sessions) -> np.ndarray:
+        return self.base + self.weights[j] * ss.truth.attractiveness + self.offsets[j][ss.pages.modality]
+
+
+Base = Callable[[ItemTruth, np.ndarray], np.ndarray]  # (truth, SMAR's scores) -> a family's base scores
+
+
+def _sweep(ss: _Sessions, base: Base, weights: Sequence[float], grid: Sequence[float]) -> _Sweep:
+    """Stage 1: `base + w * attractiveness + offsets[modality]` for every w and offset vector of `grid`."""
+    base_search = base(ss.truth, ss.smar)
+    ws, combos, returns = [], [], []
+    for w in weights:
+        c, r = offset_sweep(
+            lambda _p, w=w: base_search + w * ss.truth.attractiveness,
+            ss.pages,
+            ss.truth,
+            ss.serp,
+            grid,
+            repeats=SEARCH_REPEATS,
+        )
+        ws += [w] * len(c)
+        combos.append(c)
+        returns.append(r)
+    return _Sweep(base_search, np.asarray(ws, np.float32), np.concatenate(combos), np.concatenate(returns))
+
+
+def _refine(
+    ss: _Sessions, sweep: _Sweep, cands: np.ndarray, sessions: np.ndarray | None
+) -> tuple[int, float, int]:
+    """Stage 2: (candidate, its second-stage mean, episodes) of the best of `cands` on `sessions`."""
+    plays = [ss.replay(sweep.scores(int(j), ss), sessions) for j in cands]
+    means = [float(r.mean()) for r in plays]
+    i = int(np.argmax(means))
+    return int(cands[i]), means[i], plays[i].size
+
+
+def _fixed_reference(ss: _Sessions, sweep: _Sweep, base: Base, weights: Sequence[float]) -> tuple[dict, int]:
+    """The best candidate over all search sessions, evaluated on test; returns (its row, its index)."""
+    means = sweep.returns.reshape(len(sweep.offsets), -1).mean(1)
+    i, search_reward, _ = _refine(ss, sweep, np.argsort(-means, kind="stable")[:REFINE_TOP], None)
+    t = ss.test
+    s = (
+        base(t.truth, ss.smar_test)
+        + sweep.weights[i] * t.truth.attractiveness
+        + sweep.offsets[i][t.pages.modality]
+    )
+    row = {"attractiveness_weight": float(sweep.weights[i])} if len(weights) > 1 or weights[0] != 0 else {}
+    search = {"search_reward": search_reward}
+    if 0.0 in weights:  # the base itself (no offsets) with the same second-stage plays
+        search["search_base_reward"] = float(ss.replay(sweep.base).mean())
+    return {**ss.evaluate_scores(s), **row, "offsets": sweep.offsets[i].tolist(), **search}, i
+
+
+def _intent_reference(ss: _Sessions, sweep: _Sweep, base: Base, fixed: dict, i: int) -> dict:
+    """The best candidate per query intent (the same sweep, stage 2 on each intent's sessions), each
+    test page scored with its intent's choice; an intent absent from the search keeps the fixed one."""
+    choice = np.full(N_MODALITIES, i, np.int64)
+    pooled, episodes = 0.0, 0
+    for g, top in enumerate(top_by_intent(sweep.returns, ss.intents, REFINE_TOP)):
+        if len(top):
+            choice[g], m, n = _refine(ss, sweep, top, np.flatnonzero(ss.intents == g))
+            pooled, episodes = pooled + m * n, episodes + n
+    t = ss.test
+    item_choice = choice[np.repeat(np.asarray(t.truth.preferred_modality, np.int64), t.pages.sizes)]
+    s = (
+        base(t.truth, ss.smar_test)
+        + sweep.weights[item_choice] * t.truth.attractiveness
+        + sweep.offsets[item_choice, t.pages.modality]
+    )
+    search = {k: v for k, v in fixed.items() if k.startswith("search_")}
+    return {
+        **ss.evaluate_scores(s),
+        **(
+            {"attractiveness_weight": sweep.weights[choice].tolist()}
+            if "attractiveness_weight" in fixed
+            else {}
+        ),
+        "offsets": sweep.offsets[choice].tolist(),  # one row per intent (doc, image, video, answer)
+        **search,
+        "search_reward": pooled / episodes,
+    }
+
+
+def _smar_base(_truth: ItemTruth, smar: np.ndarray) -> np.ndarray:
+    return np.asarray(smar, np.float32)
+
+
+def _grade_base(truth: ItemTruth, _smar: np.ndarray) -> np.ndarray:
+    return truth.relevance.astype(np.float32)
+
+
 def reference_policies(
     run, smar, serp, seed: int, repeats: int, fresh_seeds: int = 3, attractiveness: bool = True
 ) -> dict[str, dict]:
     """Evaluate every reference policy on the run's `test` sessions (same seed/repeats as the methods).
     `attractiveness=False` skips the smar_attractiveness_* pair (two thirds of the search's cost)."""
     train, test = run.split("traffic"), run.split("test")
-    search_pages, search_truth = head_sessions(train.pages, train.truth, SEARCH_SESSIONS)
-    intents = session_intents(search_pages, search_truth)
-    smar_search = smar.score_pages(search_pages)
-    smar_test = smar.score_pages(test.pages)
-
-    def ev(scorer) -> dict:
-        return evaluate_policy(scorer, test.pages, test.truth, seed=seed, repeats=repeats, serp=serp)
-
-    def replay(scores: np.ndarray, sessions: np.ndarray | None = None) -> np.ndarray:
-        """Second-stage returns [REFINE_REPEATS, sessions] of fixed scores on the search sessions."""
-        return session_returns(
-            lambda _p: scores,
-            search_pages,
-            search_truth,
-            sessions=sessions,
-            seed=REFINE_SEED,
-            repeats=REFINE_REPEATS,
-            serp=serp,
-        )
-
-    def add(name: str, base, weights: Sequence[float], grid: Sequence[float], intent: bool) -> None:
-        """`base(truth, smar scores) + w * attractiveness + offsets[modality]`, w in `weights` and the
-        offsets on `grid` chosen on the search sessions (two stages); with `intent`, also per intent."""
-        base_search = base(search_truth, smar_search)
-        ws, combos, returns = [], [], []
-        for w in weights:
-            c, r = offset_sweep(
-                lambda _p, w=w: base_search + w * search_truth.attractiveness,
-                search_pages,
-                search_truth,
-                serp,
-                grid,
-                repeats=SEARCH_REPEATS,
-            )
-            ws += [w] * len(c)
-            combos.append(c)
-            returns.append(r)
-        ws, combos, returns = np.asarray(ws, np.float32), np.concatenate(combos), np.concatenate(returns)
-
-        def search_scores(j: int) -> np.ndarray:
-            return base_search + ws[j] * search_truth.attractiveness + combos[j][search_pages.modality]
-
-        def best(cands: np.ndarray, sessions: np.ndarray | None) -> tuple[int, float, int]:
-            """(candidate, its second-stage mean, episodes) of the best of `cands` on `sessions`."""
-            plays = [replay(search_scores(int(j)), sessions) for j in cands]
-            means = [float(r.mean()) for r in plays]
-            i = int(np.argmax(means))
-            return int(cands[i]), means[i], plays[i].size
-
-        means = returns.reshape(len(combos), -1).mean(1)
-        i, search_reward, _ = best(np.argsort(-means, kind="stable")[:REFINE_TOP], None)
-        s = base(test.truth, smar_test) + ws[i] * test.truth.attractiveness + combos[i][test.pages.modality]
-        row = {"attractiveness_weight": float(ws[i])} if len(weights) > 1 or weights[0] != 0 else {}
-        search = {"search_reward": search_reward}
-        if 0.0 in weights:  # the base itself (no offsets) with the same second-stage plays
-            search["search_base_reward"] = float(replay(base_search).mean())
-        out[name] = {**ev(lambda _p, s=s: s), **row, "offsets": combos[i].tolist(), **search}
-        if not intent:
-            return
-        choice = np.full(N_MODALITIES, i, np.int64)  # an intent absent from the search: the fixed choice
-        pooled, episodes = 0.0, 0
-        for g, top in enumerate(top_by_intent(returns, intents, REFINE_TOP)):
-            if len(top):
-                choice[g], m, n = best(top, np.flatnonzero(intents == g))
-                pooled, episodes = pooled + m * n, episodes + n
-        page_intent = np.asarray(test.truth.preferred_modality, np.int64)
-        item_choice = choice[np.repeat(page_intent, test.pages.sizes)]
-        s = (
-            base(test.truth, smar_test)
-            + ws[item_choice] * test.truth.attractiveness
-            + combos[item_choice, test.pages.modality]
-        )
-        out[name.replace("_offsets", "_intent_offsets")] = {
-            **ev(lambda _p, s=s: s),
-            **({"attractiveness_weight": ws[choice].tolist()} if row else {}),
-            "offsets": combos[choice].tolist(),  # one row per intent (doc, image, video, answer)
-            **search,
-            "search_reward": pooled / episodes,
-        }
-
-    out: dict[str, dict] = {}
-    smar_base = lambda _t, s: np.asarray(s, np.float32)  # noqa: E731
-    add("smar_modality_offsets", smar_base, (0.0,), OFFSET_GRID, intent=True)
+    pages, truth = head_sessions(train.pages, train.truth, SEARCH_SESSIONS)
+    ss = _Sessions(
+        pages=pages,
+        truth=truth,
+        intents=session_intents(pages, truth),
+        smar=smar.score_pages(pages),
+        test=test,
+        smar_test=smar.score_pages(test.pages),
+        serp=serp,
+        seed=seed,
+        repeats=repeats,
+    )
+    families = {
+        "smar_modality_offsets": (0.0,)
+    }  # SMAR + offsets (+ w x attractiveness), fixed and per intent
     if attractiveness:
-        add("smar_attractiveness_offsets", smar_base, SMAR_ATTRACT_WEIGHTS, OFFSET_GRID, intent=True)
-    grade = lambda t, _s: t.relevance.astype(np.float32)  # noqa: E731
-    out["oracle_relevance"] = ev(lambda p: grade(test.truth, None) + test.truth.attractiveness)
-    add("truth_offsets", grade, ATTRACT_WEIGHTS, TRUTH_OFFSET_GRID, intent=False)
+        families["smar_attractiveness_offsets"] = SMAR_ATTRACT_WEIGHTS
+    out: dict[str, dict] = {}
+    for name, weights in families.items():
+        sweep = _sweep(ss, _smar_base, weights, OFFSET_GRID)
+        out[name], i = _fixed_reference(ss, sweep, _smar_base, weights)
+        out[name.replace("_offsets", "_intent_offsets")] = _intent_reference(
+            ss, sweep, _smar_base, out[name], i
+        )
+    out["oracle_relevance"] = ss.evaluate_scores(_grade_base(test.truth, None) + test.truth.attractiveness)
+    sweep = _sweep(ss, _grade_base, ATTRACT_WEIGHTS, TRUTH_OFFSET_GRID)
+    out["truth_offsets"], _ = _fixed_reference(ss, sweep, _grade_base, ATTRACT_WEIGHTS)
     for s in range(fresh_seeds):
-        out[f"fresh_network_seed{s}"] = ev(fresh_network(train.pages, smar, s))
+        out[f"fresh_network_seed{s}"] = ss.evaluate(fresh_network(train.pages, smar, s))
     return out
 
 

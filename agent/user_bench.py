@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from envs.atomic_io import write_json_atomic
 from envs.calibration import TARGETS, measure, report
-from envs.reward import REWARD_NAMES, RewardConfig
+from envs.config_io import JsonConfig
+from envs.reward import RewardConfig
 from envs.simulation import GreedyPolicy, RandomPolicy, SimulationConfig, simulate
 from envs.user_model import UserModelConfig
+from pretrain.run import DEFAULT_RUN
 
 NOISE_LADDER = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
@@ -166,31 +169,59 @@ def plot(rows: list[dict], path: Path, reward: str) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class SimulateBenchConfig(JsonConfig):
+    """Every setting of `smar bench simulate` (`--bench.FIELD`; the output folder is `--out`)."""
+
+    out: str = "results/simulate"
+    run: str = DEFAULT_RUN  # pretrain run (trained there first if missing)
+    user: UserModelConfig = field(default_factory=UserModelConfig)  # the simulated user (every part)
+    reward: RewardConfig = field(default_factory=RewardConfig)  # the product reward (the ladder)
+    sessions: int = 4000  # sessions per seed (calibration and ladder)
+    seeds: int = 3
+    pages: int = 20000  # speed part: shown slates per implementation
+    repeats: int = 15  # speed part: timed repeats of the vectorised model
+    seed: int = 0  # speed part
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", default="runs/pretrain", help="pretrain run (trained there first if missing)")
-    p.add_argument("--out", default="results/simulate", help="folder for report.json and the plots")
-    p.add_argument("--reward", default=RewardConfig().name, choices=REWARD_NAMES)
-    p.add_argument("--sessions", type=int, default=4000, help="sessions per seed (calibration and ladder)")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--pages", type=int, default=20000, help="speed part: shown slates per implementation")
-    p.add_argument(
-        "--repeats", type=int, default=15, help="speed part: timed repeats of the vectorised model"
-    )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=SimulateBenchConfig.out, help="folder for report.json and the plots")
+    p.add_class_arguments(SimulateBenchConfig, "bench", skip={"out"})
 
 
 def run(args: argparse.Namespace) -> int:
-    from envs.bench import run_bench as speed_bench
     from pretrain.run import open_or_pretrain
 
-    out = Path(args.out)
+    cfg = replace(args.bench, out=args.out)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    run_ = open_or_pretrain(args.run)
-    user, reward = UserModelConfig(), RewardConfig(name=args.reward)
-    cal = calibration(run_, user, args.sessions, args.seeds)
+    run_ = open_or_pretrain(cfg.run)
+    cal = calibration(run_, cfg.user, cfg.sessions, cfg.seeds)
+    _print_calibration(cal, cfg)
+    rows, checks = _ladder_part(run_, cfg)
+    speed = _speed_part(cfg)
+    report_ = {
+        "user_model": cfg.user.to_json(),
+        "reward": cfg.reward.to_json(),
+        "calibration": cal,
+        "ladder": rows,
+        "ladder_checks": checks,
+        "speed": speed,
+    }
+    write_json_atomic(out / "report.json", report_)
+    p = plot(rows, out / "reward_landscape.png", cfg.reward.name)
+    print(f"wrote {out / 'report.json'} and {p}")
+    return 0
+
+
+def _print_calibration(cal: dict, cfg: SimulateBenchConfig) -> None:
     print(
         "calibration: SMAR reranker as the production ranker, test split, "
-        f"{args.seeds} seeds x {args.sessions} sessions"
+        f"{cfg.seeds} seeds x {cfg.sessions} sessions"
     )
     print(f"  {'statistic':<42}{'simulated':>10}{'published':>11}  {'range':<16}in   source")
     for r in cal["statistics"]:
@@ -200,31 +231,31 @@ def run(args: argparse.Namespace) -> int:
             f"[{r['range'][0]:.3f}, {hi}]".ljust(16)
             + f"{'yes' if r['inside'] else 'NO':<5}{r['source']}"
         )
+
+
+def _ladder_part(run_, cfg: SimulateBenchConfig) -> tuple[list[dict], dict]:
+    """Part 2: the reward landscape ladder on the test sessions, printed, with its checks."""
     test = run_.split("test")
     smar, _ = run_.reranker()
-    sim = SimulationConfig(sessions=args.sessions, reward=reward, user=user)
-    rows = ladder(test, smar.score_pages(test.pages), run_.merge().score(test.pages), sim, args.seeds)
+    sim = SimulationConfig(sessions=cfg.sessions, reward=cfg.reward, user=cfg.user)
+    rows = ladder(test, smar.score_pages(test.pages), run_.merge().score(test.pages), sim, cfg.seeds)
     checks = ladder_checks(rows)
-    print(f"\nreward landscape ({args.reward} reward), test sessions:")
+    print(f"\nreward landscape ({cfg.reward.name} reward), test sessions:")
     print(f"  {'policy':<20}{'reward/session':>16}{'NDCG@10':>10}")
     for r in rows:
         print(f"  {r['policy']:<20}{r['reward']:>10.4f} ± {r['reward_std']:.4f}{r['ndcg@10']:>10.3f}")
     for name, c in checks.items():
         print(f"  {name}: {c['value']:.3f} (target {c['target']}) {'PASS' if c['pass'] else 'FAIL'}")
-    speed = speed_bench(args.pages, args.repeats, args.seed, user)
+    return rows, checks
+
+
+def _speed_part(cfg: SimulateBenchConfig) -> dict:
+    """Part 3: the vectorised user model against the per-item reference (envs.bench)."""
+    from envs.bench import run_bench as speed_bench
+
+    speed = speed_bench(cfg.pages, cfg.repeats, cfg.seed, cfg.user)
     print(
         f"\nuser model speed: vectorised {speed['pages_per_s']['vectorised']:,.0f} pages/s, "
         f"reference {speed['pages_per_s']['reference']:,.0f} pages/s ({speed['speedup']:.0f}x)"
     )
-    report_ = {
-        "user_model": user.to_json(),
-        "reward": reward.to_json(),
-        "calibration": cal,
-        "ladder": rows,
-        "ladder_checks": checks,
-        "speed": speed,
-    }
-    write_json_atomic(out / "report.json", report_)
-    p = plot(rows, out / "reward_landscape.png", args.reward)
-    print(f"wrote {out / 'report.json'} and {p}")
-    return 0
+    return speed

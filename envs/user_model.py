@@ -318,7 +318,7 @@ class UserModel:
         b = code.shape[0]
         if b <= self.CHUNK:
             return self._simulate(code, att, padded, rng)
-        # Chunks keep the working set in cache (several times faster than one huge batch).
+        # Chunks keep the working set in cache, which one huge batch spills.
         parts = [
             self._simulate(code[i : i + self.CHUNK], att[i : i + self.CHUNK], padded, rng)
             for i in range(0, b, self.CHUNK)

@@ -4,7 +4,7 @@ Protocol (default world, test split): the single-modal rankers and the merge cal
 once (they stand for the production rankers every method starts from; `merge` is then deterministic
 and its std is 0). Each seed re-draws what varies with the method: which pages are annotated, the
 reranker's initialisation and batch order. Every reranker method selects its epoch on a held-out part
-of its own annotations (no labels beyond its budget). Jobs run in `--workers` spawned processes,
+of its own annotations (no labels beyond its budget). Jobs run in `--bench.workers` spawned processes,
 each single-threaded (faster than intra-op threads on 2 shared cores).
 """
 
@@ -16,13 +16,14 @@ import pickle
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from envs.atomic_io import write_json_atomic
+from envs.config_io import JsonConfig
 from envs.pages import MODALITIES
 from envs.world import WorldConfig, generate_world
 from pretrain.config import PretrainConfig
@@ -204,47 +205,71 @@ def plot(methods: dict, path: Path) -> Path:
     return path
 
 
-def bench(
-    seeds: int = 3,
-    out: str | Path = "results/pretrain",
-    world_config: WorldConfig | None = None,
-    base: PretrainConfig | None = None,
-    workers: int = 2,
-    progress: bool = True,
-    data: str | Path | None = None,
-    data_config: DataConfig | None = None,
-    methods: tuple[str, ...] = TRAINED_METHODS,
-    ranker_seed: int = 0,
-) -> dict:
-    """Run the benchmark, write report.json and ndcg_vs_budget.png into `out`, return the report.
+@dataclass(frozen=True)
+class PretrainBenchConfig(JsonConfig):
+    """Every setting of `smar bench pretrain` (`--bench.FIELD`; the output folder is `--out`)."""
 
-    `data`: a `smar import` output folder to run on instead of the synthetic world."""
-    out = Path(out)
+    out: str = "results/pretrain"
+    seeds: int = 3
+    ranker_seed: int = 0  # the single-modal rankers' seed (trained once per bench; seeds do not redraw them)
+    workers: int = 2  # parallel training processes
+    quiet: bool = False  # no progress bar
+    data: str | None = None  # a `smar import` output folder to run on (default: the synthetic world)
+    data_split: DataConfig = field(default_factory=DataConfig)  # with data: how its train pages are split
+    methods: tuple[str, ...] = TRAINED_METHODS  # a subset of TRAINED_METHODS (merge always runs)
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        unknown = [m for m in self.methods if m not in TRAINED_METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; expected among {TRAINED_METHODS}")
+
+
+def bench(
+    cfg: PretrainBenchConfig, world_config: WorldConfig | None = None, base: PretrainConfig | None = None
+) -> dict:
+    """Run the benchmark, write report.json and ndcg_vs_budget.png into `cfg.out`, return the report.
+    Steps: the data (the synthetic world of `world_config`, or `cfg.data`), the shared single-modal
+    stage (`prepare`, once), every (method, seed) job (`_run_jobs`), the report (`_report`)."""
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     base = base or PretrainConfig()
     # the single-modal rankers are trained once, with their own seed (the seeds below do not redraw them)
-    base = replace(base, single_modal=replace(base.single_modal, seed=ranker_seed))
-    unknown = [m for m in methods if m not in TRAINED_METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; expected among {TRAINED_METHODS}")
+    base = replace(base, single_modal=replace(base.single_modal, seed=cfg.ranker_seed))
     t0 = time.perf_counter()
-    if data is not None:
-        world = load_data(data, data_config)
+    if cfg.data is not None:
+        world = load_data(cfg.data, cfg.data_split)
         source = world.describe()
     else:
         world = generate_world(world_config or WorldConfig())
         source = {"world": world.config.to_json()}
     t_prep = time.perf_counter()
-    prep = prepare(world, base, progress)
+    prep = prepare(world, base, not cfg.quiet)
     prep_seconds = time.perf_counter() - t_prep
     test = prep.scored["test"]
     merge_metrics = evaluate_scores(
         MergeScorer(prep.merge).score(test.pages), test.pages, test.truth.relevance
     )
-    jobs = [(name, seed) for seed in range(seeds) for name in TRAINED_METHODS if name in methods]
+    jobs = [(name, seed) for seed in range(cfg.seeds) for name in TRAINED_METHODS if name in cfg.methods]
+    results = _run_jobs(jobs, base, prep, cfg)
+    methods = _aggregate(results, merge_metrics)
+    meta = {"seeds": cfg.seeds, **source, "single_modal_source": _single_modal_source(world, cfg)}
+    meta.update(prepare_seconds=prep_seconds, ranker_seed=cfg.ranker_seed, config=base.to_json())
+    report = _report(methods, meta, prep, results, t0)
+    write_json_atomic(out / "report.json", report)
+    plot(methods, out / "ndcg_vs_budget.png")
+    return report
+
+
+def _run_jobs(
+    jobs: list[tuple[str, int]], base: PretrainConfig, prep: ScoredData, cfg: PretrainBenchConfig
+) -> list[dict]:
+    """Every (method, seed) job, in this process (`workers <= 1`) or in spawned single-threaded
+    workers that load the shared stage from one pickle; results in job order."""
     results: list[dict] = []
-    bar = tqdm(total=len(jobs), desc="bench pretrain", disable=None if progress else True)
-    if workers <= 1:
+    bar = tqdm(total=len(jobs), desc="bench pretrain", disable=True if cfg.quiet else None)
+    if cfg.workers <= 1:
         for name, seed in jobs:
             results.append(run_job(name, seed, base, prep))
             bar.update()
@@ -255,38 +280,34 @@ def bench(
                 pickle.dump(prep, f)
             import multiprocessing as mp
 
-            with ProcessPoolExecutor(workers, mp.get_context("spawn"), _init_worker, (prep_path,)) as ex:
+            with ProcessPoolExecutor(cfg.workers, mp.get_context("spawn"), _init_worker, (prep_path,)) as ex:
                 futures = [ex.submit(run_job, name, seed, base) for name, seed in jobs]
                 for fut in futures:
                     results.append(fut.result())
                     bar.update()
     bar.close()
-    methods = _aggregate(results, merge_metrics)
-    report = {
-        "methods": methods,
-        "meta": {
-            "seeds": seeds,
-            **source,
-            "single_modal_source": (
-                world.single_modal_source
-                if data is not None
-                else "single-modal rankers on the world's single-modal pages"
-            ),
-            "prepare_seconds": prep_seconds,
-            "ranker_seed": ranker_seed,
-            "config": base.to_json(),
-            "single_modal_test_within_modality_ndcg@10": {
-                m: prep.ranker_metrics[m]["test_within_modality_ndcg@10"]
-                for m in MODALITIES
-                if m in prep.ranker_metrics
-            },
-            "runs": results,
-            "seconds": time.perf_counter() - t0,
-        },
+    return results
+
+
+def _single_modal_source(world, cfg: PretrainBenchConfig) -> str:
+    if cfg.data is not None:
+        return world.single_modal_source
+    return "single-modal rankers on the world's single-modal pages"
+
+
+def _report(methods: dict, meta: dict, prep: ScoredData, results: list[dict], t0: float) -> dict:
+    sm = {
+        m: prep.ranker_metrics[m]["test_within_modality_ndcg@10"]
+        for m in MODALITIES
+        if m in prep.ranker_metrics
     }
-    write_json_atomic(out / "report.json", report)
-    plot(methods, out / "ndcg_vs_budget.png")
-    return report
+    meta = {
+        **meta,
+        "single_modal_test_within_modality_ndcg@10": sm,
+        "runs": results,
+        "seconds": time.perf_counter() - t0,
+    }
+    return {"methods": methods, "meta": meta}
 
 
 def format_report(report: dict) -> str:
@@ -317,35 +338,13 @@ def format_report(report: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument(
-        "--ranker-seed", type=int, default=0, help="seed of the single-modal rankers (trained once per bench)"
-    )
-    p.add_argument("--out", default="results/pretrain")
-    p.add_argument("--workers", type=int, default=2, help="parallel training processes")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--data", default=None, help="`smar import` output folder (default: the synthetic world)")
-    p.add_argument("--valid-fraction", type=float, default=DataConfig().valid_fraction)
-    p.add_argument(
-        "--methods",
-        default=",".join(TRAINED_METHODS),
-        help=f"comma-separated subset of {','.join(TRAINED_METHODS)} (merge always runs)",
-    )
+    p.add_argument("--out", default=PretrainBenchConfig.out, help="folder for report.json and the plot")
+    p.add_class_arguments(PretrainBenchConfig, "bench", skip={"out"})
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.seeds < 1:
-        raise SystemExit("--seeds must be >= 1")
-    report = bench(
-        args.seeds,
-        args.out,
-        workers=args.workers,
-        progress=not args.quiet,
-        data=args.data,
-        data_config=DataConfig(valid_fraction=args.valid_fraction),
-        methods=tuple(m for m in args.methods.split(",") if m),
-        ranker_seed=args.ranker_seed,
-    )
+    cfg = replace(args.bench, out=args.out)
+    report = bench(cfg)
     print(format_report(report))
-    print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'ndcg_vs_budget.png'}")
+    print(f"wrote {Path(cfg.out) / 'report.json'} and {Path(cfg.out) / 'ndcg_vs_budget.png'}")
     return 0

@@ -51,7 +51,7 @@ class RerankerTrainConfig:
     sm_batch_pages: int = 32
     sm_pages_per_modality: int = 4000  # subsample of each modality's single-modal pages (default: all)
     holdout: float = 0.2
-    threads: int = 1  # torch intra-op threads (1 is fastest for page-sized tensors on a shared CPU)
+    threads: int = 1  # torch intra-op threads (more only contend for page-sized tensors on a shared CPU)
 
     def __post_init__(self) -> None:
         if self.selection not in ("holdout", "valid"):

@@ -223,8 +223,8 @@ class LossConfig(JsonConfig):
     consistency: str = "pairwise"
     soft_temperature: float = 1.0  # "soft": target P_ij = sigmoid((g_i - g_j) / T)
     # gamma of the hinge, in the score's units: with the pointwise term those are grades (0-4), and
-    # the authors' margin of 1 would force a grade per rank step within a modality (10 items span
-    # about 3 grades), so 0.25.
+    # the authors' margin of 1 would force a grade per rank step within a modality, whose items span
+    # far fewer grades than ranks, so a quarter grade.
     margin: float = 0.25
     beta: tuple[float, ...] = field(default_factory=lambda: (1.0,) * N_MODALITIES)  # beta_m per modality
     anchor_weight: float = 1.0

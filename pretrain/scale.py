@@ -1,11 +1,11 @@
 """`smar bench scale`: the real-data path at scale, memory-bounded, timed.
 
-A world of `--pages` whole pages (pool : valid : test = 2 : 1 : 2 as in the default world; no traffic,
+A world of `--bench.pages` whole pages (pool : valid : test = 2 : 1 : 2 as in the default world; no traffic,
 which is never exported) is written in CrossRank's schema, imported with `smar import`, and pretrained
-with `smar pretrain --data` (single-modal rankers on the single-modal part, SMAR at `--budget`, test
-evaluation). Each step runs as its own process; its peak resident memory is sampled from /proc over
-the process and all its children (`PeakRSS`), and its wall time measured. The bound (`--memory-gib`,
-4 by default) is checked on import and pretraining. Results: `OUT/report.json`.
+with `smar pretrain --data` (single-modal rankers on the single-modal part, SMAR at `--bench.budget`,
+test evaluation). Each step runs as its own process; its peak resident memory is sampled from /proc
+over the process and all its children (`PeakRSS`), and its wall time measured. The bound
+(`--bench.memory_gib`) is checked on import and pretraining. Results: `OUT/report.json`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
+from envs.config_io import JsonConfig
 
 # ----------------------------------------------------------------------------- memory sampling
 
@@ -151,47 +154,80 @@ def _export_main(argv: list[str]) -> int:
 STEPS = ("export", "import", "pretrain")
 
 
-def bench(
-    pages: int = 100_000,
-    out: str | Path = "results/scale",
-    work: str | Path | None = None,
-    epochs: int = 3,
-    budget: float = 0.1,
-    seed: int = 0,
-    memory_gib: float = 4.0,
-    keep: bool = False,
-    start: str = "export",
-) -> dict:
-    """`start`: the first step to run; earlier ones are taken from OUT/report.json and WORK (kept)."""
+@dataclass(frozen=True)
+class ScaleBenchConfig(JsonConfig):
+    """Every setting of `smar bench scale` (`--bench.FIELD`; the output folder is `--out`)."""
+
+    out: str = "results/scale"
+    pages: int = 100_000  # whole pages exported (pool + valid + test)
+    work: str | None = None  # scratch folder for the files (default OUT/work, removed unless keep)
+    keep: bool = False  # keep the exported, imported and run folders
+    epochs: int = 3  # reranker epochs of the pretraining step
+    budget: float = 0.1  # SMAR's annotation budget
+    seed: int = 0
+    memory_gib: float = 4.0  # the bound on import's and pretraining's peak resident memory
+    start: str = "export"  # the first step to run; earlier ones are taken from OUT/report.json and work
+
+    def __post_init__(self) -> None:
+        if self.start not in STEPS:
+            raise ValueError(f"start must be one of {STEPS}, got {self.start!r}")
+
+
+def bench(cfg: ScaleBenchConfig) -> dict:
+    """Steps: reuse the steps before `cfg.start` (or clear the work folder), run the rest as measured
+    processes (`_run_steps`), collect their outputs into OUT/report.json (`_report`)."""
+    import shutil
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(cfg.work) if cfg.work else out / "work"
+    steps = _reused_steps(cfg, out, work)
+    if cfg.start == "export":
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+    _run_steps(cfg, steps, work, out)
+    report = _report(cfg, steps, work)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    if not cfg.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _reused_steps(cfg: ScaleBenchConfig, out: Path, work: Path) -> dict:
+    """The steps before `cfg.start`, from OUT/report.json (their files must still be in `work`)."""
+    steps: dict = {}
+    if cfg.start == "export":
+        return steps
+    previous = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
+    for name in STEPS[: STEPS.index(cfg.start)]:
+        if name not in previous.get("steps", {}) or not work.exists():
+            raise FileNotFoundError(
+                f"start {cfg.start}: no earlier {name} step in {out / 'report.json'} / {work}"
+            )
+        steps[name] = {**previous["steps"][name], "reused": True}
+    return steps
+
+
+def _paths(work: Path) -> tuple[Path, Path, Path]:
+    """The exported CrossRank files, the imported data and the pretrain run inside `work`."""
+    return work / "crossrank", work / "imported", work / "run"
+
+
+def _run_steps(cfg: ScaleBenchConfig, steps: dict, work: Path, out: Path) -> None:
+    """Export, import and pretrain from `cfg.start` on, each its own measured process; a step runs
+    only if the one before it succeeded."""
     import shutil
 
     from pretrain.export import MODAL_MAP_ARG
 
-    if start not in STEPS:
-        raise ValueError(f"start must be one of {STEPS}, got {start!r}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(work) if work else out / "work"
-    steps: dict = {}
-    if start != "export":
-        previous = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
-        for name in STEPS[: STEPS.index(start)]:
-            if name not in previous.get("steps", {}) or not work.exists():
-                raise FileNotFoundError(
-                    f"--start {start}: no earlier {name} step in {out / 'report.json'} / {work}"
-                )
-            steps[name] = {**previous["steps"][name], "reused": True}
-    else:
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
     py = [sys.executable, "-m"]
-    src, data, run = work / "crossrank", work / "imported", work / "run"
-    if start == "export":
+    src, data, run = _paths(work)
+    if cfg.start == "export":
         steps["export"] = measured(
-            [*py, "pretrain.scale", "export", str(pages), str(src), str(seed)], out / "export.log"
+            [*py, "pretrain.scale", "export", str(cfg.pages), str(src), str(cfg.seed)], out / "export.log"
         )
-    if steps["export"]["returncode"] == 0 and start in ("export", "import"):
+    if steps["export"]["returncode"] == 0 and cfg.start in ("export", "import"):
         steps["import"] = measured(
             [*py, "agent.cli", "import", str(src), "--out", str(data), "--import.format", "crossrank"]
             + ["--import.modal_map", MODAL_MAP_ARG],
@@ -202,15 +238,19 @@ def bench(
             shutil.rmtree(run)
         steps["pretrain"] = measured(
             [*py, "agent.cli", "pretrain", "--data", str(data), "--out", str(run), "--quiet"]
-            + ["--pretrain.annotation.budget", str(budget), "--pretrain.train.epochs", str(epochs)]
-            + ["--pretrain.seed", str(seed)],
+            + ["--pretrain.annotation.budget", str(cfg.budget), "--pretrain.train.epochs", str(cfg.epochs)]
+            + ["--pretrain.seed", str(cfg.seed)],
             out / "pretrain.log",
         )
+
+
+def _report(cfg: ScaleBenchConfig, steps: dict, work: Path) -> dict:
+    src, data, run = _paths(work)
     report: dict = {
-        "pages_requested": pages,
-        "memory_bound_gib": memory_gib,
+        "pages_requested": cfg.pages,
+        "memory_bound_gib": cfg.memory_gib,
         "steps": steps,
-        "config": {"epochs": epochs, "budget": budget, "seed": seed},
+        "config": {"epochs": cfg.epochs, "budget": cfg.budget, "seed": cfg.seed},
     }
     if (src / "export.json").exists():
         report["export"] = json.loads((src / "export.json").read_text())
@@ -226,11 +266,8 @@ def bench(
     report["within_bound"] = (
         len(bounded) == 2
         and all(s["returncode"] == 0 for s in bounded)
-        and max(s["peak_rss_gib"] for s in bounded) < memory_gib
+        and max(s["peak_rss_gib"] for s in bounded) < cfg.memory_gib
     )
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    if not keep:
-        shutil.rmtree(work, ignore_errors=True)
     return report
 
 
@@ -253,36 +290,15 @@ def format_report(r: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pages", type=int, default=100_000, help="whole pages exported (pool+valid+test)")
-    p.add_argument("--out", default="results/scale")
-    p.add_argument("--work", default=None, help="scratch folder for the files (default OUT/work, removed)")
-    p.add_argument("--keep", action="store_true", help="keep the exported, imported and run folders")
-    p.add_argument("--epochs", type=int, default=3, help="reranker epochs of the pretraining step")
-    p.add_argument("--budget", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--memory-gib", type=float, default=4.0)
-    p.add_argument(
-        "--start",
-        default="export",
-        choices=STEPS,
-        help="first step to run (earlier ones: from OUT and --work)",
-    )
+    p.add_argument("--out", default=ScaleBenchConfig.out, help="folder for report.json and the step logs")
+    p.add_class_arguments(ScaleBenchConfig, "bench", skip={"out"})
 
 
 def run(args: argparse.Namespace) -> int:
-    r = bench(
-        args.pages,
-        args.out,
-        args.work,
-        args.epochs,
-        args.budget,
-        args.seed,
-        args.memory_gib,
-        args.keep,
-        args.start,
-    )
+    cfg = replace(args.bench, out=args.out)
+    r = bench(cfg)
     print(format_report(r))
-    print(f"wrote {Path(args.out) / 'report.json'}")
+    print(f"wrote {Path(cfg.out) / 'report.json'}")
     return 0 if all(s["returncode"] == 0 for s in r["steps"].values()) else 1
 
 

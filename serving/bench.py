@@ -15,7 +15,7 @@ background load hits them alike:
 The load generator is `serving/loadgen.py` (raw-socket HTTP/1.1, its own process); its CPU is
 reported. The servers report their CPU by stage on /healthz (`serving.stages`),
 and every Ray process's CPU is read from /proc, so each cell also gives one request's CPU by stage
-and by process (`profile`). The fault part (`--fault-seconds`, default 60; 0 skips it) runs the load
+and by process (`profile`). The fault part (`--bench.fault_seconds`, default 60; 0 skips it) runs the load
 at concurrency 32 with 10 % malformed requests of every class (`serving.malformed`) against the
 fast path, hot-swaps the model twice during it, and checks each bad class with `curl`.
 Writes OUT/report.json and OUT/serve_bench.png. The load and measurement are in serving.bench_load,
@@ -29,9 +29,11 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from envs.atomic_io import write_json_atomic
+from envs.config_io import JsonConfig
 from serving.bench_fault import fault_load
 from serving.bench_load import (
     CONCURRENCY,
@@ -49,23 +51,26 @@ from serving.bench_load import (
 from serving.bench_report import plot, profile_table, ratios, results_table
 
 
+@dataclass(frozen=True)
+class ServeBenchConfig(JsonConfig):
+    """Every setting of `smar bench serve` (`--bench.FIELD`; the output folder is `--out`)."""
+
+    out: str = "results/serve"
+    checkpoint: str | None = None  # a reranker checkpoint (default: a fresh default-size reranker)
+    requests: int = 300  # requests per cell at concurrency 1 (x2 at 8, x4 at 32)
+    port: int | None = None  # Serve proxy port (default: a free one; the peer takes another)
+    rounds: int = 3  # interleaved rounds per concurrency (they split the requests)
+    fault_seconds: float = 60.0  # malformed load + hot swaps at concurrency 32 for this long (0: skip)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.requests < 1 or self.rounds < 1:
+            raise ValueError(f"requests and rounds must be >= 1, got {self.requests}, {self.rounds}")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="results/serve", help="folder for report.json and the plot")
-    p.add_argument("--checkpoint", help="a reranker checkpoint (default: a fresh default-size reranker)")
-    p.add_argument(
-        "--requests", type=int, default=300, help="requests per cell at concurrency 1 (x2 at 8, x4 at 32)"
-    )
-    p.add_argument("--port", type=int, help="Serve proxy port (default: a free one; the peer takes another)")
-    p.add_argument(
-        "--rounds", type=int, default=3, help="interleaved rounds per concurrency (split the requests)"
-    )
-    p.add_argument(
-        "--fault-seconds",
-        type=float,
-        default=60.0,
-        help="malformed load + hot swaps at concurrency 32 for this long (0: skip)",
-    )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=ServeBenchConfig.out, help="folder for report.json and the plot")
+    p.add_class_arguments(ServeBenchConfig, "bench", skip={"out"})
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -115,7 +120,7 @@ def _serve_config(out: Path, checkpoint: str, port: int | None, extra_versions: 
     return cfg, reg
 
 
-def _runs(checkpoint: str, bodies: list[dict], args: argparse.Namespace, out: Path) -> dict:
+def _runs(checkpoint: str, bodies: list[dict], bench: ServeBenchConfig, out: Path) -> dict:
     """All four targets, interleaved round by round at each concurrency; then the fault part."""
     import ray
     import torch
@@ -128,10 +133,10 @@ def _runs(checkpoint: str, bodies: list[dict], args: argparse.Namespace, out: Pa
     torch.set_num_threads(1)
     scorer = Scorer.load(checkpoint)
     prepared = [scorer.prepare(RankRequest.model_validate(b)) for b in bodies]
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(bench.seed)
     specs = write_specs(out / "specs.json", [{"path": "/rank", "body": json.dumps(b)} for b in bodies])
-    swap_ckpt = _second_checkpoint(out, checkpoint) if args.fault_seconds > 0 else None
-    cfg, _ = _serve_config(out, checkpoint, args.port, [swap_ckpt] if swap_ckpt else [])
+    swap_ckpt = _second_checkpoint(out, checkpoint) if bench.fault_seconds > 0 else None
+    cfg, _ = _serve_config(out, checkpoint, bench.port, [swap_ckpt] if swap_ckpt else [])
     deploy.enable_fast_path(no_drain=True)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     peer = None
@@ -151,9 +156,9 @@ def _runs(checkpoint: str, bodies: list[dict], args: argparse.Namespace, out: Pa
         idle = {name: idle_cpu_per_s(health[name]) for name in ("fastapi", "serve_fast")}
         idle["serve_proxy"] = idle["serve_fast"]
         print(f"  idle CPU of the server processes (s/s): {idle}", flush=True)
-        steps = [(c, r) for c in CONCURRENCY for r in range(args.rounds)]
+        steps = [(c, r) for c in CONCURRENCY for r in range(bench.rounds)]
         for c, _ in tqdm(steps, desc="rounds", leave=False, disable=None):
-            n = max(1, args.requests * {1: 1, 8: 2, 32: 4}[c] // args.rounds)
+            n = max(1, bench.requests * {1: 1, 8: 2, 32: 4}[c] // bench.rounds)
             parts["model"][str(c)].append(model_cell(scorer, prepared, c, max(3, n // c), gen))
             for name in HTTP_RUNS:
                 parts[name][str(c)].append(http_cell(targets[name], health[name], specs, c, n))
@@ -164,7 +169,7 @@ def _runs(checkpoint: str, bodies: list[dict], args: argparse.Namespace, out: Pa
             fault = fault_load(
                 targets["serve_fast"],
                 bodies,
-                args.fault_seconds,
+                bench.fault_seconds,
                 out,
                 swap_versions=(_version_of(swap_ckpt), _version_of(checkpoint)),
             )
@@ -204,24 +209,25 @@ def _second_checkpoint(out: Path, checkpoint: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = replace(args.bench, out=args.out)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    out = Path(args.out)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint, bodies = _bench_inputs(out, args.checkpoint, args.seed)
+    checkpoint, bodies = _bench_inputs(out, cfg.checkpoint, cfg.seed)
     print(f"serve bench: {len(bodies)} distinct {N_CANDIDATES}-candidate pages, concurrency {CONCURRENCY}")
     report: dict = {
         "config": {
             "candidates": N_CANDIDATES,
-            "requests_c1": args.requests,
+            "requests_c1": cfg.requests,
             "checkpoint": checkpoint,
             "cpu_count": os.cpu_count(),
             "explore": True,
-            "rounds": args.rounds,
+            "rounds": cfg.rounds,
             "load_average_at_start": list(os.getloadavg()),
         },
     }
     t0 = time.monotonic()
-    got = _runs(checkpoint, bodies, args, out)
+    got = _runs(checkpoint, bodies, cfg, out)
     report["runs"] = got["runs"]
     report["fault_load"] = got["fault_load"]
     report["idle_cpu_s_per_s"] = got["idle_cpu_s_per_s"]

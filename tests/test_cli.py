@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from agent.cli import main
 from envs.world import WHOLE_PAGE_SPLITS, WorldConfig, generate_world
@@ -125,3 +126,94 @@ def test_train_settings_round_trip_through_a_resolved_config(tmp_path):
     assert dataclasses.replace(again.train, out=again.out) == cfg
     with pytest.raises(SystemExit):
         parse(["--out", "x", "--train.iteration", "3"])
+
+
+def _round_trip(module, key: str, argv: list[str], tmp_path):
+    """Parse `argv` with the command's parser, write the resolved settings, parse them back: the
+    config dataclass (with `--out` folded in) must come back identical."""
+    from agent.cli import command_parser
+
+    def parse(args):
+        p = command_parser("smar x", "")
+        module.add_arguments(p)
+        parsed = p.parse_args(args)
+        ns = p.instantiate(parsed)
+        return p, parsed, dataclasses.replace(getattr(ns, key), out=ns.out)
+
+    p, parsed, cfg = parse(argv)
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(p.dump(parsed))
+    text = resolved.read_text()
+    for f in dataclasses.fields(cfg):  # every setting is written, so every one is reachable
+        assert f.name == "out" or f"  {f.name}:" in text or getattr(cfg, f.name) is None, f.name
+    _, _, again = parse(["--config", str(resolved)])
+    assert again == cfg
+    return cfg
+
+
+def test_demo_settings_round_trip_through_a_resolved_config(tmp_path):
+    from agent import demo
+
+    argv = ["--out", str(tmp_path / "d"), "--demo.seed", "3", "--demo.train_iterations", "2"]
+    cfg = _round_trip(demo, "demo", [*argv, "--demo.impressions_per_round", "100"], tmp_path)
+    assert cfg == demo.DemoConfig(
+        out=str(tmp_path / "d"), seed=3, train_iterations=2, impressions_per_round=100
+    )
+
+
+@pytest.mark.parametrize(
+    "bench, module, argv",
+    [
+        ("pretrain", "pretrain.bench", ["--bench.seeds", "1", "--bench.methods", "[smar_p10, sft_full]"]),
+        ("pretrain", "pretrain.bench", ["--bench.data", "D", "--bench.data_split.valid_fraction", "0.25"]),
+        (
+            "simulate",
+            "agent.user_bench",
+            ["--bench.reward.name", "clicks", "--bench.user.examination_top", "0.7"],
+        ),
+        (
+            "agent",
+            "agent.bench",
+            ["--bench.train_batch", "512", "--bench.part", "seed:1", "--bench.lr_end", "-1"],
+        ),
+        (
+            "agent",
+            "agent.bench",
+            ["--bench.speed_against", "T", "--bench.references", "all", "--bench.ratio", "position"],
+        ),
+        (
+            "serve",
+            "serving.bench",
+            ["--bench.requests", "30", "--bench.fault_seconds", "0", "--bench.port", "9009"],
+        ),
+        (
+            "scale",
+            "pretrain.scale",
+            ["--bench.pages", "2000", "--bench.start", "import", "--bench.keep", "true"],
+        ),
+    ],
+)
+def test_bench_settings_round_trip_through_a_resolved_config(tmp_path, bench, module, argv):
+    import importlib
+
+    from agent.cli import BENCHES
+
+    assert BENCHES[bench][0] == module
+    mod = importlib.import_module(module)
+    cfg = _round_trip(mod, "bench", ["--out", str(tmp_path / "b"), *argv], tmp_path)
+    assert cfg.out == str(tmp_path / "b")
+    for arg, value in zip(argv[::2], argv[1::2]):  # each option reached its field
+        field = arg.removeprefix("--bench.").split(".")
+        got = cfg
+        for name in field:
+            got = getattr(got, name)
+        assert (list(got) if isinstance(got, tuple) else got) == yaml.safe_load(value), arg
+
+
+def test_bench_settings_are_validated(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "agent", "--bench.references", "some"])
+    assert "references" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "pretrain", "--bench.methods", "[smar_p99]"])
+    assert "smar_p99" in capsys.readouterr().err

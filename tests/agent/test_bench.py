@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.bench import checks, format_report, landscape
+from agent.bench_report import checks, format_report, landscape
 
 
 def _m(reward: float, consistency: float, ndcg: float, std: float = 0.0) -> dict:

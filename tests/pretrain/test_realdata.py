@@ -104,10 +104,11 @@ def test_pretrain_and_bench_on_data(exported, capsys):
     split = run.split("test")
     assert (split.truth.relevance >= 0).all() and len(split.pages) == len(load_data(root / "imp").test.pages)
     code = main(
-        ["bench", "pretrain", "--data", str(root / "imp"), "--seeds", "1", "--workers", "1"]
-        + ["--methods", "lgbm_full", "--out", str(root / "bench"), "--quiet"]
+        ["bench", "pretrain", "--bench.data", str(root / "imp"), "--bench.seeds", "1", "--bench.workers", "1"]
+        + ["--bench.methods", "[lgbm_full]", "--out", str(root / "bench"), "--bench.quiet", "true"]
     )
     assert code == 0
+    assert "methods:\n  - lgbm_full" in (root / "bench" / "resolved.yaml").read_text()
     report = json.loads((root / "bench" / "report.json").read_text())
     assert set(report["methods"]) == {"merge", "lgbm_full"}
     assert report["methods"]["lgbm_full"]["annotation_fraction"] == pytest.approx(1.0)
