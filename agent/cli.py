@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("agent.simulate", "run a policy through the user simulator and log feedback"),
     "train": ("agent.train", "refine the reranker with constrained PPO (RLlib)"),
     "serve": ("serving.cli", "run the Ray Serve endpoint; publish / rollback model versions"),
-    "online": ("agent.online", "continual online updates: traffic -> logs -> update -> gate -> publish"),
+    "online": ("agent.online.cli", "continual online updates: traffic -> logs -> update -> gate -> publish"),
     "demo": ("agent.demo", "the whole story end to end on the built-in default"),
 }
 BENCHES: dict[str, tuple[str, str]] = {

@@ -170,9 +170,10 @@ class UpdateConfig:
     grad_clip: float = 1.0
     kl_coeff: float = 0.05  # KL(pi_serving || pi_theta), serving policy frozen
     kl_samples: int = 2
-    # SMAR hinge margin: pass agent.constraint.checkpoint_margin of the SMAR checkpoint (the default is
-    # the margin `smar pretrain` trains SMAR with, as `smar train` reads it from the checkpoint)
-    margin: float = LossConfig().margin
+    # SMAR hinge margin. None: the SMAR checkpoint's, which the caller knows and resolves
+    # (agent.constraint.checkpoint_margin, as `smar train` does; the online loop does); unresolved, the
+    # margin `smar pretrain` trains SMAR with (LossConfig's)
+    margin: float | None = None
     multiplier_init: float = 0.0
     multiplier_lr: float = 20.0
     multiplier_max: float = 50.0
@@ -204,7 +205,7 @@ class UpdateConfig:
     def lagrangian(self) -> LagrangianConfig:
         """The shared constraint (agent.constraint), as `smar train`'s learner uses it."""
         return LagrangianConfig(
-            margin=self.margin,
+            margin=LossConfig().margin if self.margin is None else self.margin,
             multiplier_init=self.multiplier_init,
             multiplier_lr=self.multiplier_lr,
             multiplier_max=self.multiplier_max,
@@ -355,7 +356,7 @@ def offpolicy_update(
         "kl_to_serving": float(np.mean(history["kl"][-10:])),
         "train_agreement": history["agreement"][-1],
         "multiplier": lagrangian.multiplier,
-        "margin": cfg.margin,
+        "margin": lagrangian.cfg.margin,
     }
     return cand, stats
 

@@ -20,6 +20,7 @@ the same as in the one-page-per-request mode. Request bodies are encoded once pe
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -70,50 +71,79 @@ def run_traffic(
     bodies: dict[int, bytes] | None = None,
 ) -> TrafficStats:
     """Drive `n_impressions` page requests (whole sessions, so a few more) through the endpoint at `url`."""
-    from serving.client import RerankerClient, page_request
+    run = _TrafficRun(
+        url, split, n_impressions, seed, slate_size, reward or RewardConfig(), user, explore, stop, bodies
+    )
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        worker = run.worker if batch <= 1 else functools.partial(run.batch_worker, batch)
+        for f in [pool.submit(worker) for _ in range(concurrency)]:
+            f.result()
+    return run.finish()
 
-    reward = reward or RewardConfig()
-    model = UserModel(user or UserModelConfig())
-    pages, truth = split.pages, split.truth
-    sessions = session_page_lists(pages)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(sessions))
-    # Each worker claims the next session; a session's RNG depends only on (seed, session number).
-    lock = threading.Lock()
-    state = {"next": 0, "impressions": 0}
-    totals = Counter()
-    stats = TrafficStats()
 
-    def claim() -> int | None:
-        with lock:
-            if state["impressions"] >= n_impressions or (stop is not None and stop.is_set()):
+class _TrafficRun:
+    """The shared state of one `run_traffic` call: its client threads claim sessions, play them and
+    add their figures to the totals under one lock."""
+
+    def __init__(
+        self,
+        url: str,
+        split: Split,
+        n_impressions: int,
+        seed: int,
+        slate_size: int,
+        reward: RewardConfig,
+        user: UserModelConfig | None,
+        explore: bool,
+        stop: threading.Event | None,
+        bodies: dict[int, bytes] | None,
+    ) -> None:
+        self.url, self.n_impressions, self.seed, self.slate_size = url, n_impressions, seed, slate_size
+        self.reward, self.explore, self.stop = reward, explore, stop
+        self.model = UserModel(user or UserModelConfig())
+        self.pages, self.truth = split.pages, split.truth
+        self.sessions = session_page_lists(self.pages)
+        self.order = np.random.default_rng(seed).permutation(len(self.sessions))
+        # Each worker claims the next session; a session's RNG depends only on (seed, session number).
+        self.lock = threading.Lock()
+        self.next_session = 0
+        self.impressions = 0
+        self.totals: Counter = Counter()
+        self.stats = TrafficStats()
+        self.bodies = {} if bodies is None else bodies
+
+    def claim(self) -> int | None:
+        with self.lock:
+            if self.impressions >= self.n_impressions or (self.stop is not None and self.stop.is_set()):
                 return None
-            s = state["next"]
-            state["next"] += 1
+            s = self.next_session
+            self.next_session += 1
             return s
 
-    def fail(msg: str) -> None:
-        with lock:
-            stats.failed_requests += 1
-            if len(stats.errors) < 5:
-                stats.errors.append(msg)
+    def fail(self, msg: str) -> None:
+        with self.lock:
+            self.stats.failed_requests += 1
+            if len(self.stats.errors) < 5:
+                self.stats.errors.append(msg)
 
-    bodies = {} if bodies is None else bodies
+    def body(self, p: int) -> bytes:
+        """Page p's encoded /rank request, encoded once and reused."""
+        from serving.client import page_request
 
-    def body(p: int) -> bytes:
-        b = bodies.get(p)
+        b = self.bodies.get(p)
         if b is None:
-            b = bodies[p] = json.dumps(page_request(pages, p, explore=explore)).encode()
+            b = self.bodies[p] = json.dumps(page_request(self.pages, p, explore=self.explore)).encode()
         return b
 
-    def respond(p: int, q: int, res: dict, srng: np.random.Generator) -> tuple[list[dict], bool]:
+    def respond(self, p: int, q: int, res: dict, srng: np.random.Generator) -> tuple[list[dict], bool]:
         """The simulated user's feedback items on the served ranking of page p (query q of its session),
         recorded in the totals; True if the session ends here (satisfied or abandoned)."""
+        pages, truth = self.pages, self.truth
         sl = pages.item_slice(p)
         index = {str(pages.item_id[t]): t for t in range(sl.start, sl.stop)}
-        shown_ids = [r["item_id"] for r in res["ranking"][:slate_size]]
+        shown_ids = [r["item_id"] for r in res["ranking"][: self.slate_size]]
         shown = np.array([index[i] for i in shown_ids])
-        out = model.simulate(
+        out = self.model.simulate(
             truth.relevance[shown][None],
             truth.attractiveness[shown][None],
             pages.modality[shown].astype(np.int64)[None],
@@ -124,97 +154,108 @@ def run_traffic(
             {"item_id": i, "click": bool(out.click[0, k]), "dwell_s": float(out.dwell[0, k])}
             for k, i in enumerate(shown_ids)
         ]
-        observed = float(reward.rewards(out.click, out.satisfied_click, q).sum())
-        with lock:
-            state["impressions"] += 1
-            totals["observed"] += observed
-            totals["observed_sq"] += observed**2
-            totals["env"] += float(reward.item_rewards(out, q).sum())
-            totals["clicks"] += int(out.click.sum())
-            totals["satisfied"] += int(out.satisfied_click.sum())
-            stats.versions[res["model_version"]] = stats.versions.get(res["model_version"], 0) + 1
+        observed = float(self.reward.rewards(out.click, out.satisfied_click, q).sum())
+        with self.lock:
+            self.impressions += 1
+            self.totals["observed"] += observed
+            self.totals["observed_sq"] += observed**2
+            self.totals["env"] += float(self.reward.item_rewards(out, q).sum())
+            self.totals["clicks"] += int(out.click.sum())
+            self.totals["satisfied"] += int(out.satisfied_click.sum())
+            versions = self.stats.versions
+            versions[res["model_version"]] = versions.get(res["model_version"], 0) + 1
         return items, bool(out.satisfied[0] or out.abandon[0])
 
-    def open_session() -> list | None:
+    def open_session(self) -> list | None:
         """[session pages, next query index, rng] of the next session, or None when done."""
-        s = claim()
+        s = self.claim()
         if s is None:
             return None
-        with lock:
-            stats.sessions += 1
-        return [sessions[order[s % len(sessions)]], 0, np.random.default_rng([seed, s])]
+        with self.lock:
+            self.stats.sessions += 1
+        return [self.sessions[self.order[s % len(self.sessions)]], 0, np.random.default_rng([self.seed, s])]
 
-    def worker() -> None:
-        with RerankerClient(url) as client:
-            while (sess := open_session()) is not None:
+    def worker(self) -> None:
+        """One client thread, one /rank and one /feedback request per impression."""
+        from serving.client import RerankerClient, page_request
+
+        with RerankerClient(self.url) as client:
+            while (sess := self.open_session()) is not None:
                 session, _, srng = sess
                 for q, p in enumerate(session):
                     try:
-                        res = client.rank(page_request(pages, int(p), explore=explore))
+                        res = client.rank(page_request(self.pages, int(p), explore=self.explore))
                     except Exception as e:  # noqa: BLE001 - every failure is counted and reported
-                        fail(f"rank: {e}")
+                        self.fail(f"rank: {e}")
                         break
-                    items, done = respond(int(p), q, res, srng)
+                    items, done = self.respond(int(p), q, res, srng)
                     try:
                         client.feedback(res["event_id"], items)
                     except Exception as e:  # noqa: BLE001
-                        fail(f"feedback: {e}")
+                        self.fail(f"feedback: {e}")
                     if done:
                         break
 
-    def batch_worker() -> None:
-        with RerankerClient(url) as client:
+    def batch_worker(self, batch: int) -> None:
+        """One client thread keeping `batch` sessions open: their current pages share one /rank/batch
+        request and their feedback one /feedback/batch request per step."""
+        from serving.client import RerankerClient
+
+        with RerankerClient(self.url) as client:
             active: list[list] = []
             exhausted = False
             while True:
                 while not exhausted and len(active) < batch:
-                    sess = open_session()
+                    sess = self.open_session()
                     if sess is None:
                         exhausted = True
                     else:
                         active.append(sess)
                 if not active:
                     return
-                page_ids = [int(a[0][a[1]]) for a in active]
-                payload = b'{"pages":[' + b",".join(body(p) for p in page_ids) + b"]}"
-                t0 = time.perf_counter()
-                try:
-                    results = client.rank_batch(payload)
-                except Exception as e:  # noqa: BLE001 - every failure is counted and reported
-                    fail(f"rank batch of {len(active)}: {e}")
-                    active = []  # these sessions end, as a failed /rank ends one
-                    continue
-                t1 = time.perf_counter()
-                events, keep = [], []
-                for a, p, res in zip(active, page_ids, results):
-                    items, done = respond(p, a[1], res, a[2])
-                    events.append((res["event_id"], items))
-                    a[1] += 1
-                    if not done and a[1] < len(a[0]):
-                        keep.append(a)
-                t2 = time.perf_counter()
-                try:
-                    for out in client.feedback_batch(events):
-                        if out["status"] not in ("accepted", "duplicate"):
-                            fail(f"feedback {out['event_id']}: {out.get('code')} {out.get('detail')}")
-                except Exception as e:  # noqa: BLE001
-                    fail(f"feedback batch of {len(events)}: {e}")
-                with lock:
-                    totals["t_rank"] += t1 - t0
-                    totals["t_user"] += t2 - t1
-                    totals["t_feedback"] += time.perf_counter() - t2
-                active = keep
+                active = self.batch_step(client, active)
 
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        for f in [pool.submit(worker if batch <= 1 else batch_worker) for _ in range(concurrency)]:
-            f.result()
-    n = max(state["impressions"], 1)
-    stats.impressions = state["impressions"]
-    stats.observed_reward = totals["observed"] / n
-    var = max(totals["observed_sq"] / n - stats.observed_reward**2, 0.0)
-    stats.observed_reward_se = (var / n) ** 0.5
-    stats.env_reward = totals["env"] / n
-    stats.clicks = totals["clicks"]
-    stats.satisfied_clicks = totals["satisfied"]
-    stats.thread_seconds = {k: float(totals[f"t_{k}"]) for k in ("rank", "user", "feedback")}
-    return stats
+    def batch_step(self, client, active: list[list]) -> list[list]:
+        """One step of the open sessions: rank their pages, respond, send feedback; those still open."""
+        page_ids = [int(a[0][a[1]]) for a in active]
+        payload = b'{"pages":[' + b",".join(self.body(p) for p in page_ids) + b"]}"
+        t0 = time.perf_counter()
+        try:
+            results = client.rank_batch(payload)
+        except Exception as e:  # noqa: BLE001 - every failure is counted and reported
+            self.fail(f"rank batch of {len(active)}: {e}")
+            return []  # these sessions end, as a failed /rank ends one
+        t1 = time.perf_counter()
+        events, keep = [], []
+        for a, p, res in zip(active, page_ids, results):
+            items, done = self.respond(p, a[1], res, a[2])
+            events.append((res["event_id"], items))
+            a[1] += 1
+            if not done and a[1] < len(a[0]):
+                keep.append(a)
+        t2 = time.perf_counter()
+        try:
+            for out in client.feedback_batch(events):
+                if out["status"] not in ("accepted", "duplicate"):
+                    self.fail(f"feedback {out['event_id']}: {out.get('code')} {out.get('detail')}")
+        except Exception as e:  # noqa: BLE001
+            self.fail(f"feedback batch of {len(events)}: {e}")
+        with self.lock:
+            self.totals["t_rank"] += t1 - t0
+            self.totals["t_user"] += t2 - t1
+            self.totals["t_feedback"] += time.perf_counter() - t2
+        return keep
+
+    def finish(self) -> TrafficStats:
+        """The totals as per-impression means (and the observed reward's standard error)."""
+        stats, totals = self.stats, self.totals
+        n = max(self.impressions, 1)
+        stats.impressions = self.impressions
+        stats.observed_reward = totals["observed"] / n
+        var = max(totals["observed_sq"] / n - stats.observed_reward**2, 0.0)
+        stats.observed_reward_se = (var / n) ** 0.5
+        stats.env_reward = totals["env"] / n
+        stats.clicks = totals["clicks"]
+        stats.satisfied_clicks = totals["satisfied"]
+        stats.thread_seconds = {k: float(totals[f"t_{k}"]) for k in ("rank", "user", "feedback")}
+        return stats

@@ -217,3 +217,64 @@ def test_bench_settings_are_validated(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "pretrain", "--bench.methods", "[smar_p99]"])
     assert "smar_p99" in capsys.readouterr().err
+
+
+def test_online_settings_round_trip_through_a_resolved_config(tmp_path, capsys):
+    """`smar online`: every OnlineConfig setting (the update, gate, held-out and drift settings nested)
+    is an option; the dumped settings parse back to the same config (the loop itself is not run)."""
+    from agent.cli import command_parser
+    from agent.offpolicy import UpdateConfig
+    from agent.online import cli as online
+    from agent.online.config import OnlineConfig, online_update
+    from agent.online.drift import DriftConfig
+
+    def parse(argv):
+        p = command_parser("smar online", "")
+        online.add_arguments(p)
+        parsed = p.parse_args(argv)
+        args = p.instantiate(parsed)
+        return p, parsed, dataclasses.replace(args.online, out=args.out), args
+
+    p, parsed, default, _ = parse([])
+    assert default == OnlineConfig()  # one default per setting: the dataclasses'
+    argv = ["--out", str(tmp_path / "o"), "--online.rounds", "5", "--online.common_traffic", "false"]
+    argv += [
+        "--online.update.lr",
+        "0.01",
+        "--online.update.offset_params",
+        "head",
+        "--online.gate.alpha",
+        "0.1",
+    ]
+    argv += ["--online.heldout.repeats", "2", "--online.drift", "default", "--evaluate_versions", "30"]
+    p, parsed, cfg, args = parse(argv)
+    assert (cfg.out, cfg.rounds, cfg.common_traffic, cfg.gate.alpha, cfg.heldout.repeats) == (
+        str(tmp_path / "o"),
+        5,
+        False,
+        0.1,
+        2,
+    )
+    assert cfg.update == dataclasses.replace(online_update(), lr=0.01, offset_params="head")
+    assert (
+        isinstance(cfg.update, UpdateConfig) and cfg.drift == DriftConfig() and args.evaluate_versions == 30
+    )
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(p.dump(parsed))
+    text = resolved.read_text()
+    for f in dataclasses.fields(OnlineConfig):  # every setting is written (None ones: left at default)
+        assert f.name == "out" or f"  {f.name}:" in text or getattr(cfg, f.name) is None, f.name
+    _, _, again, again_args = parse(["--config", str(resolved)])
+    assert again == cfg and again_args.evaluate_versions == 30
+    # The drift as a mapping of its fields; an unknown key or preset is an error naming it.
+    _, _, mapped, _ = parse(["--online.drift", "{modality: image, relevance_shift: -1}"])
+    assert mapped.drift == DriftConfig(modality="image", relevance_shift=-1)
+    _, _, none, _ = parse(["--config", str(resolved), "--online.drift", "null"])
+    assert none.drift is None
+    for bad, name in (("{colour: red}", "'colour'"), ("sudden", "'sudden'")):
+        with pytest.raises(SystemExit):
+            parse(["--online.drift", bad])
+        assert name in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["--online.update.lrr", "3"])
+    assert "lrr" in capsys.readouterr().err

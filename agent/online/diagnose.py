@@ -216,7 +216,7 @@ def plot_diagnosis(res: dict, path: str | Path) -> Path:
     return Path(path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="runs/pretrain")
     p.add_argument("--policy", default=None, help="initial policy (default: the run's SMAR reranker)")
@@ -228,32 +228,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settings", default="loop,lr,trust,explore", help="drift settings to compare")
     p.add_argument("--checks-only", action="store_true", help="propensities and the known answer only")
     p.add_argument("--out", default=None)
-    a = p.parse_args(argv)
-    torch.set_num_threads(1)
+    return p.parse_args(argv)
 
-    from agent.constraint import checkpoint_margin
-    from agent.learner import topk_consistency
-    from agent.online.drift import DriftConfig, drift_split
-    from agent.online.heldout import HeldoutConfig, deterministic_returns
-    from envs.serp_env import SerpConfig
-    from pretrain.checkpoint import load_checkpoint
-    from pretrain.run import PretrainRun
 
-    run = PretrainRun.open(a.run)
-    smar, smar_ckpt = run.reranker()
-    model, _ = load_checkpoint(a.policy) if a.policy else (smar, None)
-    traffic, test = run.split("traffic"), run.split("test")
-    target = 0.95 * topk_consistency(smar, traffic.pages, 10)
-    base = UpdateConfig(margin=checkpoint_margin(smar_ckpt.manifest), epochs=3)
-    res: dict = {"config": vars(a), "consistency_target": target}
-    t0 = time.time()
+def drift_settings(base: UpdateConfig, temperature: float) -> dict[str, tuple[UpdateConfig, float]]:
+    """The update settings the drift comparison can run (`--settings`), each with its temperature."""
+    offsets = dict(body_lr_scale=0.0, offset_lr_scale=10.0)
+    bias_open = dict(offsets, offset_params="bias", clip=1.0, kl_coeff=0.0)
+    return {
+        "loop": (base, temperature),
+        "lr": (replace(base, lr=1e-2), temperature),
+        "trust": (replace(base, clip=1.0, kl_coeff=0.0), temperature),
+        "lr+trust": (replace(base, lr=1e-2, clip=1.0, kl_coeff=0.0), temperature),
+        "explore": (base, 1.0),
+        "epochs": (replace(base, epochs=8), temperature),
+        "offsets": (replace(base, **offsets), temperature),
+        "offsets+trust": (replace(base, **offsets, clip=0.5, kl_coeff=0.01), temperature),
+        "offsets-fast": (replace(base, body_lr_scale=0.0, offset_lr_scale=30.0), temperature),
+        "offsets+open": (replace(base, **offsets, clip=1.0, kl_coeff=0.0), temperature),
+        "offsets+wide": (
+            replace(base, body_lr_scale=0.0, offset_lr_scale=30.0, clip=3.0, kl_coeff=0.0, epochs=5),
+            temperature,
+        ),
+        "bias+open": (replace(base, **bias_open), temperature),
+        "bias+fast": (replace(base, **{**bias_open, "offset_lr_scale": 30.0}), temperature),
+        "bias+immediate": (replace(base, **bias_open, advantage="immediate"), temperature),
+        "bias+explore": (replace(base, **bias_open), 1.0),
+        "mixed": (replace(base, lr=1e-3, offset_lr_scale=30.0), temperature),
+    }
+
+
+def _checks(model, traffic: Split, base: UpdateConfig, a: argparse.Namespace, target: float) -> dict:
+    """Propensities and the known answer, for the previous whole-network update and the loop's."""
+    from agent.online.config import OnlineConfig
 
     b = simulated_batch(model, traffic, a.temperature, 300, 1, RewardConfig(name="success"))
-    res["propensities"] = propensity_check(model, b)
+    res: dict = {"propensities": propensity_check(model, b)}
     print(f"propensities: {res['propensities']}", flush=True)
-    from agent.online.loop import OnlineConfig
-
-    loop_update = UpdateConfig(**{"margin": base.margin, **OnlineConfig().update})
+    loop_update = replace(OnlineConfig().update, margin=base.margin)
     res["known_answer"] = {}
     for name, cfg in (
         ("previous loop update (whole network)", base),
@@ -266,21 +278,33 @@ def main(argv: list[str] | None = None) -> int:
             f"(logged serving {ka['logged_serving']:.4f})",
             flush=True,
         )
-    if a.checks_only:
-        if a.out:
-            write_json_atomic(a.out, res)
-        return 0
+    return res
 
-    drift = DriftConfig()
-    dworld, dtest = drift_split(traffic, drift), drift_split(test, drift)
-    serp = SerpConfig(reward=RewardConfig(name="success"), slate_size=10)
-    hcfg = HeldoutConfig()
 
-    def ev(m, split=dtest) -> float:
-        return float(deterministic_returns(m, split, hcfg, serp).mean())
+class _DriftedHeldout:
+    """Mean deterministic held-out reward on the drifted test sessions (or another split)."""
 
+    def __init__(self, test: Split, drift) -> None:
+        from agent.online.drift import drift_split
+        from agent.online.heldout import HeldoutConfig
+        from envs.serp_env import SerpConfig
+
+        self.test, self.drifted = test, drift_split(test, drift)
+        self.serp = SerpConfig(reward=RewardConfig(name="success"), slate_size=10)
+        self.cfg = HeldoutConfig()
+
+    def __call__(self, m, split: Split | None = None) -> float:
+        from agent.online.heldout import deterministic_returns
+
+        split = self.drifted if split is None else split
+        return float(deterministic_returns(m, split, self.cfg, self.serp).mean())
+
+
+def _frozen_and_oracle(model, ev: _DriftedHeldout, drift) -> dict:
+    """The frozen policy's loss from the drift, and the oracle "demote video by d" probe."""
+    test = ev.test
     before, after = ev(model, test), ev(model)
-    res["frozen"] = {"before": before, "after": after, "lost": before - after}
+    res: dict = {"frozen": {"before": before, "after": after, "lost": before - after}}
     print(f"frozen: before drift {before:.4f}, after {after:.4f}, lost {before - after:.4f}", flush=True)
     scores = model.score_pages(test.pages)
     vid = test.pages.modality == MODALITIES.index(drift.modality)
@@ -296,75 +320,58 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"-{d}: {v:.4f} ({(v - after) / (before - after):.0%})" for d, v in probe.items()),
         flush=True,
     )
+    return res
 
-    settings = {
-        "loop": (base, a.temperature),
-        "lr": (replace(base, lr=1e-2), a.temperature),
-        "trust": (replace(base, clip=1.0, kl_coeff=0.0), a.temperature),
-        "lr+trust": (replace(base, lr=1e-2, clip=1.0, kl_coeff=0.0), a.temperature),
-        "explore": (base, 1.0),
-        "epochs": (replace(base, epochs=8), a.temperature),
-        "offsets": (replace(base, body_lr_scale=0.0, offset_lr_scale=10.0), a.temperature),
-        "offsets+trust": (
-            replace(base, body_lr_scale=0.0, offset_lr_scale=10.0, clip=0.5, kl_coeff=0.01),
-            a.temperature,
-        ),
-        "offsets-fast": (replace(base, body_lr_scale=0.0, offset_lr_scale=30.0), a.temperature),
-        "offsets+open": (
-            replace(base, body_lr_scale=0.0, offset_lr_scale=10.0, clip=1.0, kl_coeff=0.0),
-            a.temperature,
-        ),
-        "offsets+wide": (
-            replace(base, body_lr_scale=0.0, offset_lr_scale=30.0, clip=3.0, kl_coeff=0.0, epochs=5),
-            a.temperature,
-        ),
-        "bias+open": (
-            replace(
-                base, body_lr_scale=0.0, offset_lr_scale=10.0, offset_params="bias", clip=1.0, kl_coeff=0.0
-            ),
-            a.temperature,
-        ),
-        "bias+fast": (
-            replace(
-                base, body_lr_scale=0.0, offset_lr_scale=30.0, offset_params="bias", clip=1.0, kl_coeff=0.0
-            ),
-            a.temperature,
-        ),
-        "bias+immediate": (
-            replace(
-                base,
-                body_lr_scale=0.0,
-                offset_lr_scale=10.0,
-                offset_params="bias",
-                clip=1.0,
-                kl_coeff=0.0,
-                advantage="immediate",
-            ),
-            a.temperature,
-        ),
-        "bias+explore": (
-            replace(
-                base, body_lr_scale=0.0, offset_lr_scale=10.0, offset_params="bias", clip=1.0, kl_coeff=0.0
-            ),
-            1.0,
-        ),
-        "mixed": (replace(base, lr=1e-3, offset_lr_scale=30.0), a.temperature),
-    }
-    res["drift"] = {}
+
+def _compare_drift(model, dworld: Split, ev: _DriftedHeldout, settings, a, target, frozen, t0) -> dict:
+    """Each chosen setting's held-out reward and recovered share over `a.rounds` drifted rounds."""
+    before, after = frozen["before"], frozen["after"]
+    out = {}
     for name in a.settings.split(","):
         cfg, temp = settings[name]
-        curve = drift_rounds(copy.deepcopy(model), dworld, dtest, cfg, temp, a.sessions, a.rounds, target, ev)
+        curve = drift_rounds(
+            copy.deepcopy(model), dworld, ev.drifted, cfg, temp, a.sessions, a.rounds, target, ev
+        )
         rec = [(v - after) / (before - after) for v in curve]
-        res["drift"][name] = {
-            "update": cfg.to_json(),
-            "temperature": temp,
-            "heldout": curve,
-            "recovered": rec,
-        }
+        out[name] = {"update": cfg.to_json(), "temperature": temp, "heldout": curve, "recovered": rec}
         print(
             f"drift [{name}]: held-out by round {np.round(curve, 4).tolist()} recovered {np.round(rec, 2).tolist()} ({time.time() - t0:.0f} s)",
             flush=True,
         )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The checks, then (unless --checks-only) the frozen loss, the oracle probe and the settings."""
+    a = _parse(argv)
+    torch.set_num_threads(1)
+
+    from agent.constraint import checkpoint_margin
+    from agent.learner import topk_consistency
+    from agent.online.drift import DriftConfig, drift_split
+    from pretrain.checkpoint import load_checkpoint
+    from pretrain.run import PretrainRun
+
+    run = PretrainRun.open(a.run)
+    smar, smar_ckpt = run.reranker()
+    model, _ = load_checkpoint(a.policy) if a.policy else (smar, None)
+    traffic, test = run.split("traffic"), run.split("test")
+    target = 0.95 * topk_consistency(smar, traffic.pages, 10)
+    base = UpdateConfig(margin=checkpoint_margin(smar_ckpt.manifest), epochs=3)
+    res: dict = {"config": vars(a), "consistency_target": target}
+    t0 = time.time()
+    res.update(_checks(model, traffic, base, a, target))
+    if a.checks_only:
+        if a.out:
+            write_json_atomic(a.out, res)
+        return 0
+    drift = DriftConfig()
+    ev = _DriftedHeldout(test, drift)
+    res.update(_frozen_and_oracle(model, ev, drift))
+    settings = drift_settings(base, a.temperature)
+    res["drift"] = _compare_drift(
+        model, drift_split(traffic, drift), ev, settings, a, target, res["frozen"], t0
+    )
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(a.out, res)

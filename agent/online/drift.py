@@ -1,4 +1,4 @@
-"""A changing world for `smar online --drift SPEC`: the simulated population shifts at a given round.
+"""A changing world for `smar online --online.drift`: the simulated population shifts at a given round.
 
 The drift transforms the simulator truth of a split (what users respond to), never the pages the
 endpoint sees: the features, single-modal scores and query features stay as they were, so a policy
@@ -6,23 +6,25 @@ can only notice the change through the feedback it logs. Both the live traffic a
 sessions switch to the drifted truth from round `at_round` on, so the online loop and the frozen copy of
 the initial policy are compared on held-out sessions of the same drifted world.
 
-SPEC: "default", "none", or comma-separated key=value pairs, e.g.
-    round=2,modality=video,relevance=-2,attractiveness=1.0
-  round           the first round whose traffic comes from the drifted world
-  modality        the modality whose results change (doc, image, video, answer)
-  relevance       grades added to that modality's true relevance (clipped to 0..4): a quality shift;
-                  dwell and satisfaction follow the true grade in the user model
-  attractiveness  factor on that modality's attractiveness (its click-through once examined)
-The default scenario: from round 1 on, video results get two grades worse (a catalogue of worse videos:
-users still click them, but watch them shorter and are satisfied less).
+The setting (`smar online --online.drift VALUE`, `OnlineConfig.drift`): null for no drift, a preset's
+name, or DriftConfig's fields as a mapping (`{modality: image, relevance_shift: -1}`; a field left out
+keeps its default):
+  at_round              the first round whose traffic comes from the drifted world
+  modality              the modality whose results change (doc, image, video, answer)
+  relevance_shift       grades added to that modality's true relevance (clipped to 0..4): a quality
+                        shift; dwell and satisfaction follow the true grade in the user model
+  attractiveness_scale  factor on that modality's attractiveness (its click-through once examined)
+The `default` preset (all defaults): from round 1 on, video results get two grades worse (a catalogue of
+worse videos: users still click them, but watch them shorter and are satisfied less).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
+from envs.config_io import ConfigError, from_dict
 from envs.pages import MAX_GRADE, MODALITIES
 from envs.world import ItemTruth, Split
 
@@ -38,40 +40,32 @@ class DriftConfig:
         if self.modality not in MODALITIES:
             raise ValueError(f"drift modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.at_round < 1:
-            raise ValueError("a drift needs at least one round before it (at_round >= 1)")
+            raise ValueError("a drift needs at least one round before it (drift at_round >= 1)")
         if self.attractiveness_scale <= 0:
-            raise ValueError(f"attractiveness factor must be > 0, got {self.attractiveness_scale}")
+            raise ValueError(f"drift attractiveness_scale must be > 0, got {self.attractiveness_scale}")
         if self.relevance_shift == 0 and self.attractiveness_scale == 1.0:
-            raise ValueError("this drift changes nothing (relevance=0, attractiveness=1)")
+            raise ValueError("this drift changes nothing (relevance_shift 0, attractiveness_scale 1)")
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-_KEYS = {
-    "round": ("at_round", int),
-    "modality": ("modality", str),
-    "relevance": ("relevance_shift", int),
-    "attractiveness": ("attractiveness_scale", float),
-}
+PRESETS: dict[str, DriftConfig] = {"default": DriftConfig()}
 
 
-def parse_drift(spec: str | dict | None) -> DriftConfig | None:
-    """`--drift SPEC` (or the config's dict) -> a DriftConfig; None for no drift."""
-    if spec is None or spec in ("", "none"):
-        return None
-    if isinstance(spec, dict):
-        return DriftConfig(**spec)
-    if spec == "default":
-        return DriftConfig()
-    kw = {}
-    for part in spec.split(","):
-        key, sep, value = part.partition("=")
-        if not sep or key.strip() not in _KEYS:
-            raise ValueError(f"bad drift spec part {part!r}: expected one of {sorted(_KEYS)} as key=value")
-        name, cast = _KEYS[key.strip()]
-        kw[name] = cast(value.strip())
-    return DriftConfig(**kw)
+def parse_drift(value: DriftConfig | dict | str | None) -> DriftConfig | None:
+    """The drift setting -> a DriftConfig (None: no drift). A mapping is loaded strictly (an unknown key
+    is an error naming it); a string must name a preset."""
+    if value is None or isinstance(value, DriftConfig):
+        return value
+    if isinstance(value, str):
+        if value not in PRESETS:
+            raise ConfigError(
+                f"drift: unknown preset {value!r} (presets: {', '.join(PRESETS)}; or a mapping of "
+                f"{', '.join(f.name for f in fields(DriftConfig))}; or null for none)"
+            )
+        return PRESETS[value]
+    return from_dict(DriftConfig, value, "drift")
 
 
 def drift_split(split: Split, cfg: DriftConfig) -> Split:

@@ -5,10 +5,12 @@ default): the same sessions, the same seeds and the same number of plays every r
 (or one version in two rounds) face the same users and their difference is paired per session. Two
 figures per version: the deterministic top-K (what the policy ranks) and the policy as the exploring
 endpoint serves it (Plackett-Luce at the loop's temperature), whose gap is the live cost of exploring.
+`HeldoutEvidence` keeps each version's figures, computed once per world.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -72,3 +74,48 @@ def served_returns(
 def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """a - b per session (same sessions, same seeds), mean and 95% interval."""
     return interval(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+
+
+class HeldoutEvidence:
+    """Per-session held-out returns of each version in each world (deterministic and as served), kept
+    in `cache` (the loop's state): a version's figure is computed once per world and every round
+    reuses it. `worlds`: world name -> its held-out sessions; `load(version)` -> that version's model."""
+
+    def __init__(
+        self,
+        cache: dict,
+        worlds: dict[str, Split],
+        cfg: HeldoutConfig,
+        temperature: float,
+        serp: Any,
+        load: Callable[[str], Any],
+    ) -> None:
+        self.cache, self.worlds, self.cfg = cache, worlds, cfg
+        self.temperature, self.serp, self.load = temperature, serp, load
+
+    def returns(self, version: str, world: str, model: Any = None) -> dict[str, np.ndarray]:
+        """{"deterministic", "served"}: per-session returns of `version` (`model` if given) in `world`."""
+        key = f"{version}|{world}"
+        if key not in self.cache:
+            model = model if model is not None else self.load(version)
+            split = self.worlds[world]
+            self.cache[key] = {
+                "deterministic": deterministic_returns(model, split, self.cfg, self.serp).tolist(),
+                "served": served_returns(model, split, self.temperature, self.cfg, self.serp).tolist(),
+            }
+        return {k: np.asarray(v) for k, v in self.cache[key].items()}
+
+    def figures(self, version: str, after: str, initial: str, world: str) -> dict:
+        """A round's held-out figures: the serving version, the version after the round's decision and
+        the frozen initial one."""
+        now, nxt = self.returns(version, world), self.returns(after, world)
+        frozen = self.returns(initial, world)
+        return {
+            "world": world,
+            "heldout_reward": interval(now["deterministic"]),
+            "heldout_served": interval(now["served"]),
+            "exploration_cost": paired(now["deterministic"], now["served"]),
+            "heldout_reward_after": interval(nxt["deterministic"]),
+            "frozen_heldout": interval(frozen["deterministic"]),
+            "after_minus_frozen": paired(nxt["deterministic"], frozen["deterministic"]),
+        }

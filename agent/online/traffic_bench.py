@@ -20,7 +20,7 @@ from pathlib import Path
 from envs.atomic_io import write_json_atomic
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="runs/pretrain")
     p.add_argument("--policy", default=None, help="checkpoint to serve (default: the run's SMAR reranker)")
@@ -32,74 +32,73 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--proxy", action="store_true", help="through Serve's proxy instead of the fast path")
     p.add_argument("--out", default=None)
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def _start_app(a: argparse.Namespace, policy: str) -> str:
+    """A fresh registry (in a temp folder) serving `policy` with exploration; the app's URL."""
+    from agent.online.app import deploy_explorer, init_ray
+    from serving.registry import Registry
+
+    tmp = Path(tempfile.mkdtemp(prefix="traffic_bench_"))
+    Registry(tmp / "registry").publish(policy)
+    init_ray(fast_path=not a.proxy)
+    return deploy_explorer(tmp / "registry", tmp / "logs", tmp / "state", a.temperature)
+
+
+def _measure(url: str, split, a: argparse.Namespace) -> list[dict]:
+    """A warm-up, then `a.repeats` alternating single / batched runs of the same sessions."""
+    from agent.traffic import run_traffic
+
+    rows = []
+    bodies: dict[int, bytes] = {}
+    run_traffic(url, split, 100, seed=1, concurrency=2, batch=8, bodies=bodies)  # warm-up
+    for rep in range(a.repeats):
+        for mode in ("single", "batched"):
+            t = time.perf_counter()
+            st = run_traffic(
+                url,
+                split,
+                a.impressions,
+                seed=rep,
+                concurrency=a.single_concurrency if mode == "single" else a.concurrency,
+                batch=1 if mode == "single" else a.batch,
+                bodies=bodies,
+            )
+            dt = time.perf_counter() - t
+            rows.append(
+                {
+                    "repeat": rep,
+                    "mode": mode,
+                    "impressions": st.impressions,
+                    "seconds": dt,
+                    "impressions_per_s": st.impressions / dt,
+                    "failed_requests": st.failed_requests,
+                    "observed_reward": st.observed_reward,
+                    "thread_seconds": st.thread_seconds,
+                }
+            )
+            print(
+                f"rep {rep} {mode:<8} {st.impressions} impressions in {dt:.1f} s = "
+                f"{st.impressions / dt:.1f}/s, {st.failed_requests} failed; thread s {st.thread_seconds}"
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the app, measure both client modes, report their throughput ratio per repetition."""
+    a = _parse(argv)
 
     import ray
 
-    from agent.traffic import run_traffic
     from pretrain.run import PretrainRun
     from serving import deploy
-    from serving.registry import Registry
-    from serving.settings import load_config, with_overrides
 
     run = PretrainRun.open(a.run)
     split = run.split("traffic")
-    policy = a.policy or str(run.reranker_path)
-    tmp = Path(tempfile.mkdtemp(prefix="traffic_bench_"))
-    registry = Registry(tmp / "registry")
-    registry.publish(policy)
-    if not a.proxy:
-        deploy.enable_fast_path(no_drain=True)
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    cfg = with_overrides(
-        load_config(),
-        port=deploy.free_port(),
-        num_cpus=1.0,
-        args={
-            "registry": str(tmp / "registry"),
-            "log_dir": str(tmp / "logs"),
-            "state_dir": str(tmp / "state"),
-        },
-        user_config={
-            "version": registry.current().version,
-            "exploration": "plackett_luce",
-            "temperature": a.temperature,
-        },
-    )
-    url = deploy.deploy(cfg)
-    rows = []
-    bodies: dict[int, bytes] = {}
+    url = _start_app(a, a.policy or str(run.reranker_path))
     try:
-        run_traffic(url, split, 100, seed=1, concurrency=2, batch=8, bodies=bodies)  # warm-up
-        for rep in range(a.repeats):
-            for mode in ("single", "batched"):
-                t = time.perf_counter()
-                st = run_traffic(
-                    url,
-                    split,
-                    a.impressions,
-                    seed=rep,
-                    concurrency=a.single_concurrency if mode == "single" else a.concurrency,
-                    batch=1 if mode == "single" else a.batch,
-                    bodies=bodies,
-                )
-                dt = time.perf_counter() - t
-                rows.append(
-                    {
-                        "repeat": rep,
-                        "mode": mode,
-                        "impressions": st.impressions,
-                        "seconds": dt,
-                        "impressions_per_s": st.impressions / dt,
-                        "failed_requests": st.failed_requests,
-                        "observed_reward": st.observed_reward,
-                        "thread_seconds": st.thread_seconds,
-                    }
-                )
-                print(
-                    f"rep {rep} {mode:<8} {st.impressions} impressions in {dt:.1f} s = "
-                    f"{st.impressions / dt:.1f}/s, {st.failed_requests} failed; thread s {st.thread_seconds}"
-                )
+        rows = _measure(url, split, a)
     finally:
         deploy.shutdown()
         ray.shutdown()

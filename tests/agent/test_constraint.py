@@ -69,7 +69,7 @@ def test_dual_step_golden():
 def test_margin_comes_from_the_checkpoint():
     assert checkpoint_margin({"pretrain_config": {"loss": {"margin": 0.4}}}) == 0.4
     assert checkpoint_margin({"update": {"margin": 0.3}}) == 0.3  # a candidate the online loop wrote
-    assert checkpoint_margin({}) == ConstraintConfig.margin == UpdateConfig.margin
+    assert checkpoint_margin({}) == ConstraintConfig.margin == UpdateConfig().lagrangian().margin
 
 
 # --------------------------------------------------------------------------- through both callers

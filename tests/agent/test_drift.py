@@ -1,25 +1,29 @@
-"""The changing world of `smar online --drift`: a modality's truth shifts, the pages stay as they were."""
+"""The changing world of `smar online --online.drift`: a modality's truth shifts, the pages stay as they were."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from agent.online.drift import DriftConfig, drift_split, parse_drift
+from agent.online.drift import PRESETS, DriftConfig, drift_split, parse_drift
 from agent.online.heldout import HeldoutConfig, deterministic_returns
+from envs.config_io import ConfigError
 from envs.pages import MODALITIES
 
 
 def test_parse_drift() -> None:
-    assert parse_drift(None) is None and parse_drift("none") is None
-    assert parse_drift("default") == DriftConfig()
-    d = parse_drift("round=3,modality=image,relevance=-1,attractiveness=0.5")
+    assert parse_drift(None) is None
+    assert parse_drift("default") == DriftConfig() == PRESETS["default"]
+    d = parse_drift({"at_round": 3, "modality": "image", "relevance_shift": -1, "attractiveness_scale": 0.5})
     assert d == DriftConfig(at_round=3, modality="image", relevance_shift=-1, attractiveness_scale=0.5)
-    assert parse_drift(d.to_json()) == d
-    with pytest.raises(ValueError):
-        parse_drift("round=2,colour=red")
-    with pytest.raises(ValueError):
-        parse_drift("round=2,relevance=0")
+    assert parse_drift(d.to_json()) == d and parse_drift(d) is d
+    assert parse_drift({"modality": "image"}) == DriftConfig(modality="image")  # the rest: defaults
+    with pytest.raises(ConfigError, match="'colour'"):
+        parse_drift({"at_round": 2, "colour": "red"})
+    with pytest.raises(ConfigError, match="'sudden'"):
+        parse_drift("sudden")
+    with pytest.raises(ValueError, match="changes nothing"):
+        parse_drift({"at_round": 2, "relevance_shift": 0})
 
 
 def test_drift_changes_one_modality_and_hurts_a_policy_that_ignores_it(tiny_run) -> None:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from agent.evaluation import session_page_lists
-from agent.gate import gate, reward_model_for
-from agent.offpolicy import logged_batch
+from agent.gate import GateConfig, gate, reward_model_for
+from agent.offpolicy import UpdateConfig, logged_batch
 from agent.online import OnlineConfig, OnlineLoop
+from agent.online.drift import DriftConfig
+from agent.online.heldout import HeldoutConfig
 from agent.traffic import run_traffic
+from envs.config_io import ConfigError
 from serving.client import RerankerClient, page_request
 from serving.feedback_log import read_logs
 from serving.registry import Registry
@@ -34,10 +38,10 @@ def test_online_loop_resumes_and_gate_rejects_harmful_candidate(ray_session, tin
         impressions_per_round=60,
         concurrency=2,
         num_cpus=0.5,
-        update={"epochs": 2, "minibatch": 32},
-        gate={"n_boot": 100},
-        heldout={"repeats": 1, "served_samples": 1},
-        drift={"at_round": 1, "modality": "video", "relevance_shift": -2},
+        update=UpdateConfig(epochs=2, minibatch=32),
+        gate=GateConfig(n_boot=100),
+        heldout=HeldoutConfig(repeats=1, served_samples=1),
+        drift=DriftConfig(at_round=1, modality="video", relevance_shift=-2),
     )
     first = OnlineLoop(OnlineConfig(rounds=1, **base))
     r0 = first.run_all()["rounds"][0]
@@ -102,3 +106,23 @@ def _live_url() -> str:
     from serving import deploy
 
     return deploy.base_url(deploy.current_config())
+
+
+def test_a_config_an_older_run_saved_loads_typed() -> None:
+    """Older states hold the nested settings as partial dicts of overrides: they load strictly, a missing
+    key taking its default (as the overrides did), and the typed config saves and loads back unchanged."""
+    old = {
+        "rounds": 5,
+        "update": {"epochs": 2, "body_lr_scale": 0.0, "offset_lr_scale": 10.0, "offset_params": "bias"},
+        "gate": {},
+        "heldout": {"repeats": 1},
+        "drift": {"at_round": 2, "modality": "video", "relevance_shift": -2, "attractiveness_scale": 1.0},
+    }
+    cfg = OnlineConfig.from_json(old)
+    assert cfg.update == UpdateConfig(epochs=2, body_lr_scale=0.0, offset_lr_scale=10.0, offset_params="bias")
+    assert cfg.gate == GateConfig() and cfg.heldout == HeldoutConfig(repeats=1)
+    assert cfg.drift == DriftConfig(at_round=2) and cfg.rounds == 5
+    assert OnlineConfig.from_json(cfg.to_json()) == cfg
+    assert OnlineConfig.from_json({"drift": None}).drift is None
+    with pytest.raises(ConfigError, match="'lrr'"):
+        OnlineConfig.from_json({"update": {"lrr": 1.0}})
