@@ -17,6 +17,7 @@ from agent.online.drift import DriftConfig
 from agent.online.heldout import HeldoutConfig
 from envs.config_io import JsonConfig
 from pretrain.run import DEFAULT_RUN
+from serving.settings import SERVING_TEMPERATURE
 
 DEFAULT_OUT = "runs/online"
 DEFAULT_TRAIN = "runs/train"
@@ -41,9 +42,9 @@ class OnlineConfig(JsonConfig):
     rounds: int = 4
     impressions_per_round: int = 10_000
     slate_size: int = 10
-    # The exploration budget: the endpoint serves Plackett-Luce at this temperature; every round reports
-    # its live cost on held-out sessions (served vs deterministic reward of the same version).
-    temperature: float = 0.5
+    # The exploration budget: the endpoint serves Plackett-Luce at this temperature (the serving one by
+    # default); every round reports its live cost on held-out sessions (served vs deterministic reward).
+    temperature: float = SERVING_TEMPERATURE
     concurrency: int = 4  # client threads
     # Sessions per client thread sharing one POST /rank/batch + one POST /feedback/batch per step
     # (1: one /rank and one /feedback request per impression). Each page is still its own event.

@@ -36,6 +36,7 @@ from envs.reward import RewardConfig
 from envs.world import Split
 from pretrain import plackett_luce as pl
 from pretrain.page import collate
+from serving.settings import SERVING_TEMPERATURE
 
 
 def simulated_batch(
@@ -224,7 +225,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--sessions", type=int, default=2400, help="simulated sessions per round (~7,000 impressions)"
     )
     p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--temperature", type=float, default=0.5)
+    p.add_argument("--temperature", type=float, default=SERVING_TEMPERATURE)
     p.add_argument("--settings", default="loop,lr,trust,explore", help="drift settings to compare")
     p.add_argument("--checks-only", action="store_true", help="propensities and the known answer only")
     p.add_argument("--out", default=None)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from envs.atomic_io import write_json_atomic
+from serving.settings import SERVING_TEMPERATURE
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -29,7 +30,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--single-concurrency", type=int, default=16)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=0.5)
+    p.add_argument("--temperature", type=float, default=SERVING_TEMPERATURE)
     p.add_argument("--proxy", action="store_true", help="through Serve's proxy instead of the fast path")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
