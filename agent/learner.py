@@ -20,7 +20,8 @@ THE LOSS (per module, per minibatch; see `ConstrainedPPOLearner.compute_loss_for
             frozen SMAR policy, which lives in the learner only (never a submodule of the trained
             RLModule, so it is neither optimised, synced to env runners nor checkpointed with it).
 
-Configure through `config.training(learner_class=ConstrainedPPOLearner,
+The learner connector pieces it appends (per-position advantages, dropping the bootstrap rows) are in
+`agent.learner_connectors`. Configure through `config.training(learner_class=ConstrainedPPOLearner,
 learner_config_dict=ConstraintConfig(...).to_dict())`. Multiplier, hinge, agreement, target and KL are
 logged every iteration under the module id in the learner results.
 """
@@ -30,7 +31,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from ray.rllib.algorithms.ppo.ppo import (
     LEARNER_RESULTS_KL_KEY,
@@ -38,7 +38,6 @@ from ray.rllib.algorithms.ppo.ppo import (
     LEARNER_RESULTS_VF_LOSS_UNCLIPPED_KEY,
 )
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
-from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.evaluation.postprocessing import Postprocessing
@@ -46,6 +45,7 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.torch_utils import explained_variance
 
 from agent.constraint import Lagrangian, LagrangianConfig, topk_agreement
+from agent.learner_connectors import POSITION_ADVANTAGES, DropBootstrapRows, PositionAdvantages
 from agent.rl_module import SCORES
 from envs.config_io import from_dict
 from envs.pages import Pages
@@ -67,8 +67,6 @@ APPROX_KL = "approx_kl"  # E[(r - 1) - log r] over the minibatch, r = pi / pi_ol
 EXPLAINED_VAR = "vf_explained_var"  # RLlib's own (PPOTorchLearner logs it)
 OFFSET_OPTIMIZER = "offset_head"  # a named optimizer (ConstraintConfig.offset_lr_scale != 1)
 BODY_OPTIMIZER = "reranker_body"  # a named optimizer (ConstraintConfig.body_lr_scale != 1)
-POSITION_REWARDS = "position_rewards"  # batch column [B, K]: the page reward per shown position (env info)
-POSITION_ADVANTAGES = "position_advantages"  # batch column [B, K]: PositionAdvantages' output
 RATIOS = ("slate", "position")
 
 
@@ -389,84 +387,3 @@ def topk_consistency(model: WholePageReranker, pages: Pages, k: int) -> float:
         m, c = topk_agreement(scores, pb.single_modal_score, pb.modality, pb.mask & pb.has_score, k)
         mass, pairs = mass + float(m), pairs + float(c)
     return mass / pairs if pairs else float("nan")
-
-
-def position_advantages(
-    advantages: torch.Tensor, raw_advantages: torch.Tensor, position_rewards: torch.Tensor, real: torch.Tensor
-) -> torch.Tensor:
-    """Per-position advantages [B, K] from the page's standardised GAE advantages [B] (RLlib's:
-    (raw - mean) / std(raw), raw_advantages [B] = VALUE_TARGETS - V) and the page reward per shown
-    position [B, K]: A[t, k] = A[t] - (R_<k[t] - mean over real rows of R_<k) / std(raw), R_<k the
-    reward earned above position k. Rows not `real` (RLlib's bootstrap rows) earn nothing."""
-    rewards = torch.where(real[:, None], position_rewards, torch.zeros_like(position_rewards))
-    scale = max(1e-4, float(raw_advantages.std(unbiased=False)))  # GAE's np.std
-    prefix = torch.cumsum(rewards, -1) - rewards  # reward above each position
-    centred = prefix - prefix[real].mean(0) if real.any() else prefix
-    return advantages[:, None] - centred / scale
-
-
-class PositionAdvantages(ConnectorV2):
-    """Learner connector piece (after RLlib's GAE): the per-position advantage of ratio "position".
-
-    A[t, k] = A[t] - (R_<k[t] - mean over the batch of R_<k) / s, with A[t] the page's GAE advantage
-    (standardised by RLlib with the std s of the raw advantages VALUE_TARGETS - V), R_<k[t] the reward
-    the page earned at positions above k (env info `position_rewards`) and s recomputed exactly as
-    GAE computed it. The k-th placement cannot change what the user did above it (the cascade), so
-    that reward is noise for its gradient; centring per position keeps the baseline's mean.
-    Episodes and batch rows are walked in the same order as RLlib's own pieces walk them."""
-
-    @override(ConnectorV2)
-    def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
-        per_module: dict[str, list[np.ndarray]] = {}
-        for ep in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
-            mid = ep.module_id or next(iter(batch))
-            k = int(rl_module[mid].unwrapped().slate_size)
-            infos = ep.get_infos(slice(1, len(ep) + 1))  # infos[t + 1] is step t's (index 0: reset's)
-            rewards = np.zeros((len(ep), k), np.float32)
-            for t, info in enumerate(infos[: len(ep)]):
-                r = info.get(POSITION_REWARDS) if isinstance(info, dict) else None
-                if r is not None:
-                    rewards[t] = np.asarray(r, np.float32)
-            per_module.setdefault(mid, []).append(rewards)
-        for mid, parts in per_module.items():
-            mb = batch[mid]
-            rewards = torch.as_tensor(np.concatenate(parts))
-            adv = mb[Postprocessing.ADVANTAGES]
-            if rewards.shape[0] != adv.shape[0]:
-                raise ValueError(f"position rewards for {rewards.shape[0]} rows, batch has {adv.shape[0]}")
-            real = mb[Columns.LOSS_MASK].bool() if Columns.LOSS_MASK in mb else torch.ones_like(adv).bool()
-            if Columns.REWARDS in mb:  # the rows line up: each real row's positions sum to its reward
-                step = torch.as_tensor(mb[Columns.REWARDS]).to(rewards)
-                if not torch.allclose(rewards.sum(-1)[real], step[real], atol=1e-5):
-                    raise ValueError("position rewards do not sum to the batch's rewards: rows misaligned")
-            with torch.no_grad():
-                values = rl_module[mid].unwrapped().compute_values(mb)
-            mb[POSITION_ADVANTAGES] = position_advantages(
-                adv, mb[Postprocessing.VALUE_TARGETS] - values, rewards.to(adv.device), real
-            )
-        return batch
-
-
-class DropBootstrapRows(ConnectorV2):
-    """Learner connector piece (last): removes the rows RLlib's PPO adds for the value bootstrap
-    (`Columns.LOSS_MASK` False) from every column once GAE (and PositionAdvantages) have used them.
-    The loss then sees only real pages; PPO's loss is a masked mean, so on the same rows it is
-    unchanged, but minibatches of `minibatch_size` rows now hold that many real pages."""
-
-    @override(ConnectorV2)
-    def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
-        for mid, mb in batch.items():
-            if Columns.LOSS_MASK not in mb:
-                continue
-            keep = torch.as_tensor(mb.pop(Columns.LOSS_MASK)).bool()
-            idx = torch.nonzero(keep).squeeze(-1)
-
-            def take(x, idx=idx):
-                if isinstance(x, dict):
-                    return {k: take(v) for k, v in x.items()}
-                if isinstance(x, torch.Tensor):
-                    return x.index_select(0, idx.to(x.device))
-                return np.asarray(x)[idx.numpy()]
-
-            batch[mid] = {k: take(v) for k, v in mb.items()}
-        return batch

@@ -35,3 +35,46 @@ def tiny_run(tiny_world, tmp_path_factory):
     )
     with torch_threads(1):
         return run_pretrain(tiny_world, tmp_path_factory.mktemp("tiny_run"), cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def scored_env(tiny_world):
+    """A SerpEnv on the tiny world's traffic split whose items carry a fixed random single-modal
+    score: any per-modality order will do as the reference for the constraint's loss tests."""
+    import numpy as np
+
+    from envs.serp_env import SerpEnv
+
+    pages = tiny_world.traffic.pages
+    ref = np.random.default_rng(1).normal(size=pages.n_items).astype(np.float32)
+    return SerpEnv(
+        pages.with_items(single_modal_score=ref), tiny_world.traffic.truth, {"n_max": 16, "slate_size": 5}
+    )
+
+
+@pytest.fixture(scope="module")
+def make_learner(scored_env, tiny_world):
+    """Builds a ConstrainedPPOLearner for `scored_env` on a small scratch reranker: `make_learner(offsets,
+    **ConstraintConfig fields)` (offsets: with the modality-offset head)."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from agent.learner import ConstrainedPPOLearner, ConstraintConfig
+    from agent.rl_module import module_spec, scratch_model_config
+
+    def build(offsets: bool = False, **constraint) -> ConstrainedPPOLearner:
+        mc = scratch_model_config(
+            tiny_world.traffic.pages, seed=0, hidden=16, heads=2, layers=1, modality_offsets=offsets
+        )
+        cfg = (
+            PPOConfig()
+            .environment(observation_space=scored_env.observation_space, action_space=scored_env.action_space)
+            .rl_module(rl_module_spec=module_spec(mc))
+            .learners(
+                learner_class=ConstrainedPPOLearner,
+                learner_config_dict=ConstraintConfig(**constraint).to_dict(),
+            )
+            .training(entropy_coeff=0.0, use_kl_loss=False)
+        )
+        return cfg.build_learner(env=scored_env)
+
+    return build

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
@@ -18,10 +17,9 @@ from agent.constraint import (
     dual_step,
     topk_agreement,
 )
-from agent.learner import ConstrainedPPOLearner, ConstraintConfig
+from agent.learner import ConstraintConfig
 from agent.offpolicy import LoggedBatch, UpdateConfig, offpolicy_update
-from agent.rl_module import SCORES, module_spec, scratch_model_config
-from envs.serp_env import SerpEnv
+from agent.rl_module import SCORES
 from pretrain import plackett_luce as pl
 from pretrain.page import collate
 
@@ -73,29 +71,12 @@ def test_margin_comes_from_the_checkpoint():
 
 
 # --------------------------------------------------------------------------- through both callers
-@pytest.fixture(scope="module")
-def env(tiny_world):
-    pages = tiny_world.traffic.pages
-    ref = np.random.default_rng(1).normal(size=pages.n_items).astype(np.float32)
-    return SerpEnv(
-        pages.with_items(single_modal_score=ref), tiny_world.traffic.truth, {"n_max": 16, "slate_size": 5}
-    )
-
-
-def test_learner_adds_lambda_hinge_and_takes_the_golden_dual_step(env, tiny_world):
-    mc = scratch_model_config(tiny_world.traffic.pages, seed=0, hidden=16, heads=2, layers=1)
+def test_learner_adds_lambda_hinge_and_takes_the_golden_dual_step(scored_env, make_learner):
+    env = scored_env
     losses = {}
     for enabled in (True, False):
-        cc = ConstraintConfig(
+        learner = make_learner(
             enabled=enabled, margin=0.7, multiplier_init=2.0, multiplier_lr=5.0, target=0.99
-        )
-        learner = (
-            PPOConfig()
-            .environment(observation_space=env.observation_space, action_space=env.action_space)
-            .rl_module(rl_module_spec=module_spec(mc))
-            .learners(learner_class=ConstrainedPPOLearner, learner_config_dict=cc.to_dict())
-            .training(entropy_coeff=0.0, use_kl_loss=False)
-            .build_learner(env=env)
         )
         env.reset(seed=0)
         obs = [env.reset(options={"session": s})[0] for s in range(10)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import DEFAULT_OPTIMIZER
@@ -17,18 +16,14 @@ from agent.learner import (
     BODY_OPTIMIZER,
     MULTIPLIER,
     OFFSET_OPTIMIZER,
-    POSITION_ADVANTAGES,
-    ConstrainedPPOLearner,
     ConstraintConfig,
-    DropBootstrapRows,
-    position_advantages,
     scaled_schedule,
     topk_agreement,
     trust_region_stats,
 )
-from agent.rl_module import SCORES, module_spec, scratch_model_config
+from agent.learner_connectors import POSITION_ADVANTAGES, DropBootstrapRows, position_advantages
+from agent.rl_module import SCORES, scratch_model_config
 from envs.metrics import shown_order_agreement, within_modality_agreement
-from envs.serp_env import SerpEnv
 from pretrain import plackett_luce as pl
 
 
@@ -57,32 +52,6 @@ def test_torch_agreement_matches_envs_metrics():
         a, c = shown_order_agreement(shown, ref[i, : sizes[i]], mod[i, : sizes[i]])
         m_k, p_k = m_k + (a * c if c else 0.0), p_k + c
     assert int(pairs) == p_k and float(mass) == pytest.approx(m_k)
-
-
-@pytest.fixture(scope="module")
-def env(tiny_world):
-    pages = tiny_world.traffic.pages
-    # Any fixed per-modality order will do as the "single-modal" reference for these loss tests.
-    ref = np.random.default_rng(1).normal(size=pages.n_items).astype(np.float32)
-    return SerpEnv(
-        pages.with_items(single_modal_score=ref), tiny_world.traffic.truth, {"n_max": 16, "slate_size": 5}
-    )
-
-
-def _learner(env, tiny_world, offsets: bool = False, **constraint) -> ConstrainedPPOLearner:
-    mc = scratch_model_config(
-        tiny_world.traffic.pages, seed=0, hidden=16, heads=2, layers=1, modality_offsets=offsets
-    )
-    cfg = (
-        PPOConfig()
-        .environment(observation_space=env.observation_space, action_space=env.action_space)
-        .rl_module(rl_module_spec=module_spec(mc))
-        .learners(
-            learner_class=ConstrainedPPOLearner, learner_config_dict=ConstraintConfig(**constraint).to_dict()
-        )
-        .training(entropy_coeff=0.0, use_kl_loss=False)
-    )
-    return cfg.build_learner(env=env)
 
 
 def _batch(env, n: int = 12):
@@ -118,9 +87,9 @@ def _agreement(scores, o):
     return float(mass) / float(pairs)
 
 
-def test_constraint_gradient_moves_scores_toward_single_modal_order(env, tiny_world):
-    learner = _learner(env, tiny_world, multiplier_init=1.0)
-    o = _batch(env)
+def test_constraint_gradient_moves_scores_toward_single_modal_order(scored_env, make_learner):
+    learner = make_learner(multiplier_init=1.0)
+    o = _batch(scored_env)
     scores, batch, fwd = _loss_inputs(learner, o)
     before = _agreement(scores, o)
     for _ in range(40):
@@ -137,7 +106,7 @@ def test_constraint_gradient_moves_scores_toward_single_modal_order(env, tiny_wo
     assert before < 0.7 and after > 0.95, (before, after)
 
     # Constraint off: the same loss puts no gradient on the scores (advantages are 0).
-    off = _learner(env, tiny_world, enabled=False, multiplier_init=1.0)
+    off = make_learner(enabled=False, multiplier_init=1.0)
     s2, batch2, fwd2 = _loss_inputs(off, o)
     off.compute_loss_for_module(
         module_id="default_policy", config=off.config, batch=batch2, fwd_out=fwd2
@@ -145,10 +114,10 @@ def test_constraint_gradient_moves_scores_toward_single_modal_order(env, tiny_wo
     assert s2.grad is None or s2.grad.abs().max().item() < 1e-6
 
 
-def test_dual_ascent_raises_multiplier_below_target_and_lowers_it_above(env, tiny_world):
-    o = _batch(env)
+def test_dual_ascent_raises_multiplier_below_target_and_lowers_it_above(scored_env, make_learner):
+    o = _batch(scored_env)
     for target, direction in ((1.0, 1), (0.0, -1)):
-        learner = _learner(env, tiny_world, target=target, multiplier_init=1.0, multiplier_lr=2.0)
+        learner = make_learner(target=target, multiplier_init=1.0, multiplier_lr=2.0)
         _, batch, fwd = _loss_inputs(learner, o)
         learner.compute_loss_for_module(
             module_id="default_policy", config=learner.config, batch=batch, fwd_out=fwd
@@ -162,18 +131,18 @@ def test_dual_ascent_raises_multiplier_below_target_and_lowers_it_above(env, tin
         assert state["constraint"]["multipliers"]["default_policy"] == lam
 
 
-def test_reference_kl_is_kept_outside_the_trained_module(env, tiny_world, tmp_path):
+def test_reference_kl_is_kept_outside_the_trained_module(scored_env, make_learner, tiny_world, tmp_path):
     from agent.rl_module import build_reranker
     from pretrain.checkpoint import save_checkpoint
 
     mc = scratch_model_config(tiny_world.traffic.pages, seed=0, hidden=16, heads=2, layers=1)
     save_checkpoint(build_reranker(mc), tmp_path / "smar")
-    learner = _learner(env, tiny_world, reference_checkpoint=str(tmp_path / "smar"), reference_kl_coeff=0.5)
+    learner = make_learner(reference_checkpoint=str(tmp_path / "smar"), reference_kl_coeff=0.5)
     trained = {id(p) for p in learner.module["default_policy"].parameters()}
     assert learner._reference is not None
     assert not trained & {id(p) for p in learner._reference.parameters()}
     assert not any(p.requires_grad for p in learner._reference.parameters())
-    o = _batch(env)
+    o = _batch(scored_env)
     _, batch, fwd = _loss_inputs(learner, o)
     learner.compute_loss_for_module(
         module_id="default_policy", config=learner.config, batch=batch, fwd_out=fwd
@@ -181,8 +150,8 @@ def test_reference_kl_is_kept_outside_the_trained_module(env, tiny_world, tmp_pa
     assert learner.metrics.peek(("default_policy", "reference_kl")) > 0
 
 
-def test_offset_head_is_a_second_named_optimizer_on_the_scaled_schedule(env, tiny_world):
-    learner = _learner(env, tiny_world, offsets=True, offset_lr_scale=10.0)
+def test_offset_head_is_a_second_named_optimizer_on_the_scaled_schedule(make_learner):
+    learner = make_learner(offsets=True, offset_lr_scale=10.0)
     opts = dict(learner.get_optimizers_for_module("default_policy"))
     assert set(opts) == {DEFAULT_OPTIMIZER, OFFSET_OPTIMIZER}
     head = {id(p) for p in learner.module["default_policy"].reranker.offset_head.parameters()}
@@ -195,12 +164,12 @@ def test_offset_head_is_a_second_named_optimizer_on_the_scaled_schedule(env, tin
     assert body.param_groups[0]["lr"] == pytest.approx(lr)
     assert fast.param_groups[0]["lr"] == pytest.approx(10 * lr)
     assert scaled_schedule([[0, 1e-3], [100, 0.0]], 10.0) == [[0, 1e-2], [100, 0.0]]
-    plain = _learner(env, tiny_world, offsets=True)  # scale 1: one optimizer, RLlib's behaviour
+    plain = make_learner(offsets=True)  # scale 1: one optimizer, RLlib's behaviour
     assert len(plain.get_optimizers_for_module("default_policy")) == 1
 
 
-def test_body_lr_scale_zero_trains_the_layout_and_value_head_only(env, tiny_world):
-    learner = _learner(env, tiny_world, offsets=True, offset_lr_scale=10.0, body_lr_scale=0.0)
+def test_body_lr_scale_zero_trains_the_layout_and_value_head_only(make_learner):
+    learner = make_learner(offsets=True, offset_lr_scale=10.0, body_lr_scale=0.0)
     opts = dict(learner.get_optimizers_for_module("default_policy"))
     assert set(opts) == {DEFAULT_OPTIMIZER, OFFSET_OPTIMIZER, BODY_OPTIMIZER}
     module = learner.module["default_policy"]
@@ -265,18 +234,18 @@ def _ppo_batch(learner, o, seed: int = 5):
     return scores, batch, {Columns.ACTION_DIST_INPUTS: logits, SCORES: logits}
 
 
-def test_slate_ratio_loss_is_rllibs_ppo_loss(env, tiny_world):
-    learner = _learner(env, tiny_world, enabled=False)
-    _, batch, fwd = _ppo_batch(learner, _batch(env))
+def test_slate_ratio_loss_is_rllibs_ppo_loss(scored_env, make_learner):
+    learner = make_learner(enabled=False)
+    _, batch, fwd = _ppo_batch(learner, _batch(scored_env))
     kw = dict(module_id="default_policy", config=learner.config, batch=batch, fwd_out=fwd)
     ours = learner.compute_loss_for_module(**kw)
     rllib = PPOTorchLearner.compute_loss_for_module(learner, **kw)
     assert float(ours.detach()) == pytest.approx(float(rllib.detach()), rel=1e-6, abs=1e-7)
 
 
-def test_position_ratio_loss_golden(env, tiny_world):
-    learner = _learner(env, tiny_world, enabled=False, ratio="position")
-    scores, batch, fwd = _ppo_batch(learner, _batch(env))
+def test_position_ratio_loss_golden(scored_env, make_learner):
+    learner = make_learner(enabled=False, ratio="position")
+    scores, batch, fwd = _ppo_batch(learner, _batch(scored_env))
     k = learner.module["default_policy"].slate_size
     adv_k = torch.randn(len(scores), k, generator=torch.Generator().manual_seed(2))
     batch[POSITION_ADVANTAGES] = adv_k
