@@ -20,7 +20,7 @@ from pretrain.config import PretrainConfig, RerankerTrainConfig
 from pretrain.losses import LossConfig, smar_loss
 from pretrain.page import PageBatch, collate
 from pretrain.reranker import WholePageReranker
-from pretrain.runtime import torch_threads
+from pretrain.runtime import BestWeights, torch_threads
 
 
 def _pad_pairs(pairs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +90,7 @@ def train_reranker(
         step = _Step(
             model, tc, loss_cfg, pairs, pair_mask, gen, _single_modal_stream(single_modal, loss_cfg, tc, gen)
         )
-        best, best_state, best_epoch, bad, history = -1.0, None, -1, 0, []
+        best, history = BestWeights(tc.patience, keep_ties=True), []  # a tie keeps the later weights
         bar = tqdm(range(tc.epochs), desc=desc, disable=None if progress else True, leave=False)
         for epoch in bar:
             model.train()
@@ -111,18 +111,12 @@ def train_reranker(
                 {"epoch": epoch, "valid_ndcg@10": v, **{k: x / max(nb, 1) for k, x in tot.items()}}
             )
             bar.set_postfix(loss=f"{tot['loss'] / max(nb, 1):.3f}", valid=f"{v:.4f}")
-            if v >= best:  # a tie keeps the later (longer-trained) weights
-                best, best_epoch, bad = v, epoch, 0
-                best_state = {k: t.clone() for k, t in scorer.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= tc.patience:
-                    break
-        model.load_state_dict(best_state)
-        model.eval()
+            if best.update(v, epoch, scorer):
+                break
+        best.restore(model)
     return model, {
-        "best_epoch": best_epoch,
-        "valid_ndcg@10": best,
+        "best_epoch": best.epoch,
+        "valid_ndcg@10": best.best,
         "epochs_run": len(history),
         "train_pages": len(train_idx),
         "history": history,
@@ -215,31 +209,33 @@ class _Step:
         """The weights model selection evaluates: the EMA when on."""
         return self.ema if self.ema is not None else self.model
 
-    def __call__(self, b: PageBatch, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        terms = smar_loss(
+    def _loss(
+        self,
+        b: PageBatch,
+        cfg: LossConfig,
+        pairs: torch.Tensor | None = None,
+        pair_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """smar_loss of the model's scores on batch `b` (page and single-modal batches alike)."""
+        return smar_loss(
             self.model.score_batch(b),
             b.relevance,
             b.single_modal_score,
             b.has_score,
             b.modality,
             b.mask,
-            self.loss_cfg,
-            self.pairs[idx],
-            self.pair_mask[idx],
-            self.gen,
+            cfg,
+            pairs,
+            pair_mask,
+            generator,
         )
+
+    def __call__(self, b: PageBatch, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = self._loss(b, self.loss_cfg, self.pairs[idx], self.pair_mask[idx], self.gen)
         loss = terms["loss"]
         if self.single_modal is not None:
-            sb = self.single_modal.next()
-            sm_terms = smar_loss(
-                self.model.score_batch(sb),
-                sb.relevance,
-                sb.single_modal_score,
-                sb.has_score,
-                sb.modality,
-                sb.mask,
-                self.sm_cfg,
-            )
+            sm_terms = self._loss(self.single_modal.next(), self.sm_cfg)
             loss = loss + sm_terms["loss"]
             terms["consistency"] = terms["consistency"] + sm_terms["consistency"]
         self.opt.zero_grad()

@@ -32,7 +32,7 @@ from envs.pages import MODALITIES, MODALITY_ID, Pages, pad_items
 from pretrain.checkpoint import load_weights, make_version, read_verified_manifest, write_model_folder
 from pretrain.losses import listmle
 from pretrain.reranker import fit_std, signed_log
-from pretrain.runtime import torch_threads
+from pretrain.runtime import BestWeights, torch_threads
 
 FORMAT = "smar-single-modal/1"
 
@@ -227,7 +227,7 @@ def train_ranker(
     hold_x = torch.from_numpy(hold.features[:, :dim])
     hold_q = torch.from_numpy(hold.query_features[hold.page_of_item].astype(np.float32))
     opt = torch.optim.Adam(ranker.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best, best_state, best_epoch, bad = -1.0, None, 0, 0
+    best = BestWeights(cfg.patience, min_gain=1e-5)
     bar = tqdm(
         range(cfg.epochs), desc=f"single-modal {modality}", disable=None if progress else True, leave=False
     )
@@ -245,16 +245,10 @@ def train_ranker(
             s = ranker(hold_x, hold_q).numpy()
         score = mean_ndcg(s, hold, hold.relevance.astype(np.float64))
         bar.set_postfix(ndcg10=f"{score:.4f}")
-        if score > best + 1e-5:
-            best, best_epoch, bad = score, epoch, 0
-            best_state = {k: v.clone() for k, v in ranker.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= cfg.patience:
-                break
-    ranker.load_state_dict(best_state)
-    ranker.eval()
-    return ranker, {"holdout_ndcg@10": best, "best_epoch": best_epoch, "train_pages": len(train)}
+        if best.update(score, epoch, ranker):
+            break
+    best.restore(ranker)
+    return ranker, {"holdout_ndcg@10": best.best, "best_epoch": best.epoch, "train_pages": len(train)}
 
 
 def train_rankers(
