@@ -4,13 +4,14 @@ parsing, and a streaming, validating, atomic writer of the page contract."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from envs.atomic_io import write_json_atomic
 from envs.pages import MAX_GRADE, MODALITIES, Pages
@@ -73,6 +74,15 @@ def require_struct_fields(file: Path, schema: pa.Schema, column: str, fields: Se
         raise SourceFormatError(f"{file}: column {column!r} lacks struct field(s) {missing}")
 
 
+def require_search_columns(
+    files: Sequence[Path], columns: Sequence[str], detail_fields: Sequence[str]
+) -> None:
+    """A search log: every file carries `columns`, and `search_result_details_with_idx` (one entry per
+    shown item) is a list of structs carrying `detail_fields`."""
+    schema = require_columns(files, columns)
+    require_struct_fields(files[0], schema, "search_result_details_with_idx", detail_fields)
+
+
 def batches(files: Sequence[Path], columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
     """Stream record batches over files in order (pyarrow.dataset; never the whole table)."""
     for f in files:
@@ -85,6 +95,18 @@ def batches(files: Sequence[Path], columns: Sequence[str], batch_rows: int) -> I
 
 def count_rows(files: Sequence[Path]) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def limit_rows(batches: Iterable[pa.RecordBatch], limit: int | None) -> Iterator[pa.RecordBatch]:
+    """The batches cut to at most `limit` rows in all (None: all of them)."""
+    left = limit
+    for b in batches:
+        if left is not None:
+            if left <= 0:
+                return
+            b = b.slice(0, left)
+            left -= b.num_rows
+        yield b
 
 
 # --------------------------------------------------------------------------- numbers
@@ -165,6 +187,22 @@ def numeric_matrix(
     return out, k
 
 
+def scalar_column(arr: pa.Array, source: str, name: str) -> np.ndarray:
+    """(n,) float64 of a column holding one number per row (see `numeric_matrix`)."""
+    return numeric_matrix(arr, source, name, width=1)[0][:, 0]
+
+
+def item_index(
+    flat: pa.StructArray, column: str, source: str, page_ids: np.ndarray, page_of: np.ndarray
+) -> np.ndarray:
+    """(n,) int64 item ids from `column` of the flattened search details; a null raises naming its page."""
+    ids = flat.field(column)
+    if ids.null_count:
+        i = int(np.nonzero(np.asarray(ids.is_null().to_numpy(zero_copy_only=False)))[0][0])
+        raise PageValidationError(f"{source}: page {page_ids[page_of[i]]!r}, field 'item_id': null {column}")
+    return np.asarray(ids.cast(pa.int64()).to_numpy(zero_copy_only=False), np.int64)
+
+
 def log1p_count(x: np.ndarray) -> np.ndarray:
     """Heavy-tailed non-negative counts -> log1p; negatives stay negative-signed (never silently NaN)."""
     return np.sign(x) * np.log1p(np.abs(x))
@@ -227,6 +265,62 @@ class PageFileWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+def write_page_file(
+    path: Path,
+    feature_dims: dict[str, int],
+    batches: Iterable[pa.RecordBatch],
+    build: Callable[[pa.RecordBatch], Pages | None],
+    source: str,
+    progress: tuple[str, int] | None = None,
+) -> dict | None:
+    """The pages `build` makes of each batch (None: none), written to one page file by a
+    PageFileWriter (nothing is left behind on an error); `progress`: a bar's (description, total
+    rows). Returns the file's summary (None: no page written)."""
+    writer = PageFileWriter(path, feature_dims)
+    bar = None
+    if progress is not None:
+        bar = tqdm(total=progress[1], desc=progress[0], unit="page", leave=False, disable=None)
+    try:
+        for b in batches:
+            if bar is not None:
+                bar.update(b.num_rows)
+            pages = build(b)
+            if pages is not None:
+                writer.write(pages, source)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return writer.close()
+
+
+def kept_pages(
+    keep: np.ndarray,
+    page_ids: np.ndarray,
+    query_ids: Sequence[str | None],
+    sizes: np.ndarray,
+    query_features: np.ndarray,
+    user_features: np.ndarray,
+    **items: np.ndarray,
+) -> Pages:
+    """The pages of a batch that are kept: `keep`, `page_ids`, `query_ids` (None: the page's own id),
+    `sizes` (items per page) and the features are per page of the batch; `items` (the Pages item
+    fields) hold the kept pages' items only, in page order."""
+    kept = np.nonzero(keep)[0]
+    return Pages(
+        page_id=page_ids[kept],
+        query_id=np.array(
+            [query_ids[p] if query_ids[p] is not None else page_ids[p] for p in kept], dtype=object
+        ),
+        query_features=query_features[kept],
+        user_features=user_features[kept],
+        offsets=np.concatenate([[0], np.cumsum(sizes[kept])]),
+        **items,
+    )
+
+
 def write_summary(out: Path, summary: dict) -> dict:
     """DIR/import.json: what was imported, how features and labels were made, counts per split."""
     write_json_atomic(Path(out) / "import.json", summary)
@@ -262,9 +356,15 @@ __all__ = [
     "config_files",
     "count_rows",
     "find_file",
+    "item_index",
+    "kept_pages",
+    "limit_rows",
     "log1p_count",
     "numeric_matrix",
     "require_columns",
+    "require_search_columns",
     "require_struct_fields",
+    "scalar_column",
+    "write_page_file",
     "write_summary",
 ]

@@ -39,9 +39,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
-from tqdm import tqdm
 
-from pretrain.importers.common import PageFileWriter, SourceFormatError, batches, count_rows, write_summary
+from pretrain.importers.common import (
+    SourceFormatError,
+    batches,
+    count_rows,
+    limit_rows,
+    scalar_column,
+    write_page_file,
+    write_summary,
+)
 from pretrain.importers.config import CrossRankConfig
 from pretrain.importers.crossrank_corpus import CorpusSource
 from pretrain.importers.crossrank_files import (
@@ -51,7 +58,7 @@ from pretrain.importers.crossrank_files import (
     SINGLE_MODAL_MIN_SEARCH_IDX,
     CrossRankFiles,
 )
-from pretrain.importers.crossrank_pages import CrossRankLayout, CrossRankPages, scalar_column
+from pretrain.importers.crossrank_pages import CrossRankLayout, CrossRankPages
 
 
 class CrossRankImporter:
@@ -96,45 +103,33 @@ class CrossRankImporter:
         return self.layout.feature_dims
 
     def _write_split(self, out: Path, split: str, f: Path) -> dict | None:
-        writer = PageFileWriter(out / f"{split}.parquet", self.feature_dims)
         n = count_rows([f])
         total = n if self.cfg.limit is None else min(n, self.cfg.limit)
-        left = total
-        bar = tqdm(total=total, desc=f"crossrank {split}", unit="page", leave=False, disable=None)
-        try:
-            for b in batches([f], list(SEARCH_COLUMNS), self.cfg.batch_rows):
-                if left <= 0:
-                    break
-                b = b.slice(0, left)
-                left -= b.num_rows
-                bar.update(b.num_rows)
-                writer.write(self.builder.pages(b, split, str(f), self.corpus), str(f))
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            bar.close()
-        return writer.close()
+        return write_page_file(
+            out / f"{split}.parquet",
+            self.feature_dims,
+            limit_rows(batches([f], list(SEARCH_COLUMNS), self.cfg.batch_rows), self.cfg.limit),
+            lambda b: self.builder.pages(b, split, str(f), self.corpus),
+            str(f),
+            progress=(f"crossrank {split}", total),
+        )
 
     def _run_single(self, out: Path) -> dict | None:
         """SingleModal_Train rows with search_idx > SINGLE_MODAL_MIN_SEARCH_IDX -> single_modal.parquet."""
         f = self.files.single
-        writer = PageFileWriter(out / "single_modal.parquet", self.feature_dims)
-        left = count_rows([f]) if self.cfg.limit is None else self.cfg.limit
-        try:
+
+        def single_modal_rows():
             for b in batches([f], list(SEARCH_COLUMNS), self.cfg.batch_rows):
                 idx = scalar_column(b.column("search_idx"), str(f), "search_idx")
-                b = b.filter(pa.array(idx > SINGLE_MODAL_MIN_SEARCH_IDX))
-                if left <= 0:
-                    break
-                b = b.slice(0, left)
-                left -= b.num_rows
-                if b.num_rows:
-                    writer.write(self.builder.pages(b, "single", str(f), self.single_corpus), str(f))
-        except BaseException:
-            writer.abort()
-            raise
-        return writer.close()
+                yield b.filter(pa.array(idx > SINGLE_MODAL_MIN_SEARCH_IDX))
+
+        return write_page_file(
+            out / "single_modal.parquet",
+            self.feature_dims,
+            limit_rows(single_modal_rows(), self.cfg.limit),
+            lambda b: self.builder.pages(b, "single", str(f), self.single_corpus) if b.num_rows else None,
+            str(f),
+        )
 
     def run(self, out: str | Path) -> dict:
         """Each split's pages, then the single-modal part, then import.json."""

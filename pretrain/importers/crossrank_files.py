@@ -12,7 +12,7 @@ from pretrain.importers.common import (
     find_file,
     numeric_matrix,
     require_columns,
-    require_struct_fields,
+    require_search_columns,
 )
 
 SEARCH_COLUMNS = ("query", "search_idx", "search_result_details_with_idx")
@@ -46,8 +46,7 @@ SINGLE_MODAL_MIN_SEARCH_IDX = 24009
 
 
 def _check_search(f: Path) -> None:
-    schema = require_columns([f], SEARCH_COLUMNS)
-    require_struct_fields(f, schema, "search_result_details_with_idx", DETAIL_FIELDS)
+    require_search_columns([f], SEARCH_COLUMNS, DETAIL_FIELDS)
 
 
 class CrossRankFiles:

@@ -10,18 +10,14 @@ import numpy as np
 import pyarrow as pa
 
 from envs.pages import MAX_GRADE, MODALITIES, MODALITY_ID, Pages
-from pretrain.importers.common import check_finite, numeric_matrix
+from pretrain.importers.common import check_finite, item_index, kept_pages, numeric_matrix, scalar_column
 from pretrain.importers.config import CrossRankConfig
 from pretrain.importers.crossrank_corpus import Corpus, CorpusSource
 from pretrain.importers.crossrank_files import IMPRESSION_FEATS
-from pretrain.importers.text import hash_texts, normalise_text
+from pretrain.importers.text import normalise_text, query_hashes
 from pretrain.page import PageValidationError
 
 IMPUTE_HINT = " (null or NaN in the source; pass --import.impute_missing true to fill with 0)"
-
-
-def scalar_column(arr: pa.Array, source: str, name: str) -> np.ndarray:
-    return numeric_matrix(arr, source, name, width=1)[0][:, 0]
 
 
 @dataclass
@@ -101,15 +97,13 @@ class CrossRankPages:
         queries = b.column("query").to_pylist()
         q_title, q_abs, query_features = self.query_features(queries, s, c, b.num_rows)
         features = self.item_features(s, c, q_title, q_abs, source)
-        kept = np.nonzero(s.keep)[0]
-        return Pages(
-            page_id=s.page_ids[kept],
-            query_id=np.array(
-                [queries[p] if queries[p] is not None else s.page_ids[p] for p in kept], dtype=object
-            ),
-            query_features=query_features[kept],
-            user_features=np.zeros((len(kept), 0), np.float32),
-            offsets=np.concatenate([[0], np.cumsum(s.sizes[kept])]),
+        return kept_pages(
+            s.keep,
+            s.page_ids,
+            queries,
+            s.sizes,
+            query_features,
+            np.zeros((b.num_rows, 0), np.float32),
             item_id=s.item_ids,
             modality=modality,
             features=features,
@@ -127,13 +121,7 @@ class CrossRankPages:
         flat = details.flatten()
         page_of = np.repeat(np.arange(b.num_rows), sizes)
         page_ids = np.array([f"{split}-{s}" for s in b.column("search_idx").to_pylist()], dtype=object)
-        cand = flat.field("candidate_idx")
-        if cand.null_count:
-            i = int(np.nonzero(np.asarray(cand.is_null().to_numpy(zero_copy_only=False)))[0][0])
-            raise PageValidationError(
-                f"{source}: page {page_ids[page_of[i]]!r}, field 'item_id': null candidate_idx"
-            )
-        cand = np.asarray(cand.cast(pa.int64()).to_numpy(zero_copy_only=False), np.int64)
+        cand = item_index(flat, "candidate_idx", source, page_ids, page_of)
         position = scalar_column(flat.field("position"), source, "position")
         label = scalar_column(flat.field("label"), source, "label")
         score = scalar_column(flat.field("upstream_label"), source, "upstream_label")
@@ -188,13 +176,7 @@ class CrossRankPages:
         """(query title hash, query abstract hash, query features) per search."""
         cfg = self.cfg
         texts = queries if cfg.query_text else [""] * len(queries)  # the pages' grouping stays `query`
-        q_title = hash_texts(texts, cfg.title_dim, max_chars=cfg.max_chars)
-        q_abs = hash_texts(texts, cfg.text_dim, max_chars=cfg.max_chars)
-        q_hash = (
-            q_abs
-            if cfg.query_text_dim == cfg.text_dim
-            else hash_texts(texts, cfg.query_text_dim, max_chars=cfg.max_chars)
-        )
+        q_title, q_abs, q_hash = query_hashes(texts, cfg)
         q_len = np.log1p([len(normalise_text(q, 10**9)) for q in texts])[:, None]
         # The corpus's query_feat_* describe the query, repeated on each of its candidates' rows: they
         # also become the page's query features (their mean over the page's candidates; pages whose

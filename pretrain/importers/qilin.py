@@ -42,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
-from pretrain.importers.common import PageFileWriter, count_rows, write_summary
+from envs.pages import Pages
+from pretrain.importers.common import count_rows, write_page_file, write_summary
 from pretrain.importers.config import NOTE_TYPE_MODALITY, QilinConfig
 from pretrain.importers.qilin_files import NOTE_COUNTS, QilinFiles, search_idx_of
 from pretrain.importers.qilin_notes import (
@@ -131,29 +131,29 @@ class QilinImporter:
     def _write_split(self, out, split, files, pages: QilinPages, answers, matched, skip=False) -> dict | None:
         """One split's pages to OUT/{split}.parquet. `skip`: leave out the DQA requests in `matched`
         (already attached to a search-log page); otherwise record the requests that had an answer."""
-        writer = PageFileWriter(out / f"{split}.parquet", self.feature_dims)
         total = count_rows(files) if self.cfg.limit is None else min(self.cfg.limit, count_rows(files))
-        bar = tqdm(total=total, desc=f"qilin {split}", unit="page", leave=False, disable=None)
         source = str(files[0].parent)
-        try:
-            for b in self.files.limited(files, self.files.search_columns(files)):
-                bar.update(b.num_rows)
-                sidx = search_idx_of(b)
-                if skip:
-                    keep = ~np.isin(sidx, np.fromiter(matched, np.int64, len(matched)))
-                    if not keep.all():
-                        b = b.filter(pa.array(keep))
-                    if not b.num_rows:
-                        continue
-                else:
-                    matched.update(int(s) for s in sidx if int(s) in answers)
-                writer.write(pages.pages(b, split, source, answers), source)
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            bar.close()
-        return writer.close()
+
+        def build(b: pa.RecordBatch) -> Pages | None:
+            sidx = search_idx_of(b)
+            if skip:
+                keep = ~np.isin(sidx, np.fromiter(matched, np.int64, len(matched)))
+                if not keep.all():
+                    b = b.filter(pa.array(keep))
+                if not b.num_rows:
+                    return None
+            else:
+                matched.update(int(s) for s in sidx if int(s) in answers)
+            return pages.pages(b, split, source, answers)
+
+        return write_page_file(
+            out / f"{split}.parquet",
+            self.feature_dims,
+            self.files.limited(files, self.files.search_columns(files)),
+            build,
+            source,
+            progress=(f"qilin {split}", total),
+        )
 
 
 def import_qilin(src: str | Path, out: str | Path, cfg: QilinConfig | None = None) -> dict:

@@ -6,6 +6,7 @@ the column.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,9 @@ from pretrain.importers.common import (
     SourceFormatError,
     batches,
     config_files,
+    limit_rows,
     require_columns,
-    require_struct_fields,
+    require_search_columns,
     schema_of,
 )
 from pretrain.importers.config import QilinConfig
@@ -100,11 +102,9 @@ class QilinFiles:
         self.users = config_files(src, "user_feat")
         self.dqa = config_files(src, "dqa", required=False)
         for files in self.search.values():
-            schema = require_columns(files, SEARCH_COLUMNS)
-            require_struct_fields(files[0], schema, "search_result_details_with_idx", DETAIL_FIELDS)
+            require_search_columns(files, SEARCH_COLUMNS, DETAIL_FIELDS)
         if self.dqa:
-            schema = require_columns(self.dqa, DQA_COLUMNS)
-            require_struct_fields(self.dqa[0], schema, "search_result_details_with_idx", DETAIL_FIELDS)
+            require_search_columns(self.dqa, DQA_COLUMNS, DETAIL_FIELDS)
         require_columns(self.notes, NOTE_COLUMNS)
         self.user_schema = require_columns(self.users, USER_REQUIRED)
         if self.dqa and "answer" in cfg.note_types.values():
@@ -128,16 +128,9 @@ class QilinFiles:
                 raise SourceFormatError(f"{files[0]}: missing column {want!r} (--import.upstream {want})")
         return "dpr_results" if want == "auto" else want
 
-    def limited(self, files: list[Path], columns: list[str]):
+    def limited(self, files: list[Path], columns: list[str]) -> Iterator[pa.RecordBatch]:
         """Record batches of `files`, at most `cfg.limit` rows in all."""
-        left = self.cfg.limit
-        for b in batches(files, columns, self.cfg.batch_rows):
-            if left is not None:
-                if left <= 0:
-                    return
-                b = b.slice(0, left)
-                left -= b.num_rows
-            yield b
+        return limit_rows(batches(files, columns, self.cfg.batch_rows), self.cfg.limit)
 
     def needed_notes(self) -> np.ndarray:
         """The note_idx values the (limited) logs show or reference, sorted and unique."""

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from envs.pages import MODALITY_ID, Pages
-from pretrain.importers.common import SourceFormatError, check_finite, numeric_matrix
+from pretrain.importers.common import SourceFormatError, check_finite, item_index, kept_pages, scalar_column
 from pretrain.importers.config import QilinConfig
 from pretrain.importers.qilin_notes import (
     ANSWER_NAMES,
@@ -21,7 +21,7 @@ from pretrain.importers.qilin_notes import (
     feature_names,
     note_rows,
 )
-from pretrain.importers.text import categorical_onehot, hash_texts, normalise_text
+from pretrain.importers.text import categorical_onehot, normalise_text, query_hashes
 from pretrain.page import PageValidationError
 
 
@@ -31,10 +31,6 @@ def dwell_grades(click: np.ndarray, dwell: np.ndarray, cuts: tuple[float, float]
     g = np.where(click > 0, 1, 0)
     g = np.where((click > 0) & has_dwell, 2 + np.digitize(np.nan_to_num(dwell), cuts), g)
     return g.astype(np.int8)
-
-
-def _scalar(arr: pa.Array, source: str, name: str) -> np.ndarray:
-    return numeric_matrix(arr, source, name, width=1)[0][:, 0]
 
 
 def _first_bad(bad: np.ndarray) -> int | None:
@@ -101,17 +97,11 @@ class QilinPages:
         self.stats["skipped_empty_pages"] += int((~keep).sum())
         flat = details.flatten()  # skips null lists, honours slicing offsets
         page_of = np.repeat(np.arange(b.num_rows), sizes)
-        note_idx = flat.field("note_idx")
-        if note_idx.null_count:
-            p = page_of[np.nonzero(np.asarray(note_idx.is_null().to_numpy(zero_copy_only=False)))[0][0]]
-            raise PageValidationError(
-                f"{source}: page '{split}-{search_idx[p]}', field 'item_id': null note_idx"
-            )
-        note_idx = np.asarray(note_idx.to_numpy(zero_copy_only=False), np.int64)
-        position = _scalar(flat.field("position"), source, "position")
-        click_raw = _scalar(flat.field("click"), source, "click")
-        dwell = _scalar(flat.field("page_time"), source, "page_time").astype(np.float64)
         page_ids = np.array([f"{split}-{s}" for s in search_idx], dtype=object)
+        note_idx = item_index(flat, "note_idx", source, page_ids, page_of)
+        position = scalar_column(flat.field("position"), source, "position")
+        click_raw = scalar_column(flat.field("click"), source, "click")
+        dwell = scalar_column(flat.field("page_time"), source, "page_time").astype(np.float64)
         dwell = self._checked_click_dwell(source, page_ids, page_of, note_idx, click_raw, dwell)
         order = np.lexsort((np.nan_to_num(position, nan=np.inf), page_of))
         note_idx, page_of = note_idx[order], page_of[order]
@@ -173,7 +163,7 @@ class QilinPages:
                 f"{source}: page {page_ids[ppage[i]]!r}, column {col_name!r}: an entry of length {plen[i]}, "
                 "expected a [note_idx, score] pair"
             )
-        vals = _scalar(pairs.flatten(), source, col_name).reshape(-1, 2)
+        vals = scalar_column(pairs.flatten(), source, col_name).reshape(-1, 2)
         i = _first_bad(~np.isfinite(vals).all(axis=1) | (vals[:, 0] != np.round(vals[:, 0])))
         if i is not None:
             raise SourceFormatError(
@@ -194,13 +184,7 @@ class QilinPages:
         """(query title hash, query content hash, query features) per request."""
         cfg = self.cfg
         queries = b.column("query").to_pylist()
-        q_title = hash_texts(queries, cfg.title_dim, max_chars=cfg.max_chars)
-        q_content = hash_texts(queries, cfg.text_dim, max_chars=cfg.max_chars)
-        q_hash = (
-            q_content
-            if cfg.query_text_dim == cfg.text_dim
-            else hash_texts(queries, cfg.query_text_dim, max_chars=cfg.max_chars)
-        )
+        q_title, q_content, q_hash = query_hashes(queries, cfg)
         recent = b.column("recent_clicked_note_idxs")
         n_recent = np.asarray(recent.value_lengths().fill_null(0).to_numpy(zero_copy_only=False), np.float64)
         q_chars = np.array([len(normalise_text(q, 10**9)) for q in queries], np.float64)
@@ -343,18 +327,14 @@ class QilinPages:
         )
         all_click = np.concatenate([a_click, s.click])[final]
         all_dwell = np.concatenate([np.full(len(a_pages), np.nan), s.dwell])[final]
-        counts = np.bincount(all_page, minlength=b.num_rows)
-        kept = np.nonzero(s.keep)[0]
         sessions = b.column("session_idx").to_pylist()
-        return Pages(
-            page_id=s.page_ids[kept],
-            query_id=np.array(
-                [f"session{sessions[p]}" if sessions[p] is not None else s.page_ids[p] for p in kept],
-                dtype=object,
-            ),
-            query_features=query_features[kept],
-            user_features=user_features[kept],
-            offsets=np.concatenate([[0], np.cumsum(counts[kept])]),
+        return kept_pages(
+            s.keep,
+            s.page_ids,
+            [f"session{x}" if x is not None else None for x in sessions],
+            np.bincount(all_page, minlength=b.num_rows),
+            query_features,
+            user_features,
             item_id=all_ids[final],
             modality=np.concatenate([np.full(len(a_pages), MODALITY_ID["answer"], np.int8), note_mod])[final],
             features=np.concatenate([a_feats, note_feats])[final],

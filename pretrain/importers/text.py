@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pretrain.importers.config import FeatureSettings
+
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -72,6 +74,22 @@ def hash_texts(texts: Sequence[str | None], dim: int, max_n: int = 3, max_chars:
             np.add.at(out, (row[:m][same_text], bucket), sign)
     nrm = np.linalg.norm(out, axis=1, keepdims=True)
     return (out / np.where(nrm > 0, nrm, 1.0)).astype(np.float32)
+
+
+def query_hashes(
+    queries: Sequence[str | None], cfg: FeatureSettings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(title-width hash, text-width hash, query-feature hash) of each query: the first two are compared
+    with the items' hashed titles and bodies, the third is a query feature (the text-width one again
+    when the widths agree)."""
+    q_title = hash_texts(queries, cfg.title_dim, max_chars=cfg.max_chars)
+    q_text = hash_texts(queries, cfg.text_dim, max_chars=cfg.max_chars)
+    q_hash = (
+        q_text
+        if cfg.query_text_dim == cfg.text_dim
+        else hash_texts(queries, cfg.query_text_dim, max_chars=cfg.max_chars)
+    )
+    return q_title, q_text, q_hash
 
 
 def categorical_onehot(values: Sequence[object], buckets: int) -> np.ndarray:
