@@ -4,7 +4,9 @@ parsing, and a streaming, validating, atomic writer of the page contract."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from tqdm import tqdm
 
 from envs.atomic_io import write_json_atomic
 from envs.pages import MAX_GRADE, MODALITIES, Pages
+from pretrain.importers.config import FeatureSettings
 from pretrain.page import FEATURE_DIMS_KEY, PageValidationError, from_arrow, to_arrow
 
 
@@ -327,6 +330,43 @@ def write_summary(out: Path, summary: dict) -> dict:
     return summary
 
 
+class Importer:
+    """The frame both readers share: `run(out)` creates the output folder, has `write` (the reader's)
+    write the page files, then writes import.json: format, source, config, the files written, the
+    feature widths, the reader's own entries, its counters (`stats`, in `counters` order), seconds."""
+
+    format = ""
+
+    def __init__(self, src: str | Path, cfg: FeatureSettings, counters: Sequence[str]) -> None:
+        self.src, self.cfg = Path(src), cfg
+        self.stats: dict[str, int] = dict.fromkeys(counters, 0)
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def write(self, out: Path) -> tuple[dict[str, dict | None], dict]:
+        """Write the page files under `out`: ({output: its file summary or None}, the summary entries)."""
+        raise NotImplementedError
+
+    def run(self, out: str | Path) -> dict:
+        t0 = time.perf_counter()
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        outputs, details = self.write(out)
+        summary = {
+            "format": self.format,
+            "source": str(self.src),
+            "config": asdict(self.cfg),
+            "outputs": {k: v for k, v in outputs.items() if v},
+            "feature_dims": self.feature_dims,
+            **details,
+            **self.stats,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        return write_summary(out, summary)
+
+
 def check_finite(
     values: np.ndarray,
     names: Sequence[str],
@@ -349,6 +389,7 @@ def check_finite(
 
 __all__ = [
     "FEATURE_DIMS_KEY",
+    "Importer",
     "PageFileWriter",
     "SourceFormatError",
     "batches",

@@ -34,20 +34,18 @@ Clicks and dwell are not in the data (left unknown).
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
 
 from pretrain.importers.common import (
+    Importer,
     SourceFormatError,
     batches,
     count_rows,
     limit_rows,
     scalar_column,
     write_page_file,
-    write_summary,
 )
 from pretrain.importers.config import CrossRankConfig
 from pretrain.importers.crossrank_corpus import CorpusSource
@@ -61,19 +59,20 @@ from pretrain.importers.crossrank_files import (
 from pretrain.importers.crossrank_pages import CrossRankLayout, CrossRankPages
 
 
-class CrossRankImporter:
+class CrossRankImporter(Importer):
     """Converts CrossRank files into page files. See the module docstring for the mapping."""
 
+    format = "crossrank"
+
     def __init__(self, src: str | Path, cfg: CrossRankConfig | None = None) -> None:
-        self.src = Path(src)
-        self.cfg = cfg or CrossRankConfig()
+        counters = (
+            "skipped_empty_pages",
+            "imputed_values",
+            "unlabelled_items",
+            "pages_with_varying_query_feat",
+        )
+        super().__init__(src, cfg or CrossRankConfig(), counters)
         self.files = CrossRankFiles(self.src)
-        self.stats = {
-            "skipped_empty_pages": 0,
-            "imputed_values": 0,
-            "unlabelled_items": 0,
-            "pages_with_varying_query_feat": 0,
-        }
         self.corpus = CorpusSource([self.files.corpus], self.cfg, self.stats)
         # The single-modal part (optional): SingleModal_Train.parquet with its own corpus in parts.
         self.files.check_single()
@@ -131,23 +130,15 @@ class CrossRankImporter:
             str(f),
         )
 
-    def run(self, out: str | Path) -> dict:
-        """Each split's pages, then the single-modal part, then import.json."""
-        t0 = time.perf_counter()
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+    def write(self, out: Path) -> tuple[dict[str, dict | None], dict]:
+        """Each split's pages, then the single-modal part."""
         outputs = {split: self._write_split(out, split, f) for split, f in self.files.search.items()}
         if self.files.single is not None:
             outputs["single_modal"] = self._run_single(out)
-        return write_summary(out, {**self._summary(outputs), "seconds": round(time.perf_counter() - t0, 2)})
+        return outputs, self._details()
 
-    def _summary(self, outputs: dict) -> dict:
+    def _details(self) -> dict:
         return {
-            "format": "crossrank",
-            "source": str(self.src),
-            "config": asdict(self.cfg),
-            "outputs": {k: v for k, v in outputs.items() if v},
-            "feature_dims": self.feature_dims,
             "feature_names": {m: (self.feature_names if d else []) for m, d in self.feature_dims.items()},
             "query_dim": len(self.query_feature_names),
             "query_feature_names": self.query_feature_names,
@@ -159,7 +150,6 @@ class CrossRankImporter:
                 else "none (no SingleModal_Train.parquet): single-modal scores are upstream_label"
             ),
             "modalities": {f"modal {k!r}": v for k, v in self.cfg.modal_map.items()},
-            **self.stats,
         }
 
 

@@ -36,15 +36,13 @@ content / experience click) is a click without dwell (grade 1). Raw `click` and 
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from envs.pages import Pages
-from pretrain.importers.common import count_rows, write_page_file, write_summary
+from pretrain.importers.common import Importer, count_rows, write_page_file
 from pretrain.importers.config import NOTE_TYPE_MODALITY, QilinConfig
 from pretrain.importers.qilin_files import NOTE_COUNTS, QilinFiles, search_idx_of
 from pretrain.importers.qilin_notes import (
@@ -57,19 +55,15 @@ from pretrain.importers.qilin_notes import (
 from pretrain.importers.qilin_pages import QilinPages, dwell_grades
 
 
-class QilinImporter:
+class QilinImporter(Importer):
     """Streams Qilin search logs into page files. See the module docstring for the mapping."""
 
+    format = "qilin"
+
     def __init__(self, src: str | Path, cfg: QilinConfig | None = None) -> None:
-        self.src = Path(src)
-        self.cfg = cfg or QilinConfig()
+        counters = ("skipped_empty_pages", "unknown_users", "answers_attached", "imputed_values")
+        super().__init__(src, cfg or QilinConfig(), counters)
         self.files = QilinFiles(self.src, self.cfg)  # checks every file before anything is read
-        self.stats: dict = {
-            "skipped_empty_pages": 0,
-            "unknown_users": 0,
-            "answers_attached": 0,
-            "imputed_values": 0,
-        }
 
     @property
     def feature_names(self) -> dict[str, list[str]]:
@@ -79,11 +73,8 @@ class QilinImporter:
     def feature_dims(self) -> dict[str, int]:
         return {m: len(v) for m, v in self.feature_names.items()}
 
-    def run(self, out: str | Path) -> dict:
+    def write(self, out: Path) -> tuple[dict[str, dict | None], dict]:
         """Load the referenced notes, the users and the answers, then write each split's pages."""
-        t0 = time.perf_counter()
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         notes = load_notes(self.files, self.files.needed_notes())
         self.stats["imputed_values"] += notes.imputed
         users = load_users(self.files)
@@ -97,17 +88,11 @@ class QilinImporter:
         if self.files.dqa:
             rest = {s: a for s, a in answers.items() if s not in matched}
             outputs["dqa"] = self._write_split(out, "dqa", self.files.dqa, pages, rest, matched, skip=True)
-        summary = self._summary(outputs, users.names, len(notes.note_type))
-        return write_summary(out, {**summary, "seconds": round(time.perf_counter() - t0, 2)})
+        return outputs, self._details(users.names, len(notes.note_type))
 
-    def _summary(self, outputs: dict, user_names: list[str], notes_loaded: int) -> dict:
+    def _details(self, user_names: list[str], notes_loaded: int) -> dict:
         cfg, upstream = self.cfg, self.files.upstream
         return {
-            "format": "qilin",
-            "source": str(self.src),
-            "config": asdict(cfg),
-            "outputs": {k: v for k, v in outputs.items() if v},
-            "feature_dims": self.feature_dims,
             "feature_names": self.feature_names,
             "query_dim": cfg.query_text_dim + cfg.cat_buckets + 2,
             "user_feature_names": user_names,
@@ -125,7 +110,6 @@ class QilinImporter:
                 else "none (no upstream retrieval list read): single_modal_score unknown"
             ),
             "notes_loaded": int(notes_loaded),
-            **self.stats,
         }
 
     def _write_split(self, out, split, files, pages: QilinPages, answers, matched, skip=False) -> dict | None:
