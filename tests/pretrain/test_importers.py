@@ -19,6 +19,8 @@ from pretrain.importers.text import categorical_onehot, hash_texts
 from pretrain.page import PageValidationError, read_pages
 
 # --------------------------------------------------------------------------- Qilin fixture
+# The published schemas are spelled out here, not taken from pretrain.export: they pin the layout the
+# importers must read, independently of the exporter that imitates it.
 QILIN_DETAIL = pa.struct(
     [
         ("note_idx", pa.int64()),
@@ -113,6 +115,17 @@ def _detail(note, pos, click, page_time):
     }
 
 
+def _dqa_row(search_row, clicks, refs):
+    """A DQA request: a search row with the answer's four interaction flags (None: no answer shown)."""
+    names = ("is_like_clk", "is_onebox_trace_clk", "is_content_clk", "is_experience_clk")
+    return {**search_row, **dict(zip(names, clicks, strict=True)), "ref_note_idx_list": refs}
+
+
+def _drop_column(path: Path, column: str) -> None:
+    """Rewrite the Parquet file at `path` without `column`."""
+    pq.write_table(pq.read_table(path).drop_columns([column]), path)
+
+
 def _search_row(sidx, session, user, query, details, recent=(1,)):
     return {
         "query": query,
@@ -182,30 +195,14 @@ def write_qilin(root: Path, *, train=None, notes=None, users=None, dqa=None) -> 
     ]
     test = [_search_row(200, 9, 2, "火锅", [_detail(1, 1, 0.0, NAN), _detail(2, 2, 1.0, 5.0)])]
     dqa = dqa or [
-        {  # an answer shown on a search-log request (attached to train page 100) and clicked
-            **_search_row(100, 7, 0, "火锅 推荐", [_detail(0, 1, 1.0, 10.0)]),
-            "is_like_clk": 0.0,
-            "is_onebox_trace_clk": 1.0,
-            "is_content_clk": 0.0,
-            "is_experience_clk": NAN,
-            "ref_note_idx_list": [0, 3, 5],
-        },
-        {  # a DQA-only request: its own page in dqa.parquet, answer not clicked
-            **_search_row(300, 10, 1, "怎么做 火锅", [_detail(5, 1, 0.0, NAN)]),
-            "is_like_clk": 0.0,
-            "is_onebox_trace_clk": 0.0,
-            "is_content_clk": 0.0,
-            "is_experience_clk": 0.0,
-            "ref_note_idx_list": [5],
-        },
-        {  # no answer shown (is_like_clk missing): notes only
-            **_search_row(301, 11, 2, "无答案", [_detail(4, 1, 1.0, 20.0)]),
-            "is_like_clk": None,
-            "is_onebox_trace_clk": None,
-            "is_content_clk": None,
-            "is_experience_clk": None,
-            "ref_note_idx_list": None,
-        },
+        # an answer shown on a search-log request (attached to train page 100) and clicked
+        _dqa_row(
+            _search_row(100, 7, 0, "火锅 推荐", [_detail(0, 1, 1.0, 10.0)]), (0.0, 1.0, 0.0, NAN), [0, 3, 5]
+        ),
+        # a DQA-only request: its own page in dqa.parquet, answer not clicked
+        _dqa_row(_search_row(300, 10, 1, "怎么做 火锅", [_detail(5, 1, 0.0, NAN)]), (0.0,) * 4, [5]),
+        # no answer shown (is_like_clk missing): notes only
+        _dqa_row(_search_row(301, 11, 2, "无答案", [_detail(4, 1, 1.0, 20.0)]), (None,) * 4, None),
     ]
     notes = notes or [_note(i) for i in range(6)]
     users = users or [
@@ -295,8 +292,7 @@ def test_qilin_import(tmp_path):
 
 def test_qilin_missing_column_names_file_and_column(tmp_path):
     src = write_qilin(tmp_path / "qilin")
-    t = pq.read_table(src / "notes" / "train-00001-of-00002.parquet").drop_columns(["click_num"])
-    pq.write_table(t, src / "notes" / "train-00001-of-00002.parquet")
+    _drop_column(src / "notes" / "train-00001-of-00002.parquet", "click_num")
     with pytest.raises(SourceFormatError, match=r"train-00001-of-00002\.parquet.*click_num"):
         import_qilin(src, tmp_path / "out")
 
@@ -454,8 +450,7 @@ def test_crossrank_nan_feature_and_unknown_modal(tmp_path):
 
 def test_crossrank_missing_corpus_column(tmp_path):
     src = write_crossrank(tmp_path / "cr")
-    t = pq.read_table(src / "MultiModalCorpus.parquet").drop_columns(["abs_basic"])
-    pq.write_table(t, src / "MultiModalCorpus.parquet")
+    _drop_column(src / "MultiModalCorpus.parquet", "abs_basic")
     with pytest.raises(SourceFormatError, match=r"MultiModalCorpus\.parquet.*abs_basic"):
         import_crossrank(src, tmp_path / "out")
 
@@ -473,8 +468,7 @@ def test_smar_import_command(tmp_path, capsys):
     assert "train" in capsys.readouterr().out
     assert json.loads((out / "import.json").read_text())["feature_dims"]["image"] > 0
     assert set(read_pages(out / "train.parquet").modality.tolist()) == {0, 1}
-    t = pq.read_table(src / "MultiModalCorpus.parquet").drop_columns(["modal"])
-    pq.write_table(t, src / "MultiModalCorpus.parquet")
+    _drop_column(src / "MultiModalCorpus.parquet", "modal")
     assert main(["import", str(src), "--out", str(out), "--import.format", "crossrank"]) == 1
     assert "modal" in capsys.readouterr().err
 

@@ -32,6 +32,22 @@ def _scored(world):
     return world
 
 
+def _import_crossrank(src, out) -> int:
+    """`smar import` of a CrossRank export (with the exporter's modality codes)."""
+    return main(
+        ["import", str(src), "--out", str(out)]
+        + ["--import.format", "crossrank", "--import.modal_map", MODAL_MAP_ARG]
+    )
+
+
+def _pretrain(data, out, epochs: int = 1, *extra: str) -> int:
+    """`smar pretrain --data` on imported pages (`extra`: more options)."""
+    return main(
+        ["pretrain", "--data", str(data), "--out", str(out), *extra]
+        + ["--pretrain.train.epochs", str(epochs), "--quiet"]
+    )
+
+
 @pytest.fixture(scope="module")
 def exported(tiny_world, tmp_path_factory):
     import copy
@@ -39,11 +55,7 @@ def exported(tiny_world, tmp_path_factory):
     world = _scored(copy.deepcopy(tiny_world))
     root = tmp_path_factory.mktemp("realdata")
     export_crossrank(world, root / "cr")
-    code = main(
-        ["import", str(root / "cr"), "--out", str(root / "imp")]
-        + ["--import.format", "crossrank", "--import.modal_map", MODAL_MAP_ARG]
-    )
-    assert code == 0
+    assert _import_crossrank(root / "cr", root / "imp") == 0
     return world, root
 
 
@@ -92,11 +104,7 @@ def test_round_trip_keeps_labels_modality_scores(exported):
 
 def test_pretrain_and_bench_on_data(exported, capsys):
     _, root = exported
-    code = main(
-        ["pretrain", "--data", str(root / "imp"), "--out", str(root / "run")]
-        + ["--pretrain.annotation.budget", "0.3", "--pretrain.train.epochs", "2", "--quiet"]
-    )
-    assert code == 0
+    assert _pretrain(root / "imp", root / "run", 2, "--pretrain.annotation.budget", "0.3") == 0
     out = capsys.readouterr().out
     assert "single-modal rankers trained on the dataset's single-modal part" in out
     run = PretrainRun.open(root / "run")
@@ -119,36 +127,10 @@ def test_pretrain_and_bench_on_data(exported, capsys):
 def test_without_single_modal_part_uses_upstream_scores(exported, tmp_path, capsys):
     world, _ = exported
     export_crossrank(world, tmp_path / "cr", single_modal=False)
-    assert (
-        main(
-            [
-                "import",
-                str(tmp_path / "cr"),
-                "--out",
-                str(tmp_path / "imp"),
-                "--import.format",
-                "crossrank",
-                "--import.modal_map",
-                MODAL_MAP_ARG,
-            ]
-        )
-        == 0
-    )
+    assert _import_crossrank(tmp_path / "cr", tmp_path / "imp") == 0
     data = load_data(tmp_path / "imp")
     assert data.single_modal == {} and "upstream" in data.single_modal_source
-    code = main(
-        [
-            "pretrain",
-            "--data",
-            str(tmp_path / "imp"),
-            "--out",
-            str(tmp_path / "run"),
-            "--pretrain.train.epochs",
-            "1",
-            "--quiet",
-        ]
-    )
-    assert code == 0
+    assert _pretrain(tmp_path / "imp", tmp_path / "run") == 0
     assert "upstream scores" in capsys.readouterr().out
     run = PretrainRun.open(tmp_path / "run")
     np.testing.assert_allclose(
@@ -243,19 +225,7 @@ def test_qilin_copy_end_to_end(qilin_exported, capsys):
     _, root, _ = qilin_exported
     data = load_data(root / "imp")
     assert data.single_modal == {} and "upstream" in data.single_modal_source
-    code = main(
-        [
-            "pretrain",
-            "--data",
-            str(root / "imp"),
-            "--out",
-            str(root / "run"),
-            "--pretrain.train.epochs",
-            "1",
-            "--quiet",
-        ]
-    )
-    assert code == 0
+    assert _pretrain(root / "imp", root / "run") == 0
     run = PretrainRun.open(root / "run")
     assert run.is_data and 0.0 <= run.metrics["test"]["smar"]["ndcg@10"] <= 1.0
 

@@ -14,31 +14,39 @@ def run(coro):
     return asyncio.run(coro)
 
 
+class BusyModel:
+    """A batch function that records every batch it is given, holds the batch [0] until `release` is
+    set (the model is busy with it) and returns each item times `scale`."""
+
+    def __init__(self, scale: int = 1) -> None:
+        self.seen: list[list[int]] = []
+        self.release = asyncio.Event()
+        self.scale = scale
+
+    async def __call__(self, items):
+        self.seen.append(list(items))
+        if items == [0]:
+            await self.release.wait()
+        return [x * self.scale for x in items]
+
+
 def test_lone_request_runs_at_once_and_queued_ones_form_the_next_batch():
-    seen: list[list[int]] = []
+    fn = BusyModel(scale=10)
 
     async def main():
-        release = asyncio.Event()
-
-        async def fn(items):
-            seen.append(list(items))
-            if items == [0]:
-                await release.wait()  # the model is busy with the first batch
-            return [x * 10 for x in items]
-
         b = Batcher(fn, max_batch_size=4)
         first = asyncio.ensure_future(b.submit(0))
         await asyncio.sleep(0.01)
-        assert seen == [[0]]  # taken alone, at once (no window)
+        assert fn.seen == [[0]]  # taken alone, at once (no window)
         rest = [asyncio.ensure_future(b.submit(i)) for i in range(1, 7)]
         await asyncio.sleep(0.01)
-        release.set()
+        fn.release.set()
         out = await asyncio.gather(first, *rest)
         return out, b.stats()
 
     out, stats = run(main())
     assert out == [x * 10 for x in range(7)]
-    assert seen == [[0], [1, 2, 3, 4], [5, 6]]  # queued while busy, capped at max_batch_size
+    assert fn.seen == [[0], [1, 2, 3, 4], [5, 6]]  # queued while busy, capped at max_batch_size
     assert stats["batches"] == 3 and stats["items"] == 7 and stats["size_counts"] == {"1": 1, "2": 1, "4": 1}
 
 
@@ -59,17 +67,9 @@ def test_an_error_reaches_every_caller_of_its_batch_and_the_worker_goes_on():
 
 
 def test_cancelled_requests_are_dropped_before_the_batch_runs():
-    seen: list[list[int]] = []
+    fn = BusyModel()
 
     async def main():
-        release = asyncio.Event()
-
-        async def fn(items):
-            seen.append(list(items))
-            if items == [0]:
-                await release.wait()
-            return items
-
         b = Batcher(fn, max_batch_size=8)
         first = asyncio.ensure_future(b.submit(0))
         await asyncio.sleep(0.01)
@@ -77,22 +77,18 @@ def test_cancelled_requests_are_dropped_before_the_batch_runs():
         kept = asyncio.ensure_future(b.submit(2))
         await asyncio.sleep(0.01)
         gone.cancel()
-        release.set()
+        fn.release.set()
         return await asyncio.gather(first, kept)
 
     assert run(main()) == [0, 2]
-    assert seen == [[0], [2]]
+    assert fn.seen == [[0], [2]]
 
 
 @pytest.mark.parametrize("wait_s", [0.05])
 def test_optional_wait_holds_a_partial_batch_open(wait_s):
-    seen: list[list[int]] = []
+    fn = BusyModel()  # never given [0]: never busy
 
     async def main():
-        async def fn(items):
-            seen.append(list(items))
-            return items
-
         b = Batcher(fn, max_batch_size=8, max_wait_s=wait_s)
         a = asyncio.ensure_future(b.submit(1))
         await asyncio.sleep(wait_s / 5)
@@ -100,4 +96,4 @@ def test_optional_wait_holds_a_partial_batch_open(wait_s):
         return await asyncio.gather(a, c)
 
     assert run(main()) == [1, 2]
-    assert seen == [[1, 2]]
+    assert fn.seen == [[1, 2]]
