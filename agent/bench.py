@@ -49,6 +49,7 @@ from agent.reward_landscape import fresh_network, layout_gradient, reference_pol
 from agent.train import TrainConfig, serp_config_for, train_policy
 from envs.atomic_io import write_json_atomic
 from envs.config_io import JsonConfig
+from envs.reward import RewardConfig
 from pretrain.run import DEFAULT_RUN, open_or_pretrain
 
 REFERENCE_SETS = ("core", "all")
@@ -72,7 +73,7 @@ class AgentBenchConfig(JsonConfig):
     offset_lr_scale: float = TrainConfig.offset_lr_scale  # the modality-offset head (page layout) x lr
     body_lr_scale: float = TrainConfig.body_lr_scale  # the rest of the reranker x lr
     ratio: str = TrainConfig.ratio  # PPO importance ratio: slate, or position (position-level reward-to-go)
-    reward: str = TrainConfig.reward  # product reward by name (envs.reward.REWARD_NAMES)
+    reward: str = RewardConfig.name  # product reward by name (envs.reward.REWARD_NAMES)
     target_fraction: float = TrainConfig.target_fraction  # consistency target, x SMAR's agreement
     eval_every: int = 2
     # Each RL run exports its best iterate on traffic (agent.train_log.Selection, checked at the start

@@ -5,7 +5,6 @@ standalone reranker, and the PPO options `smar bench agent` shares with TrainCon
 
 from __future__ import annotations
 
-import argparse
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -144,59 +143,10 @@ def network_shape(config) -> dict:
     return {k: v for k, v in config.to_json().items() if k not in ("feature_dims", "query_dim", "user_dim")}
 
 
-def add_ppo_arguments(p: argparse.ArgumentParser) -> None:
-    """The PPO options `smar bench agent` takes (defaults: TrainConfig's, which `smar train` sets as
-    --train.FIELD)."""
-    from agent.train import TrainConfig
+def ppo_options(args: Any) -> dict[str, Any]:
+    """TrainConfig keyword arguments from a bench config's PPO fields (agent.bench.AgentBenchConfig)."""
+    from envs.reward import RewardConfig
 
-    p.add_argument(
-        "--train-batch", type=int, default=TrainConfig.train_batch, help="env steps (pages) per iteration"
-    )
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--minibatch", type=int, default=TrainConfig.minibatch, help="PPO minibatch (pages)")
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument(
-        "--lr-end",
-        type=float,
-        default=TrainConfig.lr_end,
-        help="learning rate at the end of the run (linear decay from --lr; negative: constant --lr)",
-    )
-    p.add_argument(
-        "--temperature", type=float, default=TrainConfig.temperature, help="exploration: logits = scores / T"
-    )
-    p.add_argument(
-        "--offset-lr-scale",
-        type=float,
-        default=TrainConfig.offset_lr_scale,
-        help="learning-rate multiplier of the reranker's modality-offset head (the page layout)",
-    )
-    p.add_argument(
-        "--body-lr-scale",
-        type=float,
-        default=TrainConfig.body_lr_scale,
-        help="learning-rate multiplier of the rest of the reranker (0: only the layout learns)",
-    )
-    p.add_argument(
-        "--ratio",
-        choices=("slate", "position"),
-        default=TrainConfig.ratio,
-        help="PPO importance ratio: per slate, or per position with position-level reward-to-go",
-    )
-    p.add_argument(
-        "--reward",
-        default=TrainConfig.reward,
-        help="product reward by name (envs.reward.REWARD_NAMES) the policy plays and learns from",
-    )
-    p.add_argument(
-        "--target-fraction",
-        type=float,
-        default=TrainConfig.target_fraction,
-        help="consistency target, as a fraction of SMAR's agreement",
-    )
-
-
-def ppo_options(args: argparse.Namespace) -> dict[str, Any]:
-    """TrainConfig keyword arguments from `add_ppo_arguments`' options."""
     return {
         "train_batch": args.train_batch,
         "epochs": args.epochs,
@@ -208,5 +158,5 @@ def ppo_options(args: argparse.Namespace) -> dict[str, Any]:
         "body_lr_scale": args.body_lr_scale,
         "ratio": args.ratio,
         "target_fraction": args.target_fraction,
-        "reward": args.reward,
+        "serp": SerpConfig(reward=RewardConfig(name=args.reward)),
     }

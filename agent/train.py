@@ -125,8 +125,9 @@ class TrainConfig:
     # larger updates per iteration; off: it trained worse on 2 of 2 paired seeds, README)
     drop_bootstrap_rows: bool = False
     # environment / evaluation
-    serp: dict = field(default_factory=dict)  # SerpConfig overrides (n_max defaults to the longest page)
-    reward: str = "success"  # the product reward by name (envs.reward.RewardConfig), unless serp sets one
+    # the environment: slots, shown positions, session length, the user model and the product reward
+    # (`--train.serp.reward.name clicks`); n_max None = the longest traffic or test page
+    serp: SerpConfig = field(default_factory=SerpConfig)
     eval_every: int = 1  # iterations between evaluations (0 = only at start and end)
     # Best-iterate selection on TRAINING traffic (never test): every `select_every` iterations (and at
     # the start and the end) the deterministic policy plays the traffic sessions `select_repeats`
@@ -145,6 +146,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.serp, dict):  # from JSON (a saved run's config, a child process's argv)
+            self.serp = SerpConfig.from_dict(self.serp)
         if self.scratch and self.init:
             raise ValueError("--scratch and --init are exclusive")
         if self.scratch and self.reference_kl_coeff > 0 and not self.run:
@@ -179,11 +182,10 @@ class RLlibSerpEnv(SerpEnv):
         super().__init__(pages=config.get("pages"), truth=config.get("truth"), config=config.get("serp"))
 
 
-def serp_config_for(pages_list: list, overrides: dict | None = None) -> SerpConfig:
-    """SerpConfig with n_max = the longest page (fewer padded slots = cheaper forward passes)."""
-    d = dict(overrides or {})
-    d.setdefault("n_max", int(max(int(p.sizes.max()) for p in pages_list)))
-    return SerpConfig.from_dict(d)
+def serp_config_for(pages_list: list, overrides: SerpConfig | dict | None = None) -> SerpConfig:
+    """SerpConfig (or overrides of the defaults) with n_max resolved over every split the policy plays."""
+    cfg = overrides if isinstance(overrides, SerpConfig) else SerpConfig.from_dict(dict(overrides or {}))
+    return cfg.for_pages(pages_list)
 
 
 # ----------------------------------------------------------------------------- the Python API
@@ -279,9 +281,7 @@ def _setup(cfg: TrainConfig) -> _Setup:
     out.mkdir(parents=True, exist_ok=True)
     run = open_run(cfg.run)
     train_split, test_split = run.split("traffic"), run.split("test")
-    serp = serp_config_for(
-        [train_split.pages, test_split.pages], {"reward": {"name": cfg.reward}, **cfg.serp}
-    )
+    serp = serp_config_for([train_split.pages, test_split.pages], cfg.serp)
     smar_net, smar_ckpt = run.reranker()
     if cfg.scratch:
         model_config = scratch_model_config(
@@ -430,7 +430,7 @@ def _export(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     # Every TrainConfig setting as --train.FIELD: the start (run, init, scratch), PPO, the constraint,
-    # the environment (serp: SerpConfig overrides as JSON, reward), evaluation, Ray (address).
+    # the environment (--train.serp.*: slots, user model, reward), evaluation, Ray (address).
     p.add_class_arguments(TrainConfig, "train", skip={"out"})
 
 

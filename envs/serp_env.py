@@ -12,7 +12,7 @@ The observation/action/info contract is stated in `SerpEnv`'s docstring; the RL 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import gymnasium as gym
 import numpy as np
@@ -30,19 +30,27 @@ from envs.world import ItemTruth, WorldConfig, WorldGenerator
 class SerpConfig(JsonConfig):
     """Shape of the environment. `n_max` must be at least the longest page."""
 
-    n_max: int = 40  # 4 modalities x 10 candidates in the default world
+    # Candidate slots of the observation; None: the longest page the environment is built on (fewer
+    # padded slots = cheaper forward passes). Train and test envs share one (`for_pages`).
+    n_max: int | None = None
     slate_size: int = 10  # K shown positions
     max_queries: int = 3  # queries per session (the episode is truncated after this many pages)
     reward: RewardConfig = field(default_factory=RewardConfig)
     user: UserModelConfig = field(default_factory=UserModelConfig)
 
     def __post_init__(self) -> None:
-        if self.slate_size < 1 or self.n_max < self.slate_size:
+        if self.slate_size < 1 or (self.n_max is not None and self.n_max < self.slate_size):
             raise ValueError(
                 f"SerpConfig needs 1 <= slate_size <= n_max, got slate_size={self.slate_size}, n_max={self.n_max}"
             )
         if self.max_queries < 1:
             raise ValueError(f"SerpConfig.max_queries must be >= 1, got {self.max_queries}")
+
+    def for_pages(self, pages_list: list[Pages]) -> SerpConfig:
+        """This config with n_max resolved: as set, else the longest page of `pages_list`."""
+        if self.n_max is not None:
+            return self
+        return replace(self, n_max=int(max(int(p.sizes.max()) for p in pages_list)))
 
     @staticmethod
     def from_dict(d: dict) -> SerpConfig:
@@ -116,6 +124,7 @@ class SerpEnv(gym.Env):
             raise ValueError("pass both `pages` and `truth` (aligned), or neither for the default world")
         if pages is None:
             pages, truth = default_traffic()
+        self.config = cfg = cfg.for_pages([pages])
         if len(truth.relevance) != pages.n_items or len(truth.attractiveness) != pages.n_items:
             raise ValueError(f"truth has {len(truth.relevance)} items, pages have {pages.n_items}")
         if len(pages) == 0:

@@ -108,14 +108,24 @@ def test_train_settings_round_trip_through_a_resolved_config(tmp_path):
         return p, parsed, p.instantiate(parsed)
 
     argv = ["--out", str(tmp_path / "t"), "--train.iterations", "3", "--train.ratio", "position"]
-    argv += ["--train.serp", '{"n_max": 40}', "--train.reward", "clicks", "--train.constraint", "false"]
+    argv += ["--train.serp.n_max", "40", "--train.serp.reward.name", "clicks", "--train.constraint", "false"]
+    argv += ["--train.serp.user.reformulate_prob", "0.5"]
     p, parsed, args = parse(argv)
     cfg = dataclasses.replace(args.train, out=args.out)
-    assert (cfg.iterations, cfg.ratio, cfg.serp, cfg.reward, cfg.constraint) == (
+    serp = cfg.serp
+    assert (
+        cfg.iterations,
+        cfg.ratio,
+        serp.n_max,
+        serp.reward.name,
+        serp.user.reformulate_prob,
+        cfg.constraint,
+    ) == (
         3,
         "position",
-        {"n_max": 40},
+        40,
         "clicks",
+        0.5,
         False,
     )
     resolved = tmp_path / "resolved.yaml"
