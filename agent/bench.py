@@ -47,6 +47,7 @@ from agent.evaluation import evaluate_policy, random_scorer
 from agent.ppo_config import ppo_options
 from agent.reward_landscape import fresh_network, layout_gradient, reference_policies
 from agent.train import TrainConfig, serp_config_for, train_policy
+from agent.train_log import upgrade_row
 from envs.atomic_io import write_json_atomic
 from envs.config_io import JsonConfig
 from envs.reward import RewardConfig
@@ -74,7 +75,7 @@ class AgentBenchConfig(JsonConfig):
     body_lr_scale: float = TrainConfig.body_lr_scale  # the rest of the reranker x lr
     ratio: str = TrainConfig.ratio  # PPO importance ratio: slate, or position (position-level reward-to-go)
     reward: str = RewardConfig.name  # product reward by name (envs.reward.REWARD_NAMES)
-    target_fraction: float = TrainConfig.target_fraction  # consistency target, x SMAR's agreement
+    target_fraction: float = TrainConfig.target_fraction  # consistency target, x SMAR's consistency
     eval_every: int = 2
     # Each RL run exports its best iterate on traffic (agent.train_log.Selection, checked at the start
     # and every N iterations; never on test); 0: the last iterate. Off by default: it guards against a
@@ -229,7 +230,11 @@ class _Parts:
         return part
 
     def seed(self, seed: int) -> dict:
-        return self._cached(f"seed{seed}", lambda: self._seed(seed))
+        part = self._cached(f"seed{seed}", lambda: self._seed(seed))
+        for method in RL_METHODS:  # a piece an older tree wrote: its metrics rows in the current columns
+            if "history" in part.get(method, {}):
+                part[method]["history"] = [upgrade_row(r) for r in part[method]["history"]]
+        return part
 
     def references(self) -> dict:
         return self._cached("references", lambda: _references_part(self.cfg, self.setup))

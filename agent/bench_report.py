@@ -50,7 +50,7 @@ def plot_curves(histories: dict[str, list[list[dict]]], path: Path) -> Path:
             (line,) = ax.plot(steps, vals.mean(0), "o-", ms=3, label=method)
             ax.fill_between(steps, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.2)
     axes[0].set_ylabel("session reward (held-out, deterministic)")
-    axes[1].set_ylabel("within-modality consistency")
+    axes[1].set_ylabel("consistency (held-out, top-K within-modality agreement)")
     for ax in axes:
         ax.set_xlabel("env steps (pages)")
         ax.grid(alpha=0.3)

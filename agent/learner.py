@@ -22,8 +22,8 @@ THE LOSS (per module, per minibatch; see `ConstrainedPPOLearner.compute_loss_for
 
 The learner connector pieces it appends (per-position advantages, dropping the bootstrap rows) are in
 `agent.learner_connectors`. Configure through `config.training(learner_class=ConstrainedPPOLearner,
-learner_config_dict=ConstraintConfig(...).to_dict())`. Multiplier, hinge, agreement, target and KL are
-logged every iteration under the module id in the learner results.
+learner_config_dict=ConstraintConfig(...).to_dict())`. Multiplier, hinge, train consistency, target and
+KL are logged every iteration under the module id in the learner results.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from pretrain.reranker import WholePageReranker
 # Metric names (learner results, under the module id).
 MULTIPLIER = "consistency_multiplier"
 HINGE = "consistency_hinge"
-AGREEMENT = "consistency_agreement"
+TRAIN_CONSISTENCY = "train_consistency"  # the top-K consistency on the training batches
 TARGET = "consistency_target"
 REFERENCE_KL = "reference_kl"
 CLIP_FRACTION = "clip_fraction"  # share of the objective's ratios (slates or positions) outside 1 +- clip
@@ -334,7 +334,7 @@ class ConstrainedPPOLearner(PPOTorchLearner):
             agreement = lag.dual_step(self.targets[module_id])
             if agreement is None:
                 continue  # no single-modal scores in this batch: nothing measured, no dual step
-            self.metrics.log_value((module_id, AGREEMENT), agreement, window=1)
+            self.metrics.log_value((module_id, TRAIN_CONSISTENCY), agreement, window=1)
             self.metrics.log_value((module_id, TARGET), self.targets[module_id], window=1)
             self.metrics.log_value((module_id, MULTIPLIER), lag.multiplier, window=1)
 

@@ -304,9 +304,10 @@ def _scorers(cand: WholePageReranker, serving: WholePageReranker, pb: PageBatch,
 
 
 def offpolicy_update(
-    model: WholePageReranker, batch: LoggedBatch, target_agreement: float, cfg: UpdateConfig | None = None
+    model: WholePageReranker, batch: LoggedBatch, consistency_target: float, cfg: UpdateConfig | None = None
 ) -> tuple[WholePageReranker, dict[str, float]]:
-    """A candidate policy trained from `model` on logged `batch`; `model` itself is left untouched."""
+    """A candidate policy trained from `model` on logged `batch`; `model` itself is left untouched.
+    Its stats' `train_consistency` is the last epoch's top-K consistency on the batch."""
     cfg = cfg or UpdateConfig()
     if len(batch) == 0:
         raise ValueError("no explored impressions with feedback to learn from")
@@ -320,7 +321,9 @@ def offpolicy_update(
     k = ranking.shape[1]
     lagrangian = Lagrangian(cfg.lagrangian(), k)
     rng = np.random.default_rng(cfg.seed)
-    history: dict[str, list[float]] = {"ppo": [], "hinge": [], "kl": [], "agreement": [], "multiplier": []}
+    history: dict[str, list[float]] = {
+        k: [] for k in ("ppo", "hinge", "kl", "train_consistency", "multiplier")
+    }
     score, reference = _scorers(cand, serving, pb, cfg)
     for _ in range(cfg.epochs):
         for idx in np.array_split(rng.permutation(len(batch)), max(len(batch) // cfg.minibatch, 1)):
@@ -345,8 +348,8 @@ def offpolicy_update(
             history["ppo"].append(ppo.item())
             history["hinge"].append(hinge.item())
             history["kl"].append(kl.item())
-        agreement = lagrangian.dual_step(target_agreement)
-        history["agreement"].append(float("nan") if agreement is None else agreement)
+        agreement = lagrangian.dual_step(consistency_target)
+        history["train_consistency"].append(float("nan") if agreement is None else agreement)
         history["multiplier"].append(lagrangian.multiplier)
     cand.eval()
     stats = {
@@ -354,7 +357,7 @@ def offpolicy_update(
         "ppo_loss": float(np.mean(history["ppo"][-10:])),
         "hinge": float(np.mean(history["hinge"][-10:])),
         "kl_to_serving": float(np.mean(history["kl"][-10:])),
-        "train_agreement": history["agreement"][-1],
+        "train_consistency": history["train_consistency"][-1],
         "multiplier": lagrangian.multiplier,
         "margin": lagrangian.cfg.margin,
     }

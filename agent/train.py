@@ -242,7 +242,7 @@ class _Training:
         net = self.policy()
         r = self.play(net, s.train_split, cfg.seed + 30_000, cfg.select_repeats)["reward"]
         agreement = topk_consistency(net, s.train_split.pages, s.serp.slate_size)
-        row["select_reward"], row["select_agreement"] = r, agreement
+        row["select_reward"], row["select_consistency"] = r, agreement
         self.selection.offer(net, iteration, r, agreement)
 
 
@@ -368,7 +368,7 @@ def _iterate(t: _Training, rows: list[dict], start_iter: int) -> tuple[list[dict
             bar.set_postfix(
                 steps=env_steps,
                 ret=f"{row['train_return']:.3f}",
-                agree=f"{row['agreement']:.3f}",
+                train_consistency=f"{row['train_consistency']:.3f}",
                 lam=f"{row['multiplier']:.2f}",
             )
         if cfg.checkpoint_every and (it1 % cfg.checkpoint_every == 0 or it1 == cfg.iterations):
@@ -404,7 +404,7 @@ def _export(
         "smar_version": s.smar_ckpt.version,
         "consistency_target": s.target,
         "consistency_margin": t.margin,
-        "smar_agreement_traffic": s.smar_agree,
+        "smar_select_consistency": s.smar_agree,
         "env_steps": env_steps,
         "selected_iteration": t.selection.iteration if cfg.select_every else cfg.iterations,
         "metrics": {"initial_eval": initial_eval, "final_eval": final_eval},

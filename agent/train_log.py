@@ -1,6 +1,11 @@
 """The training log and checkpoints of `smar train`: metrics.csv rows, TensorBoard scalars, the progress
 bar, learning-curve plots, RLlib checkpoints (save, rotation, `latest.json` for --resume) and the best
 iterate kept as a reranker checkpoint (`Selection`).
+
+Consistency columns (one quantity, the top-K within-modality agreement with the single-modal order, on
+three page sets): `train_consistency` on the learner's training batches (the constraint's measure),
+`select_consistency` on training traffic (best-iterate selection), `eval_consistency` on the held-out
+test sessions (agent.evaluation's `consistency`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ CSV_COLUMNS = (
     "time_s",
     "cpu_s",
     "train_return",
-    "agreement",
+    "train_consistency",
     "multiplier",
     "target",
     "hinge",
@@ -37,20 +42,21 @@ CSV_COLUMNS = (
     "slate_clip_fraction",
     "vf_explained_var",
     "select_reward",
-    "select_agreement",
+    "select_consistency",
     "eval_reward",
     "eval_ctr",
     "eval_satisfied_click_rate",
     "eval_ndcg@10",
     "eval_consistency",
 )
+# metrics.csv columns an older run wrote under another name (read back by --resume, never written).
+LEGACY_COLUMNS = {"agreement": "train_consistency", "select_agreement": "select_consistency"}
 
 
 def metrics_row(
     iteration: int, result: dict, elapsed: float, evaluation: dict | None, cpu: float = float("nan")
 ) -> dict[str, float]:
     from agent.learner import (
-        AGREEMENT,
         APPROX_KL,
         CLIP_FRACTION,
         EXPLAINED_VAR,
@@ -59,6 +65,7 @@ def metrics_row(
         REFERENCE_KL,
         SLATE_CLIP_FRACTION,
         TARGET,
+        TRAIN_CONSISTENCY,
     )
 
     lr = result.get("learners", {}).get(MODULE_ID, {})
@@ -78,7 +85,7 @@ def metrics_row(
         "time_s": round(elapsed, 3),  # wall seconds of algo.train() (sampling + learning)
         "cpu_s": round(cpu, 3),  # this process's CPU seconds in algo.train() (env runners are local)
         "train_return": f(er.get("episode_return_mean")),
-        "agreement": f(lr.get(AGREEMENT)),
+        "train_consistency": f(lr.get(TRAIN_CONSISTENCY)),
         "multiplier": f(lr.get(MULTIPLIER)),
         "target": f(lr.get(TARGET)),
         "hinge": f(lr.get(HINGE)),
@@ -91,7 +98,7 @@ def metrics_row(
         "slate_clip_fraction": f(lr.get(SLATE_CLIP_FRACTION)),
         "vf_explained_var": f(lr.get(EXPLAINED_VAR)),
         "select_reward": float("nan"),  # filled in by best-iterate selection when it runs
-        "select_agreement": float("nan"),
+        "select_consistency": float("nan"),
     }
     for k in ("reward", "ctr", "satisfied_click_rate", "ndcg@10", "consistency"):
         row[f"eval_{k}"] = f(evaluation[k]) if evaluation else float("nan")
@@ -116,10 +123,15 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def upgrade_row(row: dict) -> dict:
+    """A metrics row with LEGACY_COLUMNS renamed to the current columns (other keys as they are)."""
+    return {LEGACY_COLUMNS.get(k, k): v for k, v in row.items()}
+
+
 def read_csv(path: Path) -> list[dict[str, float]]:
     with open(path, newline="") as f:
         rows = [
-            {k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()}
+            upgrade_row({k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()})
             for r in csv.DictReader(f)
         ]
     for r in rows:  # integer columns stay integers when the file is rewritten after --resume
@@ -146,9 +158,11 @@ def plot_learning_curves(rows: list[dict], path: Path, title: str = "") -> Path:
     axes[1].plot(
         [r["env_steps"] for r in ev], [r["eval_consistency"] for r in ev], "o-", label="eval consistency"
     )
-    axes[1].plot([r["env_steps"] for r in tr], [r["agreement"] for r in tr], ".--", label="batch agreement")
+    axes[1].plot(
+        [r["env_steps"] for r in tr], [r["train_consistency"] for r in tr], ".--", label="train consistency"
+    )
     axes[1].plot([r["env_steps"] for r in tr], [r["target"] for r in tr], ":", label="target")
-    axes[1].set_ylabel("within-modality agreement")
+    axes[1].set_ylabel("consistency (top-K within-modality agreement)")
     axes[2].plot([r["env_steps"] for r in tr], [r["multiplier"] for r in tr], ".-")
     axes[2].set_ylabel("Lagrange multiplier")
     for ax in axes:
@@ -185,8 +199,8 @@ def save_algo(algo, out: Path, iteration: int, env_steps: int, keep: int) -> Pat
 
 class Selection:
     """The best iterate so far (TrainConfig.select_every), kept as a reranker checkpoint at `path` so
-    that --resume continues the same selection. Key: feasible iterates (agreement >= target, or any
-    with the constraint off) by reward, above infeasible ones by agreement; ties keep the earlier."""
+    that --resume continues the same selection. Key: feasible iterates (select consistency >= target, or
+    any with the constraint off) by reward, above infeasible ones by consistency; ties keep the earlier."""
 
     def __init__(self, path: Path, constraint: bool, target: float) -> None:
         self.path, self.constraint, self.target = path, constraint, target
@@ -200,17 +214,22 @@ class Selection:
             sel = verify_checkpoint(self.path).manifest["selection"]
             self.key, self.iteration = (bool(sel["key"][0]), float(sel["key"][1])), int(sel["iteration"])
 
-    def offer(self, net, iteration: int, reward: float, agreement: float) -> bool:
-        """Keep `net` if it beats the best so far; True if it does."""
+    def offer(self, net, iteration: int, reward: float, consistency: float) -> bool:
+        """Keep `net` (its select reward and consistency) if it beats the best so far; True if it does."""
         from pretrain.checkpoint import make_version, save_checkpoint
 
-        feasible = not self.constraint or agreement >= self.target
-        key = (feasible, reward if feasible else agreement)
+        feasible = not self.constraint or consistency >= self.target
+        key = (feasible, reward if feasible else consistency)
         if self.key is not None and key <= self.key:
             return False
         self.key, self.iteration = key, iteration
         extra = {
-            "selection": {"iteration": iteration, "reward": reward, "agreement": agreement, "key": list(key)}
+            "selection": {
+                "iteration": iteration,
+                "select_reward": reward,
+                "select_consistency": consistency,
+                "key": list(key),
+            }
         }
         save_checkpoint(net, self.path, version=make_version("ppo-best"), extra=extra, overwrite=True)
         return True

@@ -41,7 +41,8 @@ def within_modality_agreement(
 
     Returns (fraction of concordant pairs, number of pairs compared). Pairs tied in the reference are
     skipped; a tie in `order_scores` counts half. Kendall-tau style, in [0, 1]; 1 = same order within
-    every modality. This is the consistency the SMAR constraint asks for.
+    every modality. Over all of a page's candidates this is `candidate_consistency` (pretrain.evaluate);
+    over the shown top-K (`shown_order_agreement`) it is `consistency`, what the SMAR constraint asks for.
     """
     s = np.asarray(order_scores, np.float64)
     r = np.asarray(reference_scores, np.float64)
@@ -62,7 +63,8 @@ def shown_order_agreement(
 ) -> tuple[float, int]:
     """Within-modality agreement of a shown top-K list (item indices, best first) with the reference.
 
-    Only pairs where both items were shown are compared: position gives the order.
+    Only pairs where both items were shown are compared: position gives the order. This is the product's
+    `consistency` (the env info, agent.evaluation, the RL, online and serving reports).
     """
     shown = np.asarray(shown)
     pos_score = -np.arange(len(shown), dtype=np.float64)

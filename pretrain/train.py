@@ -165,7 +165,7 @@ def run_pretrain(
         "single_modal": prep.ranker_metrics,
         "annotation": annotation.summary(),
         "reranker": {k: v for k, v in train_info.items() if k != "history"},
-        "history": train_info["history"],
+        "history": [loss_labels(h) for h in train_info["history"]],
         "test": rows,
     }
     version = make_version(f"reranker-{cfg.method}")
@@ -184,6 +184,12 @@ def run_pretrain(
         metrics["data"] = w.describe()
     write_run_json(out, world_dir, cfg.to_json(), version, metrics, data=isinstance(w, ImportedData))
     return PretrainRun.open(out)
+
+
+def loss_labels(epoch: dict) -> dict:
+    """An epoch of the reranker's training history with its loss terms named as losses where the bare
+    term name is also a metric's (`consistency`: the SMAR consistency loss, not the top-K metric)."""
+    return {("consistency_loss" if k == "consistency" else k): v for k, v in epoch.items()}
 
 
 def run_table(run: PretrainRun) -> str:

@@ -66,7 +66,7 @@ class OnlineConfig(JsonConfig):
     # round-to-round changes in live reward come from the policy, not from which users arrived
     # (false: new simulated sessions every round).
     common_traffic: bool = True
-    consistency_fraction: float = 0.95  # target = this x the SMAR reranker's top-K agreement
+    consistency_fraction: float = 0.95  # target = this x the SMAR reranker's consistency (top-K)
     url: str | None = None  # drive a running app instead of starting one (needs registry and log_dir)
     registry: str | None = None  # registry folder of the app at url (default: OUT/registry)
     log_dir: str | None = None  # log folder of the app at url (default: OUT/logs)

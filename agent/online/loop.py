@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from agent.online import app
 from agent.online.config import OnlineConfig
 from agent.online.heldout import HeldoutEvidence
-from agent.online.report import plot_rounds, round_line, round_record, round_seconds, summarise
+from agent.online.report import plot_rounds, round_line, round_record, round_seconds, summarise, upgrade_state
 from envs.atomic_io import write_json_atomic, write_parquet_atomic
 from pretrain.run import open_or_pretrain
 
@@ -126,7 +126,7 @@ class OnlineLoop:
         self.log_dir = Path(cfg.log_dir or self.out / "logs")
         self.state_path, self.report_path = self.out / "state.json", self.out / "report.json"
         if self.state_path.exists():
-            self.state = json.loads(self.state_path.read_text())
+            self.state = upgrade_state(json.loads(self.state_path.read_text()))
             # A state an older run wrote (nested settings as partial dicts) is kept in the typed layout.
             self.state["config"] = OnlineConfig.from_json(self.state["config"]).to_json()
             print(

@@ -87,7 +87,8 @@ def round_record(
     """A round's figures as state.json and report.json keep them (its timings are added after):
     `traffic` agent.traffic.TrafficStats, `logs` the loop's RoundLogs, `decision` the gate's,
     `consistency` (the serving version's, the target), `pub` the loop's Publication, `ustats` the
-    update's, `held` the held-out figures, `cfg` the OnlineConfig."""
+    update's, `held` the held-out figures, `cfg` the OnlineConfig. The candidate's consistency is the
+    gate's (`ope.consistency`)."""
     serving_consistency, target = consistency
     return {
         "round": r,
@@ -96,7 +97,6 @@ def round_record(
         "published_version": pub.version,
         "ope": decision.to_json(),
         "consistency": serving_consistency,
-        "candidate_consistency": decision.consistency,
         "consistency_target": target,
         "live_reward": traffic.observed_reward,
         "live_reward_se": traffic.observed_reward_se,
@@ -115,6 +115,17 @@ def round_record(
         **held,
         "temperature": cfg.temperature,
     }
+
+
+def upgrade_state(state: dict) -> dict:
+    """A state.json an older run wrote, in the current names: its rounds' `candidate_consistency` (the
+    same figure as `ope.consistency`) dropped, their update's `train_agreement` as `train_consistency`."""
+    for rec in state.get("rounds", []):
+        rec.pop("candidate_consistency", None)
+        update = rec.get("update") or {}
+        if "train_agreement" in update:
+            update["train_consistency"] = update.pop("train_agreement")
+    return state
 
 
 def round_seconds(steps: dict[str, float]) -> dict[str, float]:
@@ -138,7 +149,7 @@ def round_line(rec: dict) -> str:
         f"{rec['seconds']['round']:.0f} s) | held-out {h['mean']:.4f} [{h['lo']:.4f}, {h['hi']:.4f}]"
         f" served {rec['heldout_served']['mean']:.4f} frozen {f['mean']:.4f} | "
         f"DR diff {d['mean']:+.4f} (lcb {d['lcb']:+.4f}) consistency "
-        f"{rec['candidate_consistency']:.3f}/{rec['consistency_target']:.3f} -> "
+        f"{o['consistency']:.3f}/{rec['consistency_target']:.3f} -> "
         + (
             f"PUBLISHED {rec['published_version']}"
             if rec["published"]
@@ -190,10 +201,10 @@ def plot_rounds(rounds: list[dict], path: Path, drift_round: int | None = None) 
         if drift_round is not None:
             a.axvline(drift_round - 0.5, color="tab:red", ls="--", alpha=0.6)
     ax[2].plot(x, [r["consistency"] for r in rounds], "o-", label="serving version")
-    ax[2].plot(x, [r["candidate_consistency"] for r in rounds], "x--", label="candidate")
+    ax[2].plot(x, [r["ope"]["consistency"] for r in rounds], "x--", label="the update's candidate (gate)")
     ax[2].axhline(rounds[0]["consistency_target"], color="tab:red", ls=":", label="target")
     ax[2].set_xlabel("round")
-    ax[2].set_ylabel("within-modality agreement (top-K)")
+    ax[2].set_ylabel("consistency (top-K within-modality agreement)")
     ax[2].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -134,11 +134,11 @@ def test_offpolicy_update_uses_the_same_hinge_agreement_and_dual_step(tiny_run):
     )
     # lr 0 and one minibatch: the candidate is the serving model, so every figure is the model's own
     cfg = UpdateConfig(epochs=1, minibatch=n, lr=0.0, kl_coeff=0.0, margin=0.7, multiplier_init=2.0)
-    cand, stats = offpolicy_update(model, batch, target_agreement=1.0, cfg=cfg)
+    cand, stats = offpolicy_update(model, batch, consistency_target=1.0, cfg=cfg)
     known = pb.mask & pb.has_score
     hinge = float(consistency_hinge(scores, pb.single_modal_score, pb.modality, known, 0.7))
     agreement = topk_consistency(model, pages, k)
     assert stats["hinge"] == pytest.approx(hinge, rel=1e-5)
-    assert stats["train_agreement"] == pytest.approx(agreement)
+    assert stats["train_consistency"] == pytest.approx(agreement)
     assert stats["multiplier"] == pytest.approx(dual_step(2.0, 1.0, agreement, 20.0, 50.0))
     assert stats["margin"] == 0.7

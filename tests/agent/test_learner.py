@@ -12,10 +12,10 @@ from ray.rllib.core.learner.learner import DEFAULT_OPTIMIZER
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
 from agent.learner import (
-    AGREEMENT,
     BODY_OPTIMIZER,
     MULTIPLIER,
     OFFSET_OPTIMIZER,
+    TRAIN_CONSISTENCY,
     ConstraintConfig,
     scaled_schedule,
     topk_agreement,
@@ -126,7 +126,7 @@ def test_dual_ascent_raises_multiplier_below_target_and_lowers_it_above(scored_e
         lam = learner.multipliers["default_policy"]
         assert (lam - 1.0) * direction > 0, (target, lam)
         assert learner.metrics.peek(("default_policy", MULTIPLIER)) == pytest.approx(lam)
-        assert 0.0 <= learner.metrics.peek(("default_policy", AGREEMENT)) <= 1.0
+        assert 0.0 <= learner.metrics.peek(("default_policy", TRAIN_CONSISTENCY)) <= 1.0
         state = learner.get_state()
         assert state["constraint"]["multipliers"]["default_policy"] == lam
 

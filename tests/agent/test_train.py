@@ -55,7 +55,7 @@ def test_ppo_smoke_from_tiny_smar_checkpoint(trained, tiny_run):
     assert [int(float(r["iteration"])) for r in rows] == [0, 1, 2]
     for r in rows[1:]:
         for key in (
-            "agreement",
+            "train_consistency",
             "multiplier",
             "target",
             "hinge",
@@ -66,7 +66,7 @@ def test_ppo_smoke_from_tiny_smar_checkpoint(trained, tiny_run):
             "eval_consistency",
         ):
             assert np.isfinite(float(r[key])), key
-        assert 0.0 <= float(r["agreement"]) <= 1.0 and float(r["multiplier"]) >= 0.0
+        assert 0.0 <= float(r["train_consistency"]) <= 1.0 and float(r["multiplier"]) >= 0.0
         assert 0.0 <= float(r["clip_fraction"]) <= 1.0
         assert float(r["ppo_kl"]) >= 0.0  # the approximate KL to the sampling policy, really measured
     assert (out / "learning_curves.png").stat().st_size > 0
@@ -82,7 +82,9 @@ def test_ppo_smoke_from_tiny_smar_checkpoint(trained, tiny_run):
     assert all(np.isfinite(float(r["select_reward"])) for r in rows)
     best = json.loads((out / "best" / "manifest.json").read_text())["selection"]
     assert manifest["selected_iteration"] == best["iteration"] in (0, 1, 2)
-    assert float(rows[best["iteration"]]["select_reward"]) == best["reward"]
+    chosen = rows[best["iteration"]]
+    assert float(chosen["select_reward"]) == best["select_reward"]
+    assert float(chosen["select_consistency"]) == best["select_consistency"]
     # The exported network is the selected iterate: SMAR's own weights only if iteration 0 won.
     net, _ = load_checkpoint(res.policy_path)
     smar, _ = tiny_run.reranker()
@@ -108,14 +110,22 @@ def test_same_seed_gives_the_same_run(trained, tiny_run, tmp_path):
     """Seed everything: a second run with the same config reproduces every metric and weight."""
     res, out = trained
     again = train_policy(_cfg(tiny_run, tmp_path / "again", iterations=2, checkpoint_every=0, select_every=1))
-    cols = ("env_steps", "train_return", "agreement", "multiplier", "hinge", "eval_reward", "policy_loss")
+    cols = (
+        "env_steps",
+        "train_return",
+        "train_consistency",
+        "multiplier",
+        "hinge",
+        "eval_reward",
+        "policy_loss",
+    )
     first = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))[:3]
     second = list(csv.DictReader((tmp_path / "again" / "metrics.csv").read_text().splitlines()))
     assert [[r[c] for c in cols] for r in first] == [[r[c] for c in cols] for r in second]
     # evaluating and selecting iterates never changes the training run itself
     plain = train_policy(_cfg(tiny_run, tmp_path / "plain", iterations=2, checkpoint_every=0, eval_every=0))
     third = list(csv.DictReader((tmp_path / "plain" / "metrics.csv").read_text().splitlines()))
-    cols = ("env_steps", "train_return", "agreement", "multiplier", "hinge", "policy_loss")
+    cols = ("env_steps", "train_return", "train_consistency", "multiplier", "hinge", "policy_loss")
     assert [[r[c] for c in cols] for r in first] == [[r[c] for c in cols] for r in third]
     assert plain.env_steps == res.env_steps
     a, _ = load_checkpoint(res.policy_path)
@@ -204,7 +214,7 @@ def test_lr_schedule_warms_up_and_decays_over_the_budget():
 def test_selection_keeps_the_best_feasible_iterate_and_resumes(tiny_run, tmp_path):
     smar, _ = tiny_run.reranker()
     sel = Selection(tmp_path / "best", constraint=True, target=0.8)
-    assert sel.offer(smar, 0, reward=1.0, agreement=0.7)  # the first offer is kept, even infeasible
+    assert sel.offer(smar, 0, reward=1.0, consistency=0.7)  # the first offer is kept, even infeasible
     assert sel.offer(smar, 1, 0.9, 0.75)  # none feasible yet: the more consistent one
     assert not sel.offer(smar, 2, 2.0, 0.74)
     assert sel.offer(smar, 3, 0.5, 0.85)  # feasible beats infeasible, whatever the rewards

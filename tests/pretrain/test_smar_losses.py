@@ -187,9 +187,9 @@ def test_evaluate_scores_golden():
     idcg = 7 + 1 / math.log2(3)
     assert got["ndcg@10"] == pytest.approx(dcg / idcg)
     assert got["mrr@10"] == pytest.approx(0.5)  # first grade >= 3 at rank 2
-    assert got["consistency"] == pytest.approx(1.0)  # doc pair (0 over 1) as the reference says
+    assert got["candidate_consistency"] == pytest.approx(1.0)  # doc pair (0 over 1) as the reference says
     flipped = evaluate_scores(np.array([2.0, 3.0, 1.0]), pages, pages.relevance)
-    assert flipped["consistency"] == pytest.approx(0.0)
+    assert flipped["candidate_consistency"] == pytest.approx(0.0)
 
 
 def test_mean_page_ndcg_matches_envs_metrics():
