@@ -18,6 +18,24 @@ def tiny_world():
 
 
 @pytest.fixture(scope="session")
+def world_dir(tmp_path_factory):
+    """A tiny world written by `smar world` (for the commands that read a world folder)."""
+    from agent.cli import main
+
+    out = tmp_path_factory.mktemp("w") / "world"
+    cli = [
+        "--world.queries",
+        "12",
+        "--world.single_modal_queries",
+        "4",
+        "--world.candidates_per_modality",
+        "3",
+    ]
+    assert main(["world", "--out", str(out), *cli]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole test session (RL and Serve tests share it)."""
     import ray

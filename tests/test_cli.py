@@ -290,21 +290,12 @@ def test_online_settings_round_trip_through_a_resolved_config(tmp_path, capsys):
     assert "lrr" in capsys.readouterr().err
 
 
-def test_simulate_resolved_config_reproduces_the_logs(tmp_path, capsys):
+def test_simulate_resolved_config_reproduces_the_logs(world_dir, tmp_path, capsys):
     """`smar simulate`'s resolved.yaml (policy, data, temperature, the simulation with its user model
     and reward) fed back gives the same feedback log."""
     import hashlib
 
-    world = tmp_path / "world"
-    cli = [
-        "--world.queries",
-        "12",
-        "--world.single_modal_queries",
-        "4",
-        "--world.candidates_per_modality",
-        "3",
-    ]
-    assert main(["world", "--out", str(world), *cli]) == 0
+    world = world_dir
     first, second = tmp_path / "a", tmp_path / "b"
     argv = ["simulate", "--policy", "random", "--world", str(world), "--out", str(first), "--no-plots"]
     argv += ["--simulation.sessions", "15", "--simulation.slate_size", "5", "--temperature", "0.7"]

@@ -33,21 +33,6 @@ def resolved(folder) -> dict:
     return yaml.safe_load((folder / "resolved.yaml").read_text())
 
 
-@pytest.fixture(scope="module")
-def world_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("w") / "world"
-    args = [
-        "--world.queries",
-        "12",
-        "--world.single_modal_queries",
-        "4",
-        "--world.candidates_per_modality",
-        "3",
-    ]
-    assert main(["world", "--out", str(out), *args]) == 0
-    return out
-
-
 @pytest.mark.parametrize(
     "fmt, extra",
     [
