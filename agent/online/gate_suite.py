@@ -124,6 +124,21 @@ class CascadeWorld:
         reward = np.where(reached, 0.1 * click + 1.0 * satisfied, 0.0)
         return ctx, ranking, logged_logp, reward
 
+    def gate_terms(self, scores: np.ndarray, q, n: int, seed: int):
+        """The gate's per-impression terms (agent.ope.cascade_terms) of candidate `scores` on n fresh
+        impressions logged by serving, with reward model q."""
+        ctx, ranking, logged_logp, reward = self.log(n, seed=seed)
+        return cascade_terms(
+            torch.from_numpy(scores[ctx]).float(),
+            torch.ones(n, self.cfg.n_items, dtype=torch.bool),
+            torch.from_numpy(np.broadcast_to(self.modality, (n, self.cfg.n_items)).copy()),
+            ranking,
+            logged_logp,
+            reward,
+            q,
+            1.0,
+        )
+
 
 def run_suite(cfg: SuiteConfig | None = None, gate_cfg: GateConfig | None = None) -> dict:
     cfg = cfg or SuiteConfig()
@@ -135,18 +150,7 @@ def run_suite(cfg: SuiteConfig | None = None, gate_cfg: GateConfig | None = None
     for ci, ratio in enumerate(cfg.ratios):
         scores, true_ratio = world.candidate(ratio, seed=ci)
         for d in range(cfg.draws):
-            ctx, ranking, logged_logp, reward = world.log(cfg.holdout, seed=cfg.seed * 1000 + ci * 50 + d)
-            n = len(ctx)
-            terms = cascade_terms(
-                torch.from_numpy(scores[ctx]).float(),
-                torch.ones(n, cfg.n_items, dtype=torch.bool),
-                torch.from_numpy(np.broadcast_to(world.modality, (n, cfg.n_items)).copy()),
-                ranking,
-                logged_logp,
-                reward,
-                q,
-                1.0,
-            )
+            terms = world.gate_terms(scores, q, cfg.holdout, seed=cfg.seed * 1000 + ci * 50 + d)
             publish, diff, _, serving = value_check(terms, gate_cfg, report_estimates=False)
             rows.append(
                 {

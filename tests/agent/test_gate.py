@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from agent.gate import GateConfig, decide, value_check
 from agent.online.gate_suite import CascadeWorld, SuiteConfig, run_suite
-from agent.ope import PositionModalityRewardModel, cascade_terms, paired_difference
+from agent.ope import PositionModalityRewardModel, paired_difference
 
 CFG = SuiteConfig(contexts=20, draws=1)
 
@@ -16,19 +15,7 @@ def _terms(world: CascadeWorld, ratio: float, seed: int = 0):
     scores, true_ratio = world.candidate(ratio, seed=seed)
     ctx_t, rank_t, _, rew_t = world.log(CFG.train, seed=999)
     q = PositionModalityRewardModel.fit(world.modality[rank_t.numpy()], rew_t)
-    ctx, ranking, logged_logp, reward = world.log(CFG.holdout, seed=seed + 1)
-    n = len(ctx)
-    terms = cascade_terms(
-        torch.from_numpy(scores[ctx]).float(),
-        torch.ones(n, CFG.n_items, dtype=torch.bool),
-        torch.from_numpy(np.broadcast_to(world.modality, (n, CFG.n_items)).copy()),
-        ranking,
-        logged_logp,
-        reward,
-        q,
-        1.0,
-    )
-    return terms, true_ratio
+    return world.gate_terms(scores, q, CFG.holdout, seed=seed + 1), true_ratio
 
 
 def test_candidates_have_the_true_value_asked_for() -> None:
