@@ -10,11 +10,35 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from envs.serp_env import SerpConfig
+from envs.serp_vector_env import SerpVectorEnv
 
 if TYPE_CHECKING:
     from agent.train import TrainConfig
 
 MODULE_ID = "default_policy"
+
+
+class RLlibSerpVectorEnv(SerpVectorEnv):
+    """SerpVectorEnv from an RLlib env config {"pages", "truth", "serp", "num_envs"}: with
+    `gym_env_vectorize_mode="vector_entry_point"` RLlib builds `env_cls(env_config | {"num_envs": N})`."""
+
+    def __init__(self, config: dict | None = None) -> None:
+        config = dict(config or {})
+        super().__init__(
+            num_envs=int(config.get("num_envs", 1)),
+            pages=config.get("pages"),
+            truth=config.get("truth"),
+            config=config.get("serp"),
+        )
+
+
+class SharedEnvConfig(dict):
+    """An env config whose deep copy shares its values: RLlib deep-copies the whole AlgorithmConfig
+    into every iteration's results (`Algorithm.get_auto_filled_metrics`), and the pages and truth in
+    here are read-only inputs that need no copy (Ray still pickles them to remote env runners)."""
+
+    def __deepcopy__(self, memo: dict) -> SharedEnvConfig:
+        return SharedEnvConfig(self)
 
 
 def reranker_state(module_state: dict[str, Any]) -> dict[str, Any]:
@@ -97,15 +121,18 @@ def build_ppo_config(
     lr: float | list = lr_schedule(cfg)
     mc = {k: v for k, v in model_config.items() if k != "reference_checkpoint"}
     mc["temperature"] = cfg.temperature
-    return (
+    # The batched SerpVectorEnv steps all of a runner's envs in one user-model call; the old path
+    # (cfg.vector_env False) stacks SerpEnvs in gymnasium's SyncVectorEnv.
+    env_cls, vectorize = (
+        (RLlibSerpVectorEnv, "vector_entry_point") if cfg.vector_env else (RLlibSerpEnv, "sync")
+    )
+    config = (
         PPOConfig()
-        .environment(
-            RLlibSerpEnv,
-            env_config={"pages": train_split.pages, "truth": train_split.truth, "serp": serp.to_json()},
-        )
+        .environment(env_cls)
         .env_runners(
             num_env_runners=cfg.env_runners,
             num_envs_per_env_runner=cfg.envs_per_runner,
+            gym_env_vectorize_mode=vectorize,
             rollout_fragment_length="auto",
             num_cpus_per_env_runner=1,
         )
@@ -126,6 +153,10 @@ def build_ppo_config(
         )
         .debugging(seed=cfg.seed)
     )
+    config.env_config = SharedEnvConfig(
+        {"pages": train_split.pages, "truth": train_split.truth, "serp": serp.to_json()}
+    )
+    return config
 
 
 def model_config_json(model_config: dict, smar_ckpt) -> dict:

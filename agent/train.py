@@ -81,6 +81,9 @@ class TrainConfig:
     # Vectorised envs per env runner (the driver's with env_runners=0): one batched module forward per
     # vector step, so 64 envs make 16 forwards per 1,024-step iteration instead of 128 with 8.
     envs_per_runner: int = 64
+    # The batched SerpVectorEnv (envs.serp_vector_env: one user-model call per vector step) instead of
+    # gymnasium's SyncVectorEnv of SerpEnvs (False: the previous path, kept measurable).
+    vector_env: bool = True
     seed: int = 0
     # PPO. The defaults are the ones `smar bench agent` measured (RESULTS.md).
     train_batch: int = 1024  # env steps (pages) per iteration
