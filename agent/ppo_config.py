@@ -101,7 +101,7 @@ def build_ppo_config(
     from ray.rllib.algorithms.ppo import PPOConfig
 
     from agent.learner import ConstrainedPPOLearner, ConstraintConfig
-    from agent.rl_module import module_spec
+    from agent.rl_module import env_to_module_pieces, module_spec
     from agent.train import RLlibSerpEnv  # the env class RLlib builds on every env runner
 
     constraint = ConstraintConfig(
@@ -133,6 +133,7 @@ def build_ppo_config(
             num_env_runners=cfg.env_runners,
             num_envs_per_env_runner=cfg.envs_per_runner,
             gym_env_vectorize_mode=vectorize,
+            env_to_module_connector=env_to_module_pieces,
             rollout_fragment_length="auto",
             num_cpus_per_env_runner=1,
         )

@@ -28,10 +28,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+from ray.rllib.utils.annotations import override
 from torch import nn
 
 from agent.distribution import plackett_luce_cls
@@ -41,6 +43,8 @@ from pretrain.checkpoint import load_checkpoint
 from pretrain.reranker import RerankerConfig, WholePageReranker, signed_log
 
 OBS_KEYS = ("features", "modality", "mask", "single_modal_score", "query", "user")
+# Batch column of the env-to-module connector `MarkEndedEpisodes`: the row's episode has ended.
+ENDED = "episode_ended"
 SCORES = "reranker_scores"  # extra forward_train output: raw scores (before temperature) for the learner
 NORMALIZER_BUFFERS = ("feat_mean", "feat_std", "ctx_mean", "ctx_std")
 
@@ -90,6 +94,7 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
         self.slate_size = int(len(self.action_space.nvec))
         self.n_max = int(self.action_space.nvec[0])
         self.reranker = build_reranker(mc)
+        self.reranker.group_adapters = True  # each adapter on its own modality's items only
         obs = self.observation_space
         if obs is not None:
             missing = [k for k in OBS_KEYS if k not in obs.spaces]
@@ -128,6 +133,21 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         return {Columns.ACTION_DIST_INPUTS: self.logits(batch[Columns.OBS])}
 
+    def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        """Sampling. RLlib computes an action for every sub-env each step, also for those whose
+        episode just ended (the env's next-step autoreset ignores it, and so do the episodes):
+        with sessions of 1-3 pages that is about a third of the rows. Rows marked ended
+        (`MarkEndedEpisodes`) get zero scores (a uniform, valid slate) instead of a reranker pass."""
+        obs = batch[Columns.OBS]
+        ended = batch.get(ENDED)
+        if ended is None or not bool(ended.any()):
+            return self._forward(batch)
+        keep = ~ended.bool()
+        scores = obs["mask"].new_zeros(obs["mask"].shape)
+        if bool(keep.any()):
+            scores = scores.index_put((keep,), self.scores({k: v[keep] for k, v in obs.items()}))
+        return {Columns.ACTION_DIST_INPUTS: self.logits(obs, scores)}
+
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         """Scores for the rows that carry a loss only. PPO's learner connector appends one artificial
         timestep to every episode (for the value bootstrap) and masks it out of the loss; sessions are
@@ -163,6 +183,22 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
         return self.value_head(self.value_inputs(batch[Columns.OBS])).squeeze(-1)
+
+
+class MarkEndedEpisodes(ConnectorV2):
+    """Env-to-module connector piece: the batch column ENDED, True for the rows whose episode has
+    ended (their action goes nowhere), in the row order RLlib's observation piece uses."""
+
+    @override(ConnectorV2)
+    def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
+        for ep in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=True):
+            self.add_batch_item(batch, ENDED, ep.is_done, single_agent_episode=ep)
+        return batch
+
+
+def env_to_module_pieces(env=None, spaces=None, device=None) -> list[ConnectorV2]:
+    """`config.env_runners(env_to_module_connector=...)`: the pieces before RLlib's defaults."""
+    return [MarkEndedEpisodes()]
 
 
 def module_spec(model_config: dict[str, Any]) -> RLModuleSpec:

@@ -99,6 +99,11 @@ class WholePageReranker(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, num_layers=config.layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.Linear(2 * h, h), nn.GELU(), nn.Linear(h, 1))
         self.offset_head = nn.Linear(h, n_mod) if config.modality_offsets else None
+        # How items reach their adapters (not part of the model or its checkpoint). False: every
+        # adapter on every slot, then the item's own gathered (what pretraining and serving run).
+        # True: each adapter only on its own modality's items, a quarter of the adapter work (the RL
+        # policy, agent.rl_module); scores and gradients equal up to float summation order.
+        self.group_adapters = False
 
     # ------------------------------------------------------------------ normalisation
     @torch.no_grad()
@@ -122,18 +127,37 @@ class WholePageReranker(nn.Module):
     ) -> torch.Tensor:
         """Per-item embeddings before attention, [B, N, H]; `context` is `context_embedding`'s [B, H]."""
         x = (signed_log(features) - self.feat_mean[modality]) / self.feat_std[modality]
-        b, n, _ = x.shape
-        # Every adapter runs on every slot and the item's own modality is gathered: dense and
-        # branch-free, which is faster on CPU than boolean scatter for page-sized inputs.
-        outs = [
-            adapter(x[..., : max(self.config.feature_dims[m], 1)])
-            for m, adapter in zip(self.modalities, self.adapters)
-        ]
-        idx = modality[..., None, None].expand(b, n, 1, self.config.hidden)
-        h = torch.stack(outs, dim=-2).gather(-2, idx).squeeze(-2)
+        b, n, d = x.shape
+        if self.group_adapters:
+            h = self._adapt(x.reshape(b * n, d), modality.reshape(b * n)).reshape(b, n, self.config.hidden)
+        else:
+            # Every adapter runs on every slot and the item's own modality is gathered: dense and
+            # branch-free.
+            outs = [
+                adapter(x[..., : max(self.config.feature_dims[m], 1)])
+                for m, adapter in zip(self.modalities, self.adapters)
+            ]
+            idx = modality[..., None, None].expand(b, n, 1, self.config.hidden)
+            h = torch.stack(outs, dim=-2).gather(-2, idx).squeeze(-2)
         h = h + self.modality_embedding(modality)
         c = context[:, None, :].expand(b, n, -1)
         return self.fuse(torch.cat([h, c], dim=-1))
+
+    def _adapt(self, x: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        """Each item [T, D] through its own modality's adapter, [T, H] (`group_adapters`): the items
+        grouped by modality (a stable sort), one call per adapter on its group, then back in slot
+        order. Every adapter is called, on an empty group too, so each gets a gradient (zeros when its
+        modality is absent), as in the dense form."""
+        order = torch.argsort(modality, stable=True)
+        counts = torch.bincount(modality, minlength=len(self.modalities)).tolist()
+        grouped = x.index_select(0, order)
+        parts, lo = [], 0
+        for m, adapter, count in zip(self.modalities, self.adapters, counts):
+            parts.append(adapter(grouped[lo : lo + count, : max(self.config.feature_dims[m], 1)]))
+            lo += count
+        slot_order = torch.empty_like(order)
+        slot_order[order] = torch.arange(len(order), device=order.device)
+        return torch.cat(parts).index_select(0, slot_order)
 
     def context_embedding(self, query: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         """The page's query/user context, [B, H]."""
