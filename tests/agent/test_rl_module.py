@@ -99,3 +99,31 @@ def test_bad_configs_fail_clearly(env, checkpoint, tmp_path):
     (bad / "weights.pt").write_bytes(b"tampered")
     with pytest.raises(CheckpointError, match="checksum"):
         _module(env, {"checkpoint": str(bad)})
+
+
+def test_rows_of_ended_episodes_skip_the_reranker(env, checkpoint):
+    """Sampling (forward_exploration) with the ENDED column: live rows get the full forward's logits,
+    ended rows a uniform valid distribution over their real slots; MarkEndedEpisodes marks them."""
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+    from agent.rl_module import ENDED, MarkEndedEpisodes
+
+    path, _ = checkpoint
+    module = _module(env, {"checkpoint": str(path), "temperature": 0.5})
+    batch = _batch(env)
+    full = module.forward_exploration(batch)[Columns.ACTION_DIST_INPUTS]
+    ended = torch.tensor([False, True, False, False, True, False])
+    part = module.forward_exploration({**batch, ENDED: ended})[Columns.ACTION_DIST_INPUTS]
+    torch.testing.assert_close(part[~ended], full[~ended], rtol=1e-6, atol=1e-6)
+    real = batch[Columns.OBS]["mask"].bool()
+    assert (part[ended][real[ended]] == 0).all() and (part[ended][~real[ended]] == pl.NEG).all()
+    module.get_exploration_action_dist_cls().from_logits(part).sample()  # valid slates for every row
+    episodes = []
+    for done in (False, True, False):
+        ep = SingleAgentEpisode(observation_space=env.observation_space, action_space=env.action_space)
+        obs, _ = env.reset(seed=0)
+        ep.add_env_reset(observation=obs)
+        ep.add_env_step(obs, env.action_space.sample(), 0.0, terminated=done)
+        episodes.append(ep)
+    out = MarkEndedEpisodes()(rl_module=module, batch={}, episodes=episodes)
+    assert [list(v) for v in out[ENDED].values()] == [[False], [True], [False]]

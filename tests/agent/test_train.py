@@ -106,6 +106,34 @@ def test_position_ratio_without_bootstrap_rows_trains(tiny_run, ray_session, tmp
     assert 0.0 <= row["clip_fraction"] <= 1.0 and row["cpu_s"] > 0
 
 
+@pytest.mark.parametrize("vector_env", [True, False])
+def test_ppo_config_env_path(tiny_run, vector_env):
+    """The batched SerpVectorEnv through RLlib's vector entry point by default; gymnasium's
+    SyncVectorEnv of SerpEnvs with vector_env False. Either way the pages ride in an env config
+    that RLlib's per-iteration deep copy of the config shares instead of copying."""
+    import copy
+
+    from agent.ppo_config import RLlibSerpVectorEnv, build_ppo_config
+    from agent.train import RLlibSerpEnv, serp_config_for
+
+    split = tiny_run.split("traffic")
+    cfg = _cfg(tiny_run, "unused", vector_env=vector_env)
+    serp = serp_config_for([split.pages], cfg.serp)
+    ppo = build_ppo_config(cfg, split, {"checkpoint": str(tiny_run.reranker_path)}, serp, 0.5)
+    assert ppo.env is (RLlibSerpVectorEnv if vector_env else RLlibSerpEnv)
+    assert ppo.gym_env_vectorize_mode == ("vector_entry_point" if vector_env else "sync")
+    assert copy.deepcopy(ppo.env_config)["pages"] is split.pages
+    env = ppo.env(ppo.env_config | {"num_envs": 3}) if vector_env else None
+    if env is not None:
+        assert env.num_envs == 3 and env.single_action_space.shape == (5,)
+
+
+def test_sync_vector_env_path_trains(tiny_run, ray_session, tmp_path):
+    """vector_env False (the previous path, kept measurable) still trains."""
+    res = train_policy(_cfg(tiny_run, tmp_path, iterations=1, vector_env=False, checkpoint_every=0))
+    assert res.env_steps >= 128 and np.isfinite(float(res.history[-1]["train_return"]))
+
+
 def test_same_seed_gives_the_same_run(trained, tiny_run, tmp_path):
     """Seed everything: a second run with the same config reproduces every metric and weight."""
     res, out = trained

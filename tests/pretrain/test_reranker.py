@@ -50,3 +50,29 @@ def test_config_without_offsets_round_trips(tiny_world):
     cfg = RerankerConfig.for_pages(tiny_world.valid.pages, hidden=16, modality_offsets=False)
     assert RerankerConfig.from_json(cfg.to_json()) == cfg
     assert WholePageReranker(cfg).offset_head is None
+
+
+def test_grouped_adapters_give_the_dense_scores_and_gradients(tiny_world):
+    """`group_adapters` (each adapter only on its own modality's items, as the RL policy runs it):
+    the same scores and gradients as the dense form, and every adapter gets a gradient (zero) when
+    its modality is absent from the batch."""
+    pages = tiny_world.traffic.pages.select(slice(0, 12))
+    net = _model(pages, modality_offsets=True).train()
+    b = collate(pages)
+    grads, scores = [], []
+    for grouped in (False, True):
+        net.group_adapters = grouped
+        net.zero_grad()
+        s = net.score_batch(b)
+        s.masked_fill(~b.mask, 0.0).square().sum().backward()
+        scores.append(s.detach())
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters()})
+    torch.testing.assert_close(scores[1], scores[0], rtol=1e-6, atol=1e-6)
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-5, msg=name)
+    only_docs = b.mask & (b.modality == 0)
+    net.zero_grad()
+    net(b.features, torch.zeros_like(b.modality), only_docs, b.query, b.user).sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    assert all((p.grad == 0).all() for p in net.adapters[1].parameters())
