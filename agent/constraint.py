@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from envs.pages import N_MODALITIES
 from pretrain.losses import LossConfig, pairwise_consistency
 
 
@@ -47,6 +48,27 @@ def consistency_hinge(
 ) -> torch.Tensor:
     """SMAR's pairwise hinge of `scores` against the single-modal `reference` order (equal beta_m)."""
     return pairwise_consistency(scores, reference, modality, mask.bool(), margin=margin)
+
+
+def pooled_consistency_hinge(
+    scores: torch.Tensor, reference: torch.Tensor, modality: torch.Tensor, mask: torch.Tensor, margin: float
+) -> torch.Tensor:
+    """`consistency_hinge` as one weighted sum over the rows with a real item: a valid pair of
+    modality m weighs 1 / (m's pair count), so the sum is the sum over m of m's mean hinge. Equal up
+    to float summation order, and about twice as fast on a PPO minibatch (one sum instead of one
+    masked sum per modality, none on RLlib's bootstrap rows, which have no real item)."""
+    mask = mask.bool()
+    rows = mask.any(-1)
+    s, r, m, k = scores[rows], reference[rows], modality[rows].long(), mask[rows]
+    f = torch.where(k, s, torch.zeros_like(s))
+    hinge = torch.clamp(margin - (f[:, :, None] - f[:, None, :]), min=0.0)
+    with torch.no_grad():
+        same = m[:, :, None] == m[:, None, :]
+        valid = (r[:, :, None] > r[:, None, :]) & same & k[:, :, None] & k[:, None, :]
+        counts = torch.bincount(m[:, :, None].expand_as(valid)[valid], minlength=N_MODALITIES).to(s.dtype)
+        weight = torch.where(counts > 0, 1.0 / counts.clamp_min(1.0), torch.zeros_like(counts))
+        pair_weight = weight[m][:, :, None] * valid
+    return (hinge * pair_weight).sum()
 
 
 def topk_agreement(
@@ -108,8 +130,10 @@ class LagrangianConfig:
 class Lagrangian:
     """lambda and the agreement pooled over one dual period. See the module docstring."""
 
-    def __init__(self, cfg: LagrangianConfig, slate_size: int) -> None:
+    def __init__(self, cfg: LagrangianConfig, slate_size: int, pooled_hinge: bool = False) -> None:
+        # pooled_hinge: `pooled_consistency_hinge` (the PPO learner's) instead of `consistency_hinge`
         self.cfg, self.k = cfg, slate_size
+        self.hinge = pooled_consistency_hinge if pooled_hinge else consistency_hinge
         self.multiplier = cfg.multiplier_init
         self.mass = self.pairs = 0.0
 
@@ -122,7 +146,7 @@ class Lagrangian:
             m, c = topk_agreement(scores.detach(), reference, modality, mask, self.k)
         self.mass += float(m)
         self.pairs += float(c)
-        hinge = consistency_hinge(scores, reference, modality, mask, self.cfg.margin)
+        hinge = self.hinge(scores, reference, modality, mask, self.cfg.margin)
         weight = self.multiplier if self.cfg.enabled else 0.0
         return weight * hinge, hinge
 

@@ -176,7 +176,7 @@ class ConstrainedPPOLearner(PPOTorchLearner):
     def _lagrangian(self, module_id: str) -> Lagrangian:
         if module_id not in self.lagrangians:
             k = self.module[module_id].unwrapped().slate_size
-            self.lagrangians[module_id] = Lagrangian(self.constraint.lagrangian(), k)
+            self.lagrangians[module_id] = Lagrangian(self.constraint.lagrangian(), k, pooled_hinge=True)
         return self.lagrangians[module_id]
 
     # ------------------------------------------------------------------ the optimisers

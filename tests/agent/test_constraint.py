@@ -15,6 +15,7 @@ from agent.constraint import (
     checkpoint_margin,
     consistency_hinge,
     dual_step,
+    pooled_consistency_hinge,
     topk_agreement,
 )
 from agent.learner import ConstraintConfig
@@ -142,3 +143,24 @@ def test_offpolicy_update_uses_the_same_hinge_agreement_and_dual_step(tiny_run):
     assert stats["train_consistency"] == pytest.approx(agreement)
     assert stats["multiplier"] == pytest.approx(dual_step(2.0, 1.0, agreement, 20.0, 50.0))
     assert stats["margin"] == 0.7
+
+
+def test_pooled_hinge_equals_the_hinge_in_value_and_gradient():
+    """The PPO learner's pooled form: the same hinge and gradient as `consistency_hinge`, with rows
+    that have no real item (RLlib's bootstrap rows) and a modality without pairs in the batch."""
+    g = torch.Generator().manual_seed(0)
+    b, n = 12, 10
+    scores = torch.randn(b, n, generator=g, requires_grad=True)
+    ref = torch.randn(b, n, generator=g).round(decimals=1)  # ties in the reference
+    mod = torch.randint(0, 3, (b, n), generator=g)  # modality 3 absent
+    mask = torch.rand(b, n, generator=g) < 0.8
+    mask[[2, 7]] = False  # bootstrap rows
+    grads = []
+    for fn in (consistency_hinge, pooled_consistency_hinge):
+        scores.grad = None
+        value = fn(scores, ref, mod, mask, 0.7)
+        value.backward()
+        grads.append((value.detach(), scores.grad.clone()))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-6, atol=1e-7)
+    assert float(pooled_consistency_hinge(scores, ref, mod, torch.zeros_like(mask), 0.7)) == 0.0
