@@ -100,6 +100,7 @@ def build_ppo_config(
     """The PPOConfig of one run: `build_algo()` on it gives the algorithm `train_policy` trains."""
     from ray.rllib.algorithms.ppo import PPOConfig
 
+    from agent.env_runner import SerpEnvRunner
     from agent.learner import ConstrainedPPOLearner, ConstraintConfig
     from agent.rl_module import env_to_module_pieces, module_spec
     from agent.train import RLlibSerpEnv  # the env class RLlib builds on every env runner
@@ -130,6 +131,7 @@ def build_ppo_config(
         PPOConfig()
         .environment(env_cls)
         .env_runners(
+            env_runner_cls=SerpEnvRunner,
             num_env_runners=cfg.env_runners,
             num_envs_per_env_runner=cfg.envs_per_runner,
             gym_env_vectorize_mode=vectorize,

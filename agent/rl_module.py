@@ -94,7 +94,7 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
         self.slate_size = int(len(self.action_space.nvec))
         self.n_max = int(self.action_space.nvec[0])
         self.reranker = build_reranker(mc)
-        self.reranker.group_adapters = True  # each adapter on its own modality's items only
+        self.reranker.lean = True  # the same scores with less work (WholePageReranker.lean)
         obs = self.observation_space
         if obs is not None:
             missing = [k for k in OBS_KEYS if k not in obs.spaces]

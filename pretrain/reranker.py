@@ -99,11 +99,12 @@ class WholePageReranker(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, num_layers=config.layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.Linear(2 * h, h), nn.GELU(), nn.Linear(h, 1))
         self.offset_head = nn.Linear(h, n_mod) if config.modality_offsets else None
-        # How items reach their adapters (not part of the model or its checkpoint). False: every
-        # adapter on every slot, then the item's own gathered (what pretraining and serving run).
-        # True: each adapter only on its own modality's items, a quarter of the adapter work (the RL
-        # policy, agent.rl_module); scores and gradients equal up to float summation order.
-        self.group_adapters = False
+        # The lean form (a runtime switch, not part of the model or its checkpoint): the same scores
+        # with less work on big batches, gradients equal up to float summation order. Each adapter
+        # runs only on its own modality's items (`_adapt`; the standard form runs every adapter on
+        # every slot and gathers), and when gradients flow, the encoder layers are written out
+        # (`_encode_lean`). Pretraining and serving run the standard form, the RL policy the lean one.
+        self.lean = False
 
     # ------------------------------------------------------------------ normalisation
     @torch.no_grad()
@@ -128,7 +129,7 @@ class WholePageReranker(nn.Module):
         """Per-item embeddings before attention, [B, N, H]; `context` is `context_embedding`'s [B, H]."""
         x = (signed_log(features) - self.feat_mean[modality]) / self.feat_std[modality]
         b, n, d = x.shape
-        if self.group_adapters:
+        if self.lean:
             h = self._adapt(x.reshape(b * n, d), modality.reshape(b * n)).reshape(b, n, self.config.hidden)
         else:
             # Every adapter runs on every slot and the item's own modality is gathered: dense and
@@ -144,7 +145,7 @@ class WholePageReranker(nn.Module):
         return self.fuse(torch.cat([h, c], dim=-1))
 
     def _adapt(self, x: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        """Each item [T, D] through its own modality's adapter, [T, H] (`group_adapters`): the items
+        """Each item [T, D] through its own modality's adapter, [T, H] (the lean form): the items
         grouped by modality (a stable sort), one call per adapter on its group, then back in slot
         order. Every adapter is called, on an empty group too, so each gets a gradient (zeros when its
         modality is absent), as in the dense form."""
@@ -158,6 +159,26 @@ class WholePageReranker(nn.Module):
         slot_order = torch.empty_like(order)
         slot_order[order] = torch.arange(len(order), device=order.device)
         return torch.cat(parts).index_select(0, slot_order)
+
+    def _encode_lean(self, x: torch.Tensor, key_pad: torch.Tensor) -> torch.Tensor:
+        """`self.encoder` (pre-norm layers) written out for training: the self-attention's packed
+        projection split by a view instead of torch's per-projection selects, whose backward fills
+        a zero gradient of the whole projection for each of the three (the largest cost of a
+        training step after the matrix products). The same operations on the same values otherwise."""
+        b, n, e = x.shape
+        mask = torch.zeros(key_pad.shape, dtype=x.dtype, device=x.device).masked_fill(key_pad, float("-inf"))
+        mask = mask[:, None, None, :]  # [B, 1, 1, N], as MultiheadAttention hands it to the kernel
+        for layer in self.encoder.layers:
+            attn = layer.self_attn
+            heads = attn.num_heads
+            qkv = nn.functional.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias)
+            q, k, v = qkv.view(b, n, 3, heads, e // heads).permute(2, 0, 3, 1, 4).unbind(0)
+            drop = attn.dropout if self.training else 0.0
+            a = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+            x = x + layer.dropout1(attn.out_proj(a.transpose(1, 2).reshape(b, n, e)))
+            ff = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(x)))))
+            x = x + layer.dropout2(ff)
+        return x if self.encoder.norm is None else self.encoder.norm(x)
 
     def context_embedding(self, query: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         """The page's query/user context, [B, H]."""
@@ -183,7 +204,10 @@ class WholePageReranker(nn.Module):
         if empty.any():
             key_pad = key_pad.clone()
             key_pad[empty, 0] = False
-        h = self.encoder(h0, src_key_padding_mask=key_pad)
+        if self.lean and h0.requires_grad:  # a training step (else torch's fused inference path)
+            h = self._encode_lean(h0, key_pad)
+        else:
+            h = self.encoder(h0, src_key_padding_mask=key_pad)
         scores = self.head(torch.cat([h0, h], dim=-1)).squeeze(-1)
         if self.offset_head is not None:
             offsets = self.offset_head(context)  # [B, M]

@@ -52,21 +52,25 @@ def test_config_without_offsets_round_trips(tiny_world):
     assert WholePageReranker(cfg).offset_head is None
 
 
-def test_grouped_adapters_give_the_dense_scores_and_gradients(tiny_world):
-    """`group_adapters` (each adapter only on its own modality's items, as the RL policy runs it):
-    the same scores and gradients as the dense form, and every adapter gets a gradient (zero) when
-    its modality is absent from the batch."""
+def test_lean_form_gives_the_standard_scores_and_gradients(tiny_world):
+    """The lean form (each adapter only on its own modality's items, the encoder layers written
+    out; what the RL policy runs): the standard form's scores and gradients, with and without
+    gradients on; every adapter gets a gradient (zero) when its modality is absent."""
     pages = tiny_world.traffic.pages.select(slice(0, 12))
     net = _model(pages, modality_offsets=True).train()
     b = collate(pages)
+    b.mask[3, 5:] = False  # a partly padded page
     grads, scores = [], []
-    for grouped in (False, True):
-        net.group_adapters = grouped
+    for lean in (False, True):
+        net.lean = lean
         net.zero_grad()
         s = net.score_batch(b)
         s.masked_fill(~b.mask, 0.0).square().sum().backward()
         scores.append(s.detach())
         grads.append({n: p.grad.clone() for n, p in net.named_parameters()})
+        with torch.no_grad():
+            torch.testing.assert_close(net.eval().score_batch(b), s.detach(), rtol=1e-6, atol=1e-6)
+        net.train()
     torch.testing.assert_close(scores[1], scores[0], rtol=1e-6, atol=1e-6)
     assert grads[0].keys() == grads[1].keys()
     for name, g in grads[0].items():
