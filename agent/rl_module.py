@@ -135,9 +135,9 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
 
     def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         """Sampling. RLlib computes an action for every sub-env each step, also for those whose
-        episode just ended (the env's next-step autoreset ignores it, and so do the episodes):
-        with sessions of 1-3 pages that is about a third of the rows. Rows marked ended
-        (`MarkEndedEpisodes`) get zero scores (a uniform, valid slate) instead of a reranker pass."""
+        episode just ended (the env's next-step autoreset ignores it, and so do the episodes);
+        sessions are 1-3 pages, so many rows are such. Rows marked ended (`MarkEndedEpisodes`) get
+        zero scores (a uniform, valid slate) instead of a reranker pass."""
         obs = batch[Columns.OBS]
         ended = batch.get(ENDED)
         if ended is None or not bool(ended.any()):

@@ -162,9 +162,9 @@ class WholePageReranker(nn.Module):
 
     def _encode_lean(self, x: torch.Tensor, key_pad: torch.Tensor) -> torch.Tensor:
         """`self.encoder` (pre-norm layers) written out for training: the self-attention's packed
-        projection split by a view instead of torch's per-projection selects, whose backward fills
-        a zero gradient of the whole projection for each of the three (the largest cost of a
-        training step after the matrix products). The same operations on the same values otherwise."""
+        projection is split by a view instead of torch's per-projection selects, whose backward
+        fills a zero gradient of the whole projection for each of the three. The same operations on
+        the same values otherwise."""
         b, n, e = x.shape
         mask = torch.zeros(key_pad.shape, dtype=x.dtype, device=x.device).masked_fill(key_pad, float("-inf"))
         mask = mask[:, None, None, :]  # [B, 1, 1, N], as MultiheadAttention hands it to the kernel
