@@ -71,3 +71,17 @@ def shown_order_agreement(
     return within_modality_agreement(
         pos_score, np.asarray(reference_scores)[shown], np.asarray(modality)[shown]
     )
+
+
+def shown_order_agreement_rows(reference: np.ndarray, modality: np.ndarray) -> np.ndarray:
+    """`shown_order_agreement` of many shown lists at once: row b holds the reference scores [B, K] and
+    modalities [B, K] of one list's items in shown order (no NaN). Per row: the fraction of
+    same-modality pairs, reference untied, that the shown order puts in the reference's order; NaN
+    without such a pair."""
+    k = reference.shape[1]
+    upper = np.triu(np.ones((k, k), bool), 1)
+    diff = reference[:, :, None] - reference[:, None, :]
+    pairs = (modality[:, :, None] == modality[:, None, :]) & upper & (diff != 0)
+    n_pairs = pairs.sum(axis=(1, 2))
+    concordant = (pairs & (diff > 0)).sum(axis=(1, 2))
+    return np.where(n_pairs > 0, concordant / np.maximum(n_pairs, 1), np.nan)

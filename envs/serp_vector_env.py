@@ -22,7 +22,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.metrics import dcg_at_k
+from envs.metrics import dcg_at_k, shown_order_agreement_rows
 from envs.pages import Pages
 from envs.serp_env import SerpConfig, SerpEnv
 from envs.world import ItemTruth
@@ -89,7 +89,6 @@ class SerpVectorEnv(VectorEnv):
         self._sm_known = ~(np.isnan(env._sm_raw) & (slots < sizes[:, None])).any(axis=1)
         k = self.config.slate_size
         self._discount = np.log2(np.arange(2, k + 2))  # dcg_at_k's, divided by as it does
-        self._upper = np.triu(np.ones((k, k), bool), 1)
         self._session = np.zeros(self.num_envs, np.int64)
         self._t = np.zeros(self.num_envs, np.int64)
         self._page = np.zeros(self.num_envs, np.int64)
@@ -248,7 +247,10 @@ class SerpVectorEnv(VectorEnv):
             _put(info, key, live, v, n)
         known = self._sm_known[p]
         if known.any():
-            cons = self._consistency(p[known], a[known])
+            pk, ak = p[known][:, None], a[known]
+            cons = shown_order_agreement_rows(
+                self.single_env._sm_raw[pk, ak], self.single_env._mod_int[pk, ak]
+            )
             _put(info, "consistency", live[known], cons, n)
 
     def _ndcg(self, rel: np.ndarray, p: np.ndarray) -> dict[int, np.ndarray]:
@@ -260,21 +262,6 @@ class SerpVectorEnv(VectorEnv):
             ideal_p = ideal[p]
             out[cut] = np.where(ideal_p > 0, dcg / np.where(ideal_p > 0, ideal_p, 1.0), 1.0)
         return out
-
-    def _consistency(self, p: np.ndarray, a: np.ndarray) -> np.ndarray:
-        """Within-modality agreement of each shown list with the single-modal scores
-        (envs.metrics.shown_order_agreement: the fraction of same-modality shown pairs, reference
-        untied, that the shown order puts in the reference's order; NaN without such a pair)."""
-        env = self.single_env
-        ref = env._sm_raw[p[:, None], a]
-        mod = env._mod_int[p[:, None], a]
-        pairs = (mod[:, :, None] == mod[:, None, :]) & self._upper
-        diff = ref[:, :, None] - ref[:, None, :]
-        pairs &= diff != 0
-        n_pairs = pairs.sum(axis=(1, 2))
-        concordant = (pairs & (diff > 0)).sum(axis=(1, 2))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(n_pairs > 0, concordant / np.maximum(n_pairs, 1), np.nan)
 
 
 def _put(info: dict, key: str, envs: np.ndarray, values: np.ndarray, n: int) -> None:

@@ -38,3 +38,17 @@ def test_matches_the_oracle_and_stays_in_unit_interval(items, k):
     assert 0.0 <= got <= 1.0 + 1e-12
     # Sorting by the grades themselves is ideal.
     assert math.isclose(ndcg_of_scores(np.array(grades, float), np.array(grades), k), 1.0)
+
+
+def test_shown_order_agreement_rows_equals_the_per_list_agreement():
+    from envs.metrics import shown_order_agreement, shown_order_agreement_rows
+
+    rng = np.random.default_rng(3)
+    k, n_items = 6, 12
+    reference = rng.integers(0, 4, (50, n_items)).astype(np.float64)  # ties on purpose
+    modality = rng.integers(0, 3, (50, n_items))
+    shown = np.stack([rng.permutation(n_items)[:k] for _ in range(50)])
+    rows = np.take_along_axis(reference, shown, 1), np.take_along_axis(modality, shown, 1)
+    got = shown_order_agreement_rows(*rows)
+    want = np.array([shown_order_agreement(shown[b], reference[b], modality[b])[0] for b in range(50)])
+    np.testing.assert_allclose(got, want, equal_nan=True)
