@@ -9,13 +9,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from envs.serp_env import SerpConfig
+from envs.serp_env import SerpConfig, SerpEnv
 from envs.serp_vector_env import SerpVectorEnv
 
 if TYPE_CHECKING:
     from agent.train import TrainConfig
 
 MODULE_ID = "default_policy"
+
+
+class RLlibSerpEnv(SerpEnv):
+    """SerpEnv built from an RLlib env config {"pages", "truth", "serp"} (RLlib calls `env_cls(config)`)."""
+
+    def __init__(self, config: dict | None = None) -> None:
+        config = dict(config or {})
+        super().__init__(pages=config.get("pages"), truth=config.get("truth"), config=config.get("serp"))
 
 
 class RLlibSerpVectorEnv(SerpVectorEnv):
@@ -103,7 +111,6 @@ def build_ppo_config(
     from agent.env_runner import SerpEnvRunner
     from agent.learner import ConstrainedPPOLearner, ConstraintConfig
     from agent.rl_module import env_to_module_pieces, module_spec
-    from agent.train import RLlibSerpEnv  # the env class RLlib builds on every env runner
 
     constraint = ConstraintConfig(
         enabled=cfg.constraint,

@@ -24,8 +24,8 @@ it with `--address auto` (or `RAY_ADDRESS=ray://head:10001 smar train ...`): the
 places env runners on the cluster's nodes. Pages travel inside the env config, so workers need no
 shared filesystem; the init checkpoint path must be readable on every node (shared storage).
 
-Where is what: this module holds the settings (TrainConfig), the env wrapper, the loop (`train_policy`)
-and the CLI; the RLlib PPO config and the policy read back from it are in agent/ppo_config.py, the
+Where is what: this module holds the settings (TrainConfig), the loop (`train_policy`)
+and the CLI; the RLlib PPO config, its env wrappers and the policy read back from it are in agent/ppo_config.py, the
 metrics log, plots, checkpoints and best-iterate selection in agent/train_log.py.
 """
 
@@ -61,7 +61,7 @@ from agent.train_log import (
     write_scalars,
 )
 from envs.atomic_io import write_json_atomic
-from envs.serp_env import SerpConfig, SerpEnv
+from envs.serp_env import SerpConfig
 from pretrain.run import DEFAULT_RUN
 
 log = logging.getLogger(__name__)
@@ -175,14 +175,6 @@ class TrainResult:
     final_eval: dict[str, float]
     env_steps: int
     seconds: float
-
-
-class RLlibSerpEnv(SerpEnv):
-    """SerpEnv built from an RLlib env config {"pages", "truth", "serp"} (RLlib calls `env_cls(config)`)."""
-
-    def __init__(self, config: dict | None = None) -> None:
-        config = dict(config or {})
-        super().__init__(pages=config.get("pages"), truth=config.get("truth"), config=config.get("serp"))
 
 
 def serp_config_for(pages_list: list, overrides: SerpConfig | dict | None = None) -> SerpConfig:

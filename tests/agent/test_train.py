@@ -113,8 +113,8 @@ def test_ppo_config_env_path(tiny_run, vector_env):
     that RLlib's per-iteration deep copy of the config shares instead of copying."""
     import copy
 
-    from agent.ppo_config import RLlibSerpVectorEnv, build_ppo_config
-    from agent.train import RLlibSerpEnv, serp_config_for
+    from agent.ppo_config import RLlibSerpEnv, RLlibSerpVectorEnv, build_ppo_config
+    from agent.train import serp_config_for
 
     split = tiny_run.split("traffic")
     cfg = _cfg(tiny_run, "unused", vector_env=vector_env)
