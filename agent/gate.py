@@ -27,6 +27,7 @@ from agent.ope import (
     PositionModalityRewardModel,
     cascade_terms,
     estimate,
+    logged_reward_model,
     on_policy_value,
     paired_difference,
     per_impression,
@@ -84,9 +85,7 @@ class GateDecision:
 
 def reward_model_for(batch: LoggedBatch) -> PositionModalityRewardModel:
     """The DR reward model, fitted on the update's training impressions (not the held-out ones)."""
-    pages = batch.pages
-    shown_modality = pages.modality[pages.offsets[:-1, None] + batch.ranking]
-    return PositionModalityRewardModel.fit(shown_modality, batch.reward)
+    return logged_reward_model(batch.pages, batch.ranking, batch.reward)
 
 
 @torch.no_grad()

@@ -16,6 +16,8 @@ pairwise hinge against each modality's single-modal order, weighted by a Lagrang
 dual ascent (one step per epoch) while the measured within-modality agreement of the top-K is below
 its target, and a KL to the serving policy
 (kept outside the trained parameters) so one round cannot move far from what was logged.
+The objective is `UpdateConfig.objective` (agent.objectives): this PPO surrogate, or ascent on the
+cascade DR estimate the gate certifies.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ import pyarrow as pa
 import torch
 
 from agent.constraint import Lagrangian, LagrangianConfig
+from agent.objectives import Fit, dr_steps, ppo_epochs
 from envs.pages import Pages
 from envs.reward import RewardConfig, observed_satisfying
 from envs.user_model import UserModelConfig, satisfied_dwell_thresholds
-from pretrain import plackett_luce as pl
 from pretrain.losses import LossConfig
 from pretrain.page import PageBatch, collate, from_arrow
 from pretrain.reranker import PAD_SCORE, WholePageReranker
@@ -187,6 +189,15 @@ class UpdateConfig:
     # "head": the whole offset head (context-dependent placement); "bias": only its bias, one global
     # score shift per modality (4 numbers: the least a changed world can need, the best identified)
     offset_params: str = "head"
+    # "ppo": the clipped surrogate on normalised reward-to-go advantages (above); "dr": ascend the cascade
+    # doubly robust estimate of the candidate's value on the logs (agent.ope, the gate's own estimator),
+    # full batch for `dr_steps` Adam steps, pessimistic by `pessimism` standard errors of its paired
+    # difference to the logged reward (the gate publishes on that difference's lower bound, so the update
+    # climbs what the gate certifies; a far move's noisy weights lower the bound and stop it)
+    objective: str = "ppo"
+    dr_steps: int = 100
+    pessimism: float = 1.645
+    max_weight: float | None = 100.0  # clip of the DR prefix weights (as the gate's)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -198,6 +209,8 @@ class UpdateConfig:
             raise ValueError("UpdateConfig: lr scales must be >= 0 and not both 0")
         if self.offset_params not in ("head", "bias"):
             raise ValueError(f"UpdateConfig.offset_params must be head or bias, got {self.offset_params!r}")
+        if self.objective not in ("ppo", "dr"):
+            raise ValueError(f"UpdateConfig.objective must be ppo or dr, got {self.objective!r}")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -307,7 +320,7 @@ def offpolicy_update(
     model: WholePageReranker, batch: LoggedBatch, consistency_target: float, cfg: UpdateConfig | None = None
 ) -> tuple[WholePageReranker, dict[str, float]]:
     """A candidate policy trained from `model` on logged `batch`; `model` itself is left untouched.
-    Its stats' `train_consistency` is the last epoch's top-K consistency on the batch."""
+    Its stats' `train_consistency` is the last period's top-K consistency on the batch."""
     cfg = cfg or UpdateConfig()
     if len(batch) == 0:
         raise ValueError("no explored impressions with feedback to learn from")
@@ -318,50 +331,44 @@ def offpolicy_update(
     cand = copy.deepcopy(model).train()
     opt = torch.optim.Adam(_param_groups(cand, cfg))
     pb, ranking, logged_logp, adv, temp = _tensors(batch, cfg.advantage)
-    k = ranking.shape[1]
-    lagrangian = Lagrangian(cfg.lagrangian(), k)
-    rng = np.random.default_rng(cfg.seed)
+    lagrangian = Lagrangian(cfg.lagrangian(), ranking.shape[1])
     history: dict[str, list[float]] = {
-        k: [] for k in ("ppo", "hinge", "kl", "train_consistency", "multiplier")
+        k: [] for k in ("objective", "hinge", "kl", "train_consistency", "multiplier")
     }
     score, reference = _scorers(cand, serving, pb, cfg)
-    for _ in range(cfg.epochs):
-        for idx in np.array_split(rng.permutation(len(batch)), max(len(batch) // cfg.minibatch, 1)):
-            i = torch.from_numpy(idx)
-            mask = pb.mask[i]
-            scores = score(i)
-            logits = pl.masked_logits(scores, mask) / temp[i]
-            logp = pl.stepwise_log_probs(logits, ranking[i])
-            ratio = torch.exp(logp - logged_logp[i])
-            a = adv[i]
-            ppo = -torch.minimum(ratio * a, torch.clamp(ratio, 1 - cfg.clip, 1 + cfg.clip) * a).mean()
-            known = mask & pb.has_score[i]
-            penalty, hinge = lagrangian.penalty(scores, pb.single_modal_score[i], pb.modality[i], known)
-            with torch.no_grad():
-                ref_logits = pl.masked_logits(reference(i), mask) / temp[i]
-            kl = pl.kl_estimate(ref_logits, logits, k, cfg.kl_samples).mean()
-            loss = ppo + penalty + cfg.kl_coeff * kl
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(cand.parameters(), cfg.grad_clip)
-            opt.step()
-            history["ppo"].append(ppo.item())
-            history["hinge"].append(hinge.item())
-            history["kl"].append(kl.item())
-        agreement = lagrangian.dual_step(consistency_target)
-        history["train_consistency"].append(float("nan") if agreement is None else agreement)
-        history["multiplier"].append(lagrangian.multiplier)
+    fit = Fit(
+        cfg,
+        batch,
+        (pb, ranking, logged_logp, adv, temp),
+        score,
+        reference,
+        opt,
+        lagrangian,
+        history,
+        consistency_target,
+    )
+    (ppo_epochs if cfg.objective == "ppo" else dr_steps)(fit)
     cand.eval()
     stats = {
         "impressions": len(batch),
-        "ppo_loss": float(np.mean(history["ppo"][-10:])),
+        "objective": cfg.objective,
+        "loss": float(np.mean(history["objective"][-10:])),
         "hinge": float(np.mean(history["hinge"][-10:])),
         "kl_to_serving": float(np.mean(history["kl"][-10:])),
         "train_consistency": history["train_consistency"][-1],
         "multiplier": lagrangian.multiplier,
         "margin": lagrangian.cfg.margin,
+        **_offset_move(cand, serving),
     }
     return cand, stats
+
+
+def _offset_move(cand: WholePageReranker, serving: WholePageReranker) -> dict:
+    """How far the modality-offset bias moved (one score shift per modality), for the round's record."""
+    if cand.offset_head is None:
+        return {}
+    move = (cand.offset_head.bias - serving.offset_head.bias).detach().numpy()
+    return {"offset_bias_move": {m: float(v) for m, v in zip(cand.modalities, move)}}
 
 
 def save_candidate(model: WholePageReranker, path: str | Path, version: str, extra: dict) -> Path:

@@ -59,10 +59,13 @@ def per_impression(terms: CascadeTerms, max_weight: float | None) -> dict[str, n
     """Per-impression contributions ("ips", "dr": [n]; SNIPS numerator and denominator: [n, K]), so
     estimates, bootstrap and paired differences share one computation."""
     w = prefix_weights(terms.logged_logp, terms.target_logp, max_weight)
-    w_prev = np.concatenate([np.ones((len(w), 1)), w[:, :-1]], axis=1)
+    t = (
+        torch.from_numpy(np.asarray(x, np.float64))
+        for x in (terms.logged_logp, terms.target_logp, terms.reward, terms.q_shown, terms.q_expected)
+    )
     return {
         "ips": (w * terms.reward).sum(1),
-        "dr": (w * (terms.reward - terms.q_shown) + w_prev * terms.q_expected).sum(1),
+        "dr": cascade_dr(*t, max_weight).numpy(),
         "snips_num": w * terms.reward,  # [n, K]
         "snips_den": w,
     }
@@ -142,6 +145,50 @@ class PositionModalityRewardModel:
         return PositionModalityRewardModel(table)
 
 
+def logged_reward_model(pages, ranking: np.ndarray, reward: np.ndarray) -> PositionModalityRewardModel:
+    """The DR reward model of logged impressions (envs.pages.Pages, shown ranking [n, K], reward
+    [n, K]): the gate fits it on the update's training impressions, the DR update on its batch."""
+    shown = pages.modality[pages.offsets[:-1, None] + ranking]
+    return PositionModalityRewardModel.fit(shown, reward)
+
+
+def cascade_tensors(
+    logits: torch.Tensor, modality: torch.Tensor, ranking: torch.Tensor, q_table: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The target-policy terms as tensors, differentiable in `logits` (the off-policy update maximises
+    the DR estimate through them, agent.offpolicy): (log pi_e(a_k | a_<k), q(a_k, k),
+    E_{a ~ pi_e(.|a_<k)} q(a, k)), each [n, K]. logits: masked, tempered [n, N]; q_table [M, K]."""
+    q_items = q_table[modality.long().clamp(0, len(q_table) - 1)]  # [n, N, K]
+    target, q_shown, q_exp = [], [], []
+    remaining = logits
+    for pos in range(ranking.shape[1]):
+        logp = torch.log_softmax(remaining, dim=-1)
+        a = ranking[:, pos : pos + 1].long()
+        target.append(logp.gather(1, a).squeeze(1))
+        q_pos = q_items[:, :, pos]
+        q_exp.append((logp.exp() * q_pos).sum(1))
+        q_shown.append(q_pos.gather(1, a).squeeze(1))
+        remaining = remaining.scatter(1, a, NEG)
+    return torch.stack(target, 1), torch.stack(q_shown, 1), torch.stack(q_exp, 1)
+
+
+def cascade_dr(
+    logged_logp: torch.Tensor,
+    target_logp: torch.Tensor,
+    reward: torch.Tensor,
+    q_shown: torch.Tensor,
+    q_expected: torch.Tensor,
+    max_weight: float | None,
+) -> torch.Tensor:
+    """Per-impression cascade DR contributions [n] (the module docstring's formula), differentiable in
+    the target terms; a clipped prefix weight carries no gradient (clipping trades bias for variance)."""
+    w = torch.exp(torch.cumsum(target_logp - logged_logp, 1))
+    if max_weight is not None:
+        w = w.clamp(max=max_weight)
+    w_prev = torch.cat([torch.ones_like(w[:, :1]), w[:, :-1]], 1)
+    return (w * (reward - q_shown) + w_prev * q_expected).sum(1)
+
+
 def cascade_terms(
     target_scores: torch.Tensor,
     mask: torch.Tensor,
@@ -157,24 +204,15 @@ def cascade_terms(
     target_scores, mask, modality: [n, N] over each logged page's candidates; ranking: [n, K] shown slots.
     """
     logits = masked_logits(target_scores.float(), mask, temperature)
-    q_items = torch.from_numpy(reward_model.table).float()[modality.long()]  # [n, N, K]
-    k = ranking.shape[1]
-    target, q_shown, q_exp = [], [], []
-    remaining = logits
-    for pos in range(k):
-        logp = torch.log_softmax(remaining, dim=-1)
-        a = ranking[:, pos : pos + 1].long()
-        target.append(logp.gather(1, a).squeeze(1))
-        q_pos = q_items[:, :, pos]
-        q_exp.append((logp.exp() * q_pos).sum(1))
-        q_shown.append(q_pos.gather(1, a).squeeze(1))
-        remaining = remaining.scatter(1, a, NEG)
+    q = torch.from_numpy(reward_model.table).float()
+    with torch.no_grad():
+        target, q_shown, q_exp = cascade_tensors(logits, modality, ranking, q)
     return CascadeTerms(
         logged_logp=np.asarray(logged_logp, np.float64),
-        target_logp=torch.stack(target, 1).double().numpy(),
+        target_logp=target.double().numpy(),
         reward=np.asarray(reward, np.float64),
-        q_shown=torch.stack(q_shown, 1).double().numpy(),
-        q_expected=torch.stack(q_exp, 1).double().numpy(),
+        q_shown=q_shown.double().numpy(),
+        q_expected=q_exp.double().numpy(),
     )
 
 

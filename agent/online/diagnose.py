@@ -206,7 +206,7 @@ def plot_diagnosis(res: dict, path: str | Path) -> Path:
     ax[0].set_title("update settings on simulated drifted logs")
     ax[0].legend(fontsize=7)
     probe = res.get("oracle_video_offset", {})
-    ax[1].plot([float(k) for k in probe], [v["recovered"] for v in probe.values()], "s-")
+    ax[1].plot([float(k) for k in probe], [v["recovered"] for v in probe.values()], "s-", label="greedy")
     ax[1].axhline(0.5, color="tab:red", ls=":")
     ax[1].set_xlabel("video scores lowered by d (initial policy)")
     ax[1].set_ylabel("recovered fraction")
@@ -256,6 +256,9 @@ def drift_settings(base: UpdateConfig, temperature: float) -> dict[str, tuple[Up
         "bias+immediate": (replace(base, **bias_open, advantage="immediate"), temperature),
         "bias+explore": (replace(base, **bias_open), 1.0),
         "mixed": (replace(base, lr=1e-3, offset_lr_scale=30.0), temperature),
+        "dr": (replace(base, **bias_open, objective="dr"), temperature),
+        "dr+plain": (replace(base, **bias_open, objective="dr", pessimism=0.0), temperature),
+        "dr+head": (replace(base, **{**bias_open, "offset_params": "head"}, objective="dr"), temperature),
     }
 
 
@@ -300,25 +303,38 @@ class _DriftedHeldout:
         split = self.drifted if split is None else split
         return float(deterministic_returns(m, split, self.cfg, self.serp).mean())
 
+    def served(self, m, temperature: float) -> float:
+        """The same sessions served as the endpoint explores (PL at `temperature`)."""
+        from agent.online.heldout import served_returns
 
-def _frozen_and_oracle(model, ev: _DriftedHeldout, drift) -> dict:
-    """The frozen policy's loss from the drift, and the oracle "demote video by d" probe."""
+        return float(served_returns(m, self.drifted, temperature, self.cfg, self.serp).mean())
+
+
+def _frozen_and_oracle(model, ev: _DriftedHeldout, drift, temperature: float) -> dict:
+    """The frozen policy's loss from the drift, and the oracle "demote video by d" probe: its greedy
+    held-out reward (what the criterion measures) and as served at `temperature` (what the logs, the
+    update and the gate see)."""
     test = ev.test
     before, after = ev(model, test), ev(model)
     res: dict = {"frozen": {"before": before, "after": after, "lost": before - after}}
     print(f"frozen: before drift {before:.4f}, after {after:.4f}, lost {before - after:.4f}", flush=True)
     scores = model.score_pages(test.pages)
     vid = test.pages.modality == MODALITIES.index(drift.modality)
-    probe = {}
-    for d in (0.5, 1.0, 2.0, 4.0):
+    probe, served = {}, {}
+    for d in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0):
         s = scores - d * vid
         probe[d] = ev(lambda pages, s=s: s)
+        served[d] = ev.served(lambda pages, s=s: s, temperature)
     res["oracle_video_offset"] = {
-        str(d): {"heldout": v, "recovered": (v - after) / (before - after)} for d, v in probe.items()
+        str(d): {"heldout": v, "recovered": (v - after) / (before - after), "served": served[d]}
+        for d, v in probe.items()
     }
     print(
         "oracle video offset: "
-        + ", ".join(f"-{d}: {v:.4f} ({(v - after) / (before - after):.0%})" for d, v in probe.items()),
+        + ", ".join(
+            f"-{d}: {v:.4f} ({(v - after) / (before - after):.0%}; served {served[d]:.4f})"
+            for d, v in probe.items()
+        ),
         flush=True,
     )
     return res
@@ -368,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     drift = DriftConfig()
     ev = _DriftedHeldout(test, drift)
-    res.update(_frozen_and_oracle(model, ev, drift))
+    res.update(_frozen_and_oracle(model, ev, drift, a.temperature))
     settings = drift_settings(base, a.temperature)
     res["drift"] = _compare_drift(
         model, drift_split(traffic, drift), ev, settings, a, target, res["frozen"], t0

@@ -27,6 +27,7 @@ def test_logged_propensities_are_the_serving_policys_own(tiny_run) -> None:
     [
         UpdateConfig(epochs=4, minibatch=64),
         UpdateConfig(epochs=4, minibatch=64, body_lr_scale=0.0, offset_lr_scale=10.0),
+        UpdateConfig(body_lr_scale=0.0, offset_lr_scale=10.0, offset_params="bias", objective="dr"),
     ],
 )
 def test_update_moves_toward_the_known_better_ranking(tiny_run, cfg) -> None:
