@@ -71,6 +71,7 @@ class AgentBenchConfig(JsonConfig):
     lr: float = TrainConfig.lr
     lr_end: float | None = TrainConfig.lr_end  # linear decay from lr to this; None or negative: constant
     temperature: float = TrainConfig.temperature  # training exploration: logits = scores / T
+    layout_noise: float = TrainConfig.layout_noise  # sigma of the Gaussian layout exploration
     offset_lr_scale: float = TrainConfig.offset_lr_scale  # the modality-offset head (page layout) x lr
     body_lr_scale: float = TrainConfig.body_lr_scale  # the rest of the reranker x lr
     ratio: str = TrainConfig.ratio  # PPO importance ratio: slate, or position (position-level reward-to-go)

@@ -44,6 +44,7 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.torch_utils import explained_variance
 
+from agent import layout_exploration as layout
 from agent.constraint import Lagrangian, LagrangianConfig, topk_agreement
 from agent.learner_connectors import POSITION_ADVANTAGES, DropBootstrapRows, PositionAdvantages
 from agent.rl_module import SCORES
@@ -269,12 +270,15 @@ class ConstrainedPPOLearner(PPOTorchLearner):
         actions = batch[Columns.ACTIONS].long()
         step_logp = pl.stepwise_log_probs(logits, actions)  # [B, K]
         adv = batch[Postprocessing.ADVANTAGES]
-        slate_log_ratio = step_logp.sum(-1) - batch[Columns.ACTION_LOGP]
+        layout_log_ratio = self._layout_log_ratio(module, batch, fwd_out)
+        slate_log_ratio = step_logp.sum(-1) - batch[Columns.ACTION_LOGP] + layout_log_ratio
         lo, hi = 1.0 - config.clip_param, 1.0 + config.clip_param
         if self.constraint.ratio == "position":
             with torch.no_grad():
                 old_step = pl.stepwise_log_probs(batch[Columns.ACTION_DIST_INPUTS], actions)
             log_ratio = step_logp - old_step
+            if torch.is_tensor(layout_log_ratio):  # the layout is drawn first: position 1 carries it
+                log_ratio = torch.cat([log_ratio[:, :1] + layout_log_ratio[:, None], log_ratio[:, 1:]], -1)
             adv_k = batch.get(POSITION_ADVANTAGES)
             if adv_k is None:  # no position rewards in this batch: every position gets the page's
                 adv_k = adv[:, None].expand_as(log_ratio)
@@ -325,6 +329,15 @@ class ConstrainedPPOLearner(PPOTorchLearner):
                 window=1,
             )
         return total
+
+    @staticmethod
+    def _layout_log_ratio(module, batch, fwd_out) -> torch.Tensor | float:
+        """log N(d; nu', sigma^2) - log N(d; nu, sigma^2) of each page's sampled layout (0 without
+        layout exploration; `agent.layout_exploration`)."""
+        new = fwd_out.get(layout.LAYOUT_LOGP)
+        if new is None:
+            return 0.0
+        return new - layout.log_density(batch[layout.LAYOUT_NOISE], module.layout_noise)
 
     # ------------------------------------------------------------------ dual ascent
     @override(PPOTorchLearner)

@@ -129,6 +129,7 @@ def build_ppo_config(
     lr: float | list = lr_schedule(cfg)
     mc = {k: v for k, v in model_config.items() if k != "reference_checkpoint"}
     mc["temperature"] = cfg.temperature
+    mc["layout_noise"] = cfg.layout_noise
     # The batched SerpVectorEnv steps all of a runner's envs in one user-model call; the old path
     # (cfg.vector_env False) stacks SerpEnvs in gymnasium's SyncVectorEnv.
     env_cls, vectorize = (
@@ -195,6 +196,7 @@ def ppo_options(args: Any) -> dict[str, Any]:
         "lr": args.lr,
         "lr_end": args.lr_end if args.lr_end is not None and args.lr_end >= 0 else None,
         "temperature": args.temperature,
+        "layout_noise": args.layout_noise,
         "offset_lr_scale": args.offset_lr_scale,
         "body_lr_scale": args.body_lr_scale,
         "ratio": args.ratio,

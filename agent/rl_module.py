@@ -19,6 +19,7 @@ model_config keys (a plain dict so it travels to every env runner and learner):
   normalizer       {"feat_mean", "feat_std", "ctx_mean", "ctx_std"} nested lists for a fresh network
   seed             torch seed of the fresh network / value head (identical on every worker)
   temperature      logits = scores / temperature (exploration width; 1.0 = the reranker's own scale)
+  layout_noise     sigma of the Gaussian layout exploration (agent.layout_exploration); 0: none
   value_hidden     width of the value MLP
 """
 
@@ -36,6 +37,7 @@ from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from ray.rllib.utils.annotations import override
 from torch import nn
 
+from agent import layout_exploration as layout
 from agent.distribution import plackett_luce_cls
 from envs.pages import N_MODALITIES, Pages
 from pretrain import plackett_luce as pl
@@ -91,6 +93,9 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
         self.temperature = float(mc.get("temperature", 1.0))
         if self.temperature <= 0:
             raise ValueError(f"model_config['temperature'] must be > 0, got {self.temperature}")
+        self.layout_noise = float(mc.get("layout_noise", 0.0))
+        if self.layout_noise < 0:
+            raise ValueError(f"model_config['layout_noise'] must be >= 0, got {self.layout_noise}")
         self.slate_size = int(len(self.action_space.nvec))
         self.n_max = int(self.action_space.nvec[0])
         self.reranker = build_reranker(mc)
@@ -137,22 +142,35 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
         """Sampling. RLlib computes an action for every sub-env each step, also for those whose
         episode just ended (the env's next-step autoreset ignores it, and so do the episodes);
         sessions are 1-3 pages, so many rows are such. Rows marked ended (`MarkEndedEpisodes`) get
-        zero scores (a uniform, valid slate) instead of a reranker pass."""
+        zero scores (a uniform, valid slate) instead of a reranker pass. With `layout_noise` the
+        page's layout is explored too (`agent.layout_exploration`): the noise and the policy's own
+        relative offsets become batch columns for the learner."""
         obs = batch[Columns.OBS]
         ended = batch.get(ENDED)
         if ended is None or not bool(ended.any()):
-            return self._forward(batch)
-        keep = ~ended.bool()
-        scores = obs["mask"].new_zeros(obs["mask"].shape)
-        if bool(keep.any()):
-            scores = scores.index_put((keep,), self.scores({k: v[keep] for k, v in obs.items()}))
-        return {Columns.ACTION_DIST_INPUTS: self.logits(obs, scores)}
+            scores = self.scores(obs)
+        else:
+            keep = ~ended.bool()
+            scores = obs["mask"].new_zeros(obs["mask"].shape)
+            if bool(keep.any()):
+                scores = scores.index_put((keep,), self.scores({k: v[keep] for k, v in obs.items()}))
+        if not self.layout_noise:
+            return {Columns.ACTION_DIST_INPUTS: self.logits(obs, scores)}
+        mean = layout.relative(self.reranker.layout_offsets(obs["query"], obs["user"]))
+        noise = layout.sample_noise(scores.shape[0], N_MODALITIES, self.layout_noise, scores)
+        return {
+            Columns.ACTION_DIST_INPUTS: self.logits(obs, layout.layout_scores(scores, noise, obs["modality"])),
+            layout.LAYOUT_MEAN: mean,
+            layout.LAYOUT_NOISE: noise,
+        }
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         """Scores for the rows that carry a loss only. PPO's learner connector appends one artificial
         timestep to every episode (for the value bootstrap) and masks it out of the loss; sessions are
         1-3 pages, so those rows are a third or more of the batch. They get zero scores (a uniform,
-        finite policy, no gradient) instead of a reranker forward and backward pass."""
+        finite policy, no gradient) instead of a reranker forward and backward pass. With layout
+        exploration the sampled layout is re-centred on this policy's offsets (LAYOUT_LOGP: its
+        Gaussian log-density, the first factor of the action's probability)."""
         obs = batch[Columns.OBS]
         rows = batch.get(Columns.LOSS_MASK)
         if rows is None or bool(rows.all()):
@@ -161,7 +179,15 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
             keep = rows.bool()
             part = self.scores({k: v[keep] for k, v in obs.items()})
             scores = part.new_zeros(obs["mask"].shape).index_put((keep,), part)
-        return {Columns.ACTION_DIST_INPUTS: self.logits(obs, scores), SCORES: scores}
+        out = {SCORES: scores}
+        sampled = scores
+        if self.layout_noise and layout.LAYOUT_NOISE in batch:
+            mean = layout.relative(self.reranker.layout_offsets(obs["query"], obs["user"]))
+            noise = layout.recentre(batch[layout.LAYOUT_MEAN], batch[layout.LAYOUT_NOISE], mean)
+            sampled = layout.layout_scores(scores, noise, obs["modality"])
+            out[layout.LAYOUT_LOGP] = layout.log_density(noise, self.layout_noise)
+        out[Columns.ACTION_DIST_INPUTS] = self.logits(obs, sampled)
+        return out
 
     # ------------------------------------------------------------------ value
     def value_inputs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -107,6 +107,9 @@ class TrainConfig:
     # here costs only simulated sessions, while the endpoint's costs reward on every page users see.
     # The policy is exported and evaluated deterministically (top-K by score), whatever it trained at.
     temperature: float = 4.0
+    # Gaussian exploration of the page layout (agent.layout_exploration): sigma of a per-page offset
+    # per modality (in score units), drawn before the slate; 0: the items' Plackett-Luce noise only
+    layout_noise: float = 0.0
     # constraint (agent.learner.ConstraintConfig)
     target: float | None = None  # absolute consistency target; None -> target_fraction x SMAR's
     # Above 0.95: dual ascent holds the target on average over training pages, and the last iterate's
@@ -160,6 +163,11 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.env_runners < 0:
             raise ValueError(f"TrainConfig.env_runners must be >= 0, got {self.env_runners}")
+        if self.temperature <= 0 or self.layout_noise < 0:
+            raise ValueError(
+                f"TrainConfig needs temperature > 0 and layout_noise >= 0, got {self.temperature}, "
+                f"{self.layout_noise}"
+            )
 
     def to_json(self) -> dict:
         return asdict(self)

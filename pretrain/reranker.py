@@ -185,6 +185,13 @@ class WholePageReranker(nn.Module):
         ctx = (torch.cat([query, user], dim=-1) - self.ctx_mean) / self.ctx_std
         return self.context(ctx)
 
+    def layout_offsets(self, query: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        """The per-modality offsets the page's context adds to every item's score, [B, M] (zeros
+        without an offset head): the page layout, separately from the within-modality order."""
+        if self.offset_head is None:
+            return query.new_zeros(query.shape[0], len(self.modalities))
+        return self.offset_head(self.context_embedding(query.float(), user.float()))
+
     def forward(
         self,
         features: torch.Tensor,
