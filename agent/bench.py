@@ -131,16 +131,19 @@ def _train_config(method: str, seed: int, cfg: AgentBenchConfig) -> TrainConfig:
 
 def layout_gradients(run, smar, serp, cfg: AgentBenchConfig) -> dict[str, dict]:
     """`layout_gradient` on the traffic pages at the policies the RL runs start from (SMAR, and the
-    fresh network of ppo_scratch seed 0), at the bench's temperature and at 0.5 (the previous
-    default): how clearly one PPO batch shows which modality to move up."""
+    fresh network of ppo_scratch seed 0): at the bench's exploration (temperature and layout noise),
+    and at the items' Plackett-Luce noise alone at 4 (the previous default) and 0.5: how clearly one
+    PPO batch shows which modality to move up, and what the exploration costs."""
     train = run.split("traffic")
     fresh = fresh_network(train.pages, smar, seed=0)
+    settings = {(4.0, 0.0), (0.5, 0.0), (cfg.temperature, cfg.layout_noise)}
     out = {}
     for name, net in (("smar", smar), ("fresh_network_seed0", fresh)):
         scores = net.score_pages(train.pages)
-        for t in sorted({0.5, cfg.temperature}):
-            out[f"{name}@T{t:g}"] = layout_gradient(
-                scores, train.pages, train.truth, serp, t, cfg.train_batch
+        for t, sigma in sorted(settings):
+            key = f"{name}@T{t:g}" + (f"+layout{sigma:g}" if sigma else "")
+            out[key] = layout_gradient(
+                scores, train.pages, train.truth, serp, t, cfg.train_batch, layout_noise=sigma
             )
     return out
 

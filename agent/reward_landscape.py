@@ -301,6 +301,7 @@ def layout_gradient(
     batch: int = 1024,
     repeats: int = 4,
     seed: int = 0,
+    layout_noise: float = 0.0,
 ) -> dict[str, list[float] | float | int]:
     """The REINFORCE gradient of expected page reward w.r.t. one score offset per modality, at the
     Plackett-Luce policy `scores / temperature` over `pages`, and its signal-to-noise per PPO batch.
@@ -310,10 +311,14 @@ def layout_gradient(
     (one slate, one simulated user, page reward only, batch-mean baseline). Returns the mean gradient
     per modality (doc, image, video, answer; they sum to 0: only relative offsets matter) and
     `z_per_batch` = mean / (std / sqrt(batch)), how many standard errors a `batch`-page estimate of
-    each component sits from 0 (|z| < 2: one PPO iteration cannot tell its sign).
+    each component sits from 0 (|z| < 2: one PPO iteration cannot tell its sign). With `layout_noise`
+    sigma > 0 the layout is explored as the RL module does (`agent.layout_exploration`): a Gaussian
+    offset per modality and page before the slate, whose score function (noise / sigma^2) carries the
+    gradient; `page_reward` is then what that exploration earns.
     """
     import torch
 
+    from agent import layout_exploration as layout
     from pretrain import plackett_luce as pl
 
     n, k = serp.n_max, serp.slate_size
@@ -327,9 +332,17 @@ def layout_gradient(
     grads, rewards = [], []
     for _ in range(repeats):
         offsets = torch.zeros(len(pages), N_MODALITIES, requires_grad=True)  # per page: per-page gradients
-        logits = pl.masked_logits(s + offsets.gather(1, torch.as_tensor(mod)), mask, temperature)
+        noise = torch.zeros(len(pages), N_MODALITIES)
+        if layout_noise > 0:
+            noise[:, 1:] = torch.randn(len(pages), N_MODALITIES - 1, generator=gen) * layout_noise
+        moved = layout.layout_scores(s + offsets.gather(1, torch.as_tensor(mod)), noise, torch.as_tensor(mod))
+        logits = pl.masked_logits(moved, mask, temperature)
         slates = pl.sample_topk(logits.detach(), k, gen)
-        pl.log_prob(logits, slates).sum().backward()
+        if layout_noise > 0:
+            grad = (noise - noise.mean(1, keepdim=True)) / layout_noise**2  # relative offsets only
+        else:
+            pl.log_prob(logits, slates).sum().backward()
+            grad = offsets.grad
         shown = slates.numpy()
 
         def at(x: np.ndarray, shown: np.ndarray = shown) -> np.ndarray:
@@ -337,7 +350,7 @@ def layout_gradient(
 
         outcome = user.simulate(at(rel), at(att), at(mod), None, rng)
         rewards.append(serp.reward.item_rewards(outcome).sum(axis=1))
-        grads.append(offsets.grad.numpy().copy())
+        grads.append(grad.numpy().copy())
     g, r = np.concatenate(grads), np.concatenate(rewards).astype(np.float64)
     per_page = (r - r.mean())[:, None] * g
     mean, std = per_page.mean(0), per_page.std(0)
@@ -362,4 +375,5 @@ def layout_gradient(
         "pages": int(len(r)),
         "batch": int(batch),
         "temperature": float(temperature),
+        "layout_noise": float(layout_noise),
     }

@@ -159,7 +159,9 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
         mean = layout.relative(self.reranker.layout_offsets(obs["query"], obs["user"]))
         noise = layout.sample_noise(scores.shape[0], N_MODALITIES, self.layout_noise, scores)
         return {
-            Columns.ACTION_DIST_INPUTS: self.logits(obs, layout.layout_scores(scores, noise, obs["modality"])),
+            Columns.ACTION_DIST_INPUTS: self.logits(
+                obs, layout.layout_scores(scores, noise, obs["modality"])
+            ),
             layout.LAYOUT_MEAN: mean,
             layout.LAYOUT_NOISE: noise,
         }

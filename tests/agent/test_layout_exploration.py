@@ -39,7 +39,9 @@ def test_layout_maths_golden():
 def module(tiny_world, tmp_path_factory):
     env = SerpEnv(tiny_world.traffic.pages, tiny_world.traffic.truth, {"n_max": 16, "slate_size": 5})
     torch.manual_seed(0)
-    cfg = RerankerConfig.for_pages(tiny_world.traffic.pages, hidden=16, heads=2, layers=1, modality_offsets=True)
+    cfg = RerankerConfig.for_pages(
+        tiny_world.traffic.pages, hidden=16, heads=2, layers=1, modality_offsets=True
+    )
     net = WholePageReranker(cfg)
     net.fit_normalizer(tiny_world.traffic.pages)
     with torch.no_grad():  # an offset head that already prefers some modalities
@@ -47,7 +49,9 @@ def module(tiny_world, tmp_path_factory):
     path = tmp_path_factory.mktemp("ck") / "reranker"
     save_checkpoint(net, path)
     mc = {"checkpoint": str(path), "temperature": TEMPERATURE, "layout_noise": SIGMA}
-    m = RerankerPolicyModule(observation_space=env.observation_space, action_space=env.action_space, model_config=mc)
+    m = RerankerPolicyModule(
+        observation_space=env.observation_space, action_space=env.action_space, model_config=mc
+    )
     obs = []
     env.reset(seed=0)
     for s in range(8):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 
 from agent import reward_landscape as rl
 from agent.evaluation import evaluate_policy, session_page_lists, session_returns
@@ -116,17 +117,20 @@ def test_reference_policies_on_a_tiny_run(tiny_run, monkeypatch):
         assert np.isfinite(m["reward"]) and 0.0 <= m["ndcg@10"] <= 1.0
 
 
-def test_layout_gradient_points_to_the_modality_that_earns(tiny_run):
+@pytest.mark.parametrize("layout_noise", [0.0, 1.0])
+def test_layout_gradient_points_to_the_modality_that_earns(tiny_run, layout_noise):
     """Only clicks pay and only videos are ever clicked: moving videos up is the one direction that
-    earns, so its gradient component is positive and clear, and the components sum to 0."""
+    earns, so its gradient component is positive and clear, and the components sum to 0, whether
+    the items' Plackett-Luce noise or a Gaussian layout noise explores."""
     split = tiny_run.split("traffic")
     video = split.pages.modality == MODALITY_ID["video"]
     truth = ItemTruth(split.truth.relevance, video.astype(np.float32), split.truth.preferred_modality)
     serp = SerpConfig(n_max=16, slate_size=5, reward=RewardConfig(name="clicks"))
     flat = np.zeros(split.pages.n_items, np.float32)
-    g = layout_gradient(flat, split.pages, truth, serp, temperature=1.0, batch=256, repeats=20)
+    kw = dict(temperature=1.0, batch=256, repeats=20, layout_noise=layout_noise)
+    g = layout_gradient(flat, split.pages, truth, serp, **kw)
     grad, z = np.array(g["gradient"]), np.array(g["z_per_batch"])
     assert np.argmax(grad) == MODALITY_ID["video"] and z[MODALITY_ID["video"]] > 3
     assert abs(grad.sum()) < 1e-6 and g["pages"] == 20 * len(split.pages)
-    again = layout_gradient(flat, split.pages, truth, serp, temperature=1.0, batch=256, repeats=20)
+    again = layout_gradient(flat, split.pages, truth, serp, **kw)
     assert again == g  # seeded
