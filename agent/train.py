@@ -100,16 +100,14 @@ class TrainConfig:
     entropy_coeff: float = 0.0
     use_kl_loss: bool = False  # PPO's own KL to the previous policy (the clip already bounds steps)
     grad_clip: float = 1.0
-    # Exploration: logits = scores / temperature. SMAR's scores are in grade units, so at a low
-    # temperature its Plackett-Luce policy hardly varies the page layout and a batch cannot tell which
-    # modality to move up (agent.reward_landscape.layout_gradient; RESULTS.md, "Constrained RL defaults").
-    # Not the endpoint's exploration temperature (serving.settings.SERVING_TEMPERATURE): exploring
-    # here costs only simulated sessions, while the endpoint's costs reward on every page users see.
-    # The policy is exported and evaluated deterministically (top-K by score), whatever it trained at.
-    temperature: float = 4.0
-    # Gaussian exploration of the page layout (agent.layout_exploration): sigma of a per-page offset
-    # per modality (in score units), drawn before the slate; 0: the items' Plackett-Luce noise only
-    layout_noise: float = 0.0
+    # Exploration, in two levels (agent.layout_exploration): first the page layout, a Gaussian offset
+    # of sigma `layout_noise` per modality and page, then the items, logits = scores / temperature.
+    # The gap to the best constraint-feasible page is in the layout, and items' noise alone shows it
+    # only at a temperature (4) whose pages are nearly random; the layout's own noise shows it with a
+    # larger signal per batch at a fraction of that cost (reward_landscape.layout_gradient, RESULTS.md).
+    # Not the endpoint's (SERVING_TEMPERATURE). Export and evaluation are deterministic (no noise).
+    temperature: float = 0.5
+    layout_noise: float = 2.0  # 0: the items' Plackett-Luce noise only
     # constraint (agent.learner.ConstraintConfig)
     target: float | None = None  # absolute consistency target; None -> target_fraction x SMAR's
     # Above 0.95: dual ascent holds the target on average over training pages, and the last iterate's
@@ -122,8 +120,11 @@ class TrainConfig:
     margin: float | None = None
     multiplier_init: float = 0.0
     reference_kl_coeff: float = 0.0  # KL(pi_SMAR || pi): needs a SMAR reranker (not with --scratch)
-    offset_lr_scale: float = 1.0  # the reranker's modality-offset head learns at this x lr
-    body_lr_scale: float = 1.0  # the rest of the reranker at this x lr (0: only the layout learns)
+    # The layout (the offset head) must travel several score units per intent within the budget, the
+    # item scoring only a little: at temperature 0.5 a step of the body moves the slate's log-ratio
+    # 8 x as far as at 4, so it learns at an eighth of lr (RESULTS.md, "Constrained RL").
+    offset_lr_scale: float = 30.0  # the reranker's modality-offset head learns at this x lr
+    body_lr_scale: float = 0.125  # the rest of the reranker at this x lr (0: only the layout learns)
     # PPO's importance ratio (agent.learner.ConstraintConfig.ratio): "slate" (one per ranking) or
     # "position" (one per placement, with position-level reward-to-go under the cascade)
     ratio: str = "slate"
