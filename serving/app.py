@@ -17,9 +17,7 @@ deployment in serving.ledger.
 """
 
 import asyncio
-import concurrent.futures as cf
 import os
-import threading
 import zlib
 
 import torch
@@ -85,10 +83,10 @@ class Ranker(RankerRanking, RankerFeedback):
             self.replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 - constructed outside Serve (not used in the product)
             self.replica = f"pid{os.getpid()}"
-        self._compute = threading.Lock()
-        self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="rank")  # the compute thread
         runtime = RuntimeConfig()
-        self.batcher = Batcher(self._rank_items, runtime.max_batch_size, runtime.batch_wait_timeout_s)
+        self.batcher = Batcher(
+            self._rank_items, runtime.max_batch_size, runtime.batch_wait_timeout_s, runtime.batch_settle_rounds
+        )
         self._register_queue: list[tuple[str, str, list[str]]] = []
         self._register_task: asyncio.Future | None = None
         self.register_errors = 0
@@ -128,7 +126,7 @@ class Ranker(RankerRanking, RankerFeedback):
                 raise
             self.last_reload_error = f"{type(e).__name__}: {e}"
             return
-        self.batcher.configure(runtime.max_batch_size, runtime.batch_wait_timeout_s)
+        self.batcher.configure(runtime.max_batch_size, runtime.batch_wait_timeout_s, runtime.batch_settle_rounds)
         self.scorer, self.runtime, self.last_reload_error = scorer, runtime, None  # the swap
         set_model_version(scorer.version)
 

@@ -8,8 +8,15 @@ arrived in that window (ray/serve/batching.py `wait_for_batch`, `_process_batche
 `Batcher` forms batches from what queued while the previous batch ran: one worker task awaits the
 async `fn` on up to `max_batch_size` queued items, and whatever arrives meanwhile is the next batch.
 An idle model takes a lone request at once; a busy one gets full batches, as large as the load
-makes them. `max_wait_s` > 0 additionally holds a batch open for that long when it is not full (off
-by default). Calls of `fn` never overlap.
+makes them. Calls of `fn` never overlap.
+
+When `fn` runs on the event loop itself (the Ranker ranks inline: serving.ranker_rank), nothing can
+queue while a batch runs; the requests that arrived meanwhile wait in the socket buffers and are
+read and parsed over the next loop iterations. So before taking a batch the worker yields to the
+loop until `settle_rounds` consecutive iterations add no request (or the batch is full): the batch
+then holds every request that was already on its way, at the cost of a few loop iterations (tens of
+microseconds) for a lone request. `max_wait_s` > 0 additionally holds a batch open for that long
+when it is not full (off by default).
 """
 
 from __future__ import annotations
@@ -24,11 +31,16 @@ BATCH_SIZE_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64]
 
 class Batcher:
     def __init__(
-        self, fn: Callable[[list[Any]], Awaitable[list[Any]]], max_batch_size: int, max_wait_s: float = 0.0
+        self,
+        fn: Callable[[list[Any]], Awaitable[list[Any]]],
+        max_batch_size: int,
+        max_wait_s: float = 0.0,
+        settle_rounds: int = 0,
     ) -> None:
         self.fn = fn
         self.max_batch_size = int(max_batch_size)
         self.max_wait_s = float(max_wait_s)
+        self.settle_rounds = int(settle_rounds)
         self._queue: collections.deque[tuple[Any, asyncio.Future]] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -36,8 +48,9 @@ class Batcher:
         self.items = 0
         self.size_counts: dict[int, int] = collections.Counter()
 
-    def configure(self, max_batch_size: int, max_wait_s: float) -> None:
+    def configure(self, max_batch_size: int, max_wait_s: float, settle_rounds: int) -> None:
         self.max_batch_size, self.max_wait_s = int(max_batch_size), float(max_wait_s)
+        self.settle_rounds = int(settle_rounds)
 
     async def submit(self, item: Any) -> Any:
         """Queue one item and wait for its result (the exception `fn` raised for its batch)."""
@@ -57,6 +70,7 @@ class Batcher:
                 await self._wake.wait()
             if self.max_wait_s > 0 and len(self._queue) < self.max_batch_size:
                 await asyncio.sleep(self.max_wait_s)
+            await self._settle()
             batch: list[tuple[Any, asyncio.Future]] = []
             while self._queue and len(batch) < self.max_batch_size:
                 item, fut = self._queue.popleft()
@@ -77,6 +91,14 @@ class Batcher:
             for (_, fut), res in zip(batch, results):
                 if not fut.done():
                     fut.set_result(res)
+
+    async def _settle(self) -> None:
+        """Yield to the loop until `settle_rounds` iterations in a row queue nothing new."""
+        quiet, n = 0, len(self._queue)
+        while quiet < self.settle_rounds and n < self.max_batch_size:
+            await asyncio.sleep(0)  # one loop iteration: ready sockets are read, their requests parsed
+            quiet = quiet + 1 if len(self._queue) == n else 0
+            n = len(self._queue)
 
     def stats(self) -> dict[str, Any]:
         return {

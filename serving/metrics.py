@@ -39,13 +39,15 @@ FLUSH_S = 1.0  # counters are summed in-process and added to Ray's counters this
 class RouteMetrics:
     """Counts per (route, model version, status) are summed in a dict and handed to Ray's counters
     at most every FLUSH_S (one `inc(n)` per tag set, from a timer on the event loop), because every
-    Ray metric record costs the replica's loop noticeable CPU (README); the latency histogram is
-    observed per request (Ray has no bulk observe)."""
+    Ray metric record costs the replica's loop noticeable CPU (README). Latencies are kept in a list
+    per (route, model version) and observed from the same timer (Ray has no bulk observe, so one
+    record each, as Serve does for its own histograms), off the request's path."""
 
     def __init__(self, app) -> None:
         self.app = app
         self._m = None
         self._pending: dict[tuple[str, str, str], int] = {}
+        self._latencies: dict[tuple[str, str], list[float]] = {}
         self._timer = None
 
     def _metrics(self):
@@ -70,13 +72,18 @@ class RouteMetrics:
     def flush(self) -> None:
         self._timer = None
         pending, self._pending = self._pending, {}
+        latencies, self._latencies = self._latencies, {}
         try:
-            requests, errors, _ = self._metrics()
+            requests, errors, latency = self._metrics()
             for (route, version, code), n in pending.items():
                 tags = {"route": route, "model_version": version, "status": code}
                 requests.inc(n, tags)
                 if int(code) >= 400:
                     errors.inc(n, tags)
+            for (route, version), values in latencies.items():
+                tags = {"route": route, "model_version": version}
+                for ms in values:
+                    latency.observe(ms, tags)
         except Exception:  # noqa: BLE001 - metrics must never fail a request (e.g. outside Ray)
             pass
 
@@ -99,13 +106,12 @@ class RouteMetrics:
             version = _STATE["model_version"]
             key = (route, version, str(status["code"]))
             self._pending[key] = self._pending.get(key, 0) + 1
+            lat = self._latencies.get((route, version))
+            if lat is None:
+                lat = self._latencies[(route, version)] = []
+            lat.append(1000 * (time.perf_counter() - t0))
             if self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
-            try:
-                latency = self._metrics()[2]
-                latency.observe(1000 * (time.perf_counter() - t0), {"route": route, "model_version": version})
-            except Exception:  # noqa: BLE001 - metrics must never fail a request (e.g. outside Ray)
-                pass
 
 
 def metrics_scrape_address() -> str | None:

@@ -1,8 +1,16 @@
 """The ranking half of the `Ranker` deployment (serving.app): what POST /rank and /rank/batch do.
 
 Requests are parsed and checked on the replica's event loop, gathered by the dynamic batcher, and
-ranked, logged and rendered in the replica's compute thread. Event ids are issued before ranking and
-registered with the ledger in the background (`_queue_register`).
+ranked, logged and rendered on the same loop. Event ids are issued before ranking and registered
+with the ledger in the background (`_queue_register`).
+
+Why not a compute thread beside the loop: torch releases the GIL around every operator and takes it
+back afterwards, so a forward pass in a second thread competes for the GIL once per operator with a
+loop that is parsing and answering requests. Measured on the 2-core bench machine (RESULTS.md,
+"Serving"), that cost more CPU per request than it overlapped, and split the concurrent requests
+into two half-size batches (one ranking while the other was parsed). Ranked inline, a batch holds
+every request that is waiting (`serving.batcher`, settle rounds); the loop is busy for one batch's
+forward at a time (milliseconds), which /feedback and /healthz wait out.
 """
 
 import asyncio
@@ -36,15 +44,15 @@ class _Item:
 
 class RankerRanking:
     """/rank and /rank/batch, mixed into `serving.app.Ranker` (the routes are declared there) (which sets the state they use:
-    settings, scorer, runtime, batcher, signer, ledger, impressions log, generator, compute thread)."""
+    settings, scorer, runtime, batcher, signer, ledger, impressions log, generator)."""
 
     async def _rank_items(self, items: list[_Item]) -> list[bytes]:
-        """Rank a batch: register its events with the ledger, then score, log and render it off-loop.
+        """Rank a batch: register its events with the ledger, then score, log and render it.
 
         Event ids are issued first and queued for the ledger (not waited for; see `_queue_register`);
-        a page's shown items are all its candidates, so the entry is known before ranking. The forward pass, the impression rows and the response bodies are made in
-        the replica's compute thread (torch releases the GIL), so the loop keeps reading and
-        parsing the next requests meanwhile. Returns the response body per item.
+        a page's shown items are all its candidates, so the entry is known before ranking. The
+        forward pass, the impression rows and the response bodies are made on the loop (module doc).
+        Returns the response body per item.
         """
         t0 = thread_time()
         runtime = self.runtime
@@ -55,8 +63,7 @@ class RankerRanking:
         ]
         self._queue_register(events)
         stages.CLOCK.add("event_ids", thread_time() - t0)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._rank_sync, items, eids, ts, runtime)
+        return self._rank_sync(items, eids, ts, runtime)
 
     def _queue_register(self, events: list[tuple[str, str, list[str]]]) -> None:
         """Send events to the ledger in calls at most every REGISTER_EVERY_S, with at most one call in
@@ -90,10 +97,9 @@ class RankerRanking:
         rows = []
         for idx in groups.values():
             scorer = items[idx[0]].scorer
-            with self._compute:  # one forward at a time per replica; the generator is not thread-safe
-                ranked = scorer.rank(
-                    [items[i].prepared for i in idx], runtime.exploration, runtime.temperature, self.generator
-                )
+            ranked = scorer.rank(
+                [items[i].prepared for i in idx], runtime.exploration, runtime.temperature, self.generator
+            )
             t0 = thread_time()
             for i, r in zip(idx, ranked):
                 it = items[i]

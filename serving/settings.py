@@ -96,6 +96,9 @@ class RuntimeConfig:
     batching: bool = True
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.0  # extra wait for a batch to fill (serving.batcher); 0 = none
+    # loop iterations in a row that must queue no request before a batch is taken (serving.batcher):
+    # the Ranker ranks on its event loop, so requests that arrived during a batch are parsed after it
+    batch_settle_rounds: int = 1
 
     def __post_init__(self) -> None:
         if self.exploration not in EXPLORATION_MODES:
@@ -106,6 +109,8 @@ class RuntimeConfig:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.batch_wait_timeout_s < 0:
             raise ValueError(f"batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
+        if self.batch_settle_rounds < 0:
+            raise ValueError(f"batch_settle_rounds must be >= 0, got {self.batch_settle_rounds}")
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> RuntimeConfig:

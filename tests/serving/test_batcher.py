@@ -97,3 +97,23 @@ def test_optional_wait_holds_a_partial_batch_open(wait_s):
 
     assert run(main()) == [1, 2]
     assert fn.seen == [[1, 2]]
+
+
+@pytest.mark.parametrize("settle, batches", [(0, [[0], [1, 2, 3]]), (1, [[0, 1, 2, 3]])])
+def test_settle_rounds_take_requests_still_being_parsed(settle, batches):
+    """With `fn` on the loop nothing queues during a batch: requests that reach `submit` one loop
+    iteration later (still being parsed) join the batch only when the worker settles first."""
+    fn = BusyModel()  # released up front: it never holds a batch
+
+    async def main():
+        b = Batcher(fn, max_batch_size=8, settle_rounds=settle)
+        fn.release.set()
+
+        async def late(i):
+            await asyncio.sleep(0)  # one iteration behind, like a request whose body is parsed next
+            return await b.submit(i)
+
+        return await asyncio.gather(b.submit(0), *(late(i) for i in (1, 2, 3)))
+
+    assert run(main()) == [0, 1, 2, 3]
+    assert fn.seen == batches
