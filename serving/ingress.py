@@ -5,6 +5,8 @@ serving.ranker_rank and serving.ranker_feedback. State a middleware needs from t
 limit, the Ranker for RankRoute) is named through serving.replica_state.
 """
 
+import inspect
+
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -103,10 +105,18 @@ async def _too_large(limit: int, receive, send) -> None:
     await resp({"type": "http"}, receive, send)
 
 
+# FastAPI >= 0.16x checks for OpenTelemetry providers on every request unless told not to; the app
+# has its own metrics (serving.metrics) and no OpenTelemetry setup, so the check is switched off.
+_NO_TELEMETRY = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI).parameters
+    else {}
+)
 fastapi_app = FastAPI(
     title="SMAR whole-page reranker",
     description="Ranks a page of mixed-modality candidates; logs impressions and feedback for learning.",
     version="1",
+    **_NO_TELEMETRY,
 )
 fastapi_app.add_middleware(RankRoute)
 fastapi_app.add_middleware(BodyLimit)
