@@ -20,7 +20,8 @@ THE LOSS (per module, per minibatch; see `ConstrainedPPOLearner.compute_loss_for
             frozen SMAR policy, which lives in the learner only (never a submodule of the trained
             RLModule, so it is neither optimised, synced to env runners nor checkpointed with it).
 
-The learner connector pieces it appends (per-position advantages, dropping the bootstrap rows) are in
+The learner connector pieces it adds (the value inputs once per batch, per-position advantages, dropping
+the bootstrap rows) are in
 `agent.learner_connectors`. Configure through `config.training(learner_class=ConstrainedPPOLearner,
 learner_config_dict=ConstraintConfig(...).to_dict())`. Multiplier, hinge, train consistency, target and
 KL are logged every iteration under the module id in the learner results.
@@ -38,6 +39,7 @@ from ray.rllib.algorithms.ppo.ppo import (
     LEARNER_RESULTS_VF_LOSS_UNCLIPPED_KEY,
 )
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.connectors.learner.general_advantage_estimation import GeneralAdvantageEstimation
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.evaluation.postprocessing import Postprocessing
@@ -46,7 +48,8 @@ from ray.rllib.utils.torch_utils import explained_variance
 
 from agent import layout_exploration as layout
 from agent.constraint import Lagrangian, LagrangianConfig, topk_agreement
-from agent.learner_connectors import POSITION_ADVANTAGES, DropBootstrapRows, PositionAdvantages
+from agent.distribution import ENTROPY_SAMPLES
+from agent.learner_connectors import POSITION_ADVANTAGES, DropBootstrapRows, PositionAdvantages, ValueInputs
 from agent.rl_module import SCORES
 from envs.config_io import from_dict
 from envs.pages import Pages
@@ -153,12 +156,15 @@ class ConstrainedPPOLearner(PPOTorchLearner):
         # Parsed before super().build(): configure_optimizers_for_module reads offset_lr_scale.
         self.constraint = ConstraintConfig.from_dict(self.config.learner_config_dict)
         super().build()
+        if self._learner_connector is not None:  # the value inputs once, before GAE's value pass
+            self._learner_connector.insert_before(GeneralAdvantageEstimation, ValueInputs())
         if self.constraint.ratio == "position" and self._learner_connector is not None:
             # after RLlib's GAE (which PPOLearner.build appends last): per-position advantages
             self._learner_connector.append(PositionAdvantages())
         if self.constraint.drop_bootstrap_rows and self._learner_connector is not None:
             self._learner_connector.append(DropBootstrapRows())
         self.lagrangians: dict[str, Lagrangian] = {}
+        self._pending_entropy: dict[str, tuple] = {}  # _defer_entropy
         self.targets: dict[str, float] = {}
         # The frozen SMAR policy: a plain attribute of the learner, NOT a submodule of the trained
         # RLModule (a parameter without gradient inside the trained module breaks RLlib's gradient
@@ -205,7 +211,10 @@ class ConstrainedPPOLearner(PPOTorchLearner):
         grouped = set().union(*(ids for ids, _ in groups.values())) if groups else set()
         rest = [p for p in params if id(p) not in grouped]
         self.register_optimizer(
-            module_id=module_id, optimizer=torch.optim.Adam(rest), params=rest, lr_or_lr_schedule=config.lr
+            module_id=module_id,
+            optimizer=torch.optim.Adam(rest),
+            params=rest,
+            lr_or_lr_schedule=config.lr,
         )
         for name, (ids, scale) in groups.items():
             ps = [p for p in params if id(p) in ids]
@@ -291,15 +300,16 @@ class ConstrainedPPOLearner(PPOTorchLearner):
 
         dist = module.get_train_action_dist_cls().from_logits(logits)
         entropy_coeff = self.entropy_coeff_schedulers_per_module[module_id].get_current_value()
-        if entropy_coeff:
-            entropy = dist.entropy()
-        else:
-            with torch.no_grad():
-                entropy = dist.entropy()
         values = module.compute_values(batch, embeddings=fwd_out.get(Columns.EMBEDDINGS))
         vf_loss = torch.pow(values - batch[Postprocessing.VALUE_TARGETS], 2.0)
         vf_clipped = torch.clamp(vf_loss, 0, config.vf_clip_param)
-        total = mean(-surrogate + config.vf_loss_coeff * vf_clipped - entropy_coeff * entropy)
+        if entropy_coeff:
+            entropy = dist.entropy()
+            total = mean(-surrogate + config.vf_loss_coeff * vf_clipped - entropy_coeff * entropy)
+            self.metrics.log_value((module_id, ENTROPY_KEY), mean(entropy).detach(), window=1)
+        else:  # only logged: the estimate of the iteration's last minibatch, after the update
+            self._defer_entropy(module_id, dist, rows)
+            total = mean(-surrogate + config.vf_loss_coeff * vf_clipped)
         kl_loss = torch.zeros((), device=logits.device)
         if config.use_kl_loss:
             prev = module.get_exploration_action_dist_cls().from_logits(batch[Columns.ACTION_DIST_INPUTS])
@@ -322,7 +332,6 @@ class ConstrainedPPOLearner(PPOTorchLearner):
                     LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY: explained_variance(
                         batch[Postprocessing.VALUE_TARGETS], values
                     ),
-                    ENTROPY_KEY: mean(entropy),
                     LEARNER_RESULTS_KL_KEY: kl_loss,
                 },
                 key=module_id,
@@ -339,10 +348,30 @@ class ConstrainedPPOLearner(PPOTorchLearner):
             return 0.0
         return new - layout.log_density(batch[layout.LAYOUT_NOISE], module.layout_noise)
 
+    def _defer_entropy(self, module_id: str, dist: Any, rows: torch.Tensor | None) -> None:
+        """With no entropy bonus the entropy is a logged statistic only, and RLlib keeps the last
+        minibatch's (window 1). Its Monte-Carlo estimate costs as much as the rest of the loss, so it
+        is computed once, for the last minibatch, in `after_gradient_based_update`, from the same
+        random draws: the RNG state is kept and the draws the estimate takes are consumed here, so
+        everything sampled later (the next iteration's actions too) is unchanged."""
+        logits = dist.logits.detach()
+        self._pending_entropy[module_id] = (type(dist), logits, rows, torch.get_rng_state())
+        pl.skip_entropy_draws(logits, ENTROPY_SAMPLES)
+
+    def _log_deferred_entropy(self) -> None:
+        for module_id, (dist_cls, logits, rows, rng) in self._pending_entropy.items():
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(rng)
+                entropy = dist_cls.from_logits(logits).entropy()
+            value = entropy[rows].mean() if rows is not None else entropy.mean()
+            self.metrics.log_value((module_id, ENTROPY_KEY), value, window=1)
+        self._pending_entropy.clear()
+
     # ------------------------------------------------------------------ dual ascent
     @override(PPOTorchLearner)
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().after_gradient_based_update(timesteps=timesteps)
+        self._log_deferred_entropy()
         for module_id, lag in self.lagrangians.items():
             agreement = lag.dual_step(self.targets[module_id])
             if agreement is None:

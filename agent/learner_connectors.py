@@ -1,6 +1,7 @@
-"""The learner connector pieces of `agent.learner.ConstrainedPPOLearner`, run on the training batch
-after RLlib's GAE: the per-position advantages of ratio "position" (`PositionAdvantages`) and the
-removal of PPO's value-bootstrap rows (`DropBootstrapRows`)."""
+"""The learner connector pieces of `agent.learner.ConstrainedPPOLearner`: the value function's inputs
+once per train batch (`ValueInputs`, before RLlib's GAE), and after GAE the per-position advantages
+of ratio "position" (`PositionAdvantages`) and the removal of PPO's value-bootstrap rows
+(`DropBootstrapRows`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,25 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.annotations import override
 
+from agent.rl_module import VALUE_INPUTS
+
 POSITION_REWARDS = "position_rewards"  # batch column [B, K]: the page reward per shown position (env info)
 POSITION_ADVANTAGES = "position_advantages"  # batch column [B, K]: PositionAdvantages' output
+
+
+class ValueInputs(ConnectorV2):
+    """Learner connector piece (before RLlib's GAE): the batch column `agent.rl_module.VALUE_INPUTS`,
+    the value function's inputs for every row, computed once. GAE, PositionAdvantages and the loss of
+    every minibatch in every epoch then read their rows instead of recomputing them from the
+    observations (the same values: they depend on nothing that training changes)."""
+
+    @override(ConnectorV2)
+    def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
+        for mid, mb in batch.items():
+            module = rl_module[mid].unwrapped()
+            if Columns.OBS in mb and hasattr(module, "value_inputs"):
+                mb[VALUE_INPUTS] = module.value_inputs(mb[Columns.OBS])
+        return batch
 
 
 def position_advantages(

@@ -48,6 +48,9 @@ OBS_KEYS = ("features", "modality", "mask", "single_modal_score", "query", "user
 # Batch column of the env-to-module connector `MarkEndedEpisodes`: the row's episode has ended.
 ENDED = "episode_ended"
 SCORES = "reranker_scores"  # extra forward_train output: raw scores (before temperature) for the learner
+# Batch column of the learner connector piece `agent.learner_connectors.ValueInputs`: `value_inputs`
+# of the observations, computed once per train batch instead of once per minibatch and epoch.
+VALUE_INPUTS = "value_inputs"
 NORMALIZER_BUFFERS = ("feat_mean", "feat_std", "ctx_mean", "ctx_std")
 
 
@@ -138,13 +141,15 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         return {Columns.ACTION_DIST_INPUTS: self.logits(batch[Columns.OBS])}
 
+    @torch.no_grad()
     def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         """Sampling. RLlib computes an action for every sub-env each step, also for those whose
         episode just ended (the env's next-step autoreset ignores it, and so do the episodes);
         sessions are 1-3 pages, so many rows are such. Rows marked ended (`MarkEndedEpisodes`) get
         zero scores (a uniform, valid slate) instead of a reranker pass. With `layout_noise` the
         page's layout is explored too (`agent.layout_exploration`): the noise and the policy's own
-        relative offsets become batch columns for the learner."""
+        relative offsets become batch columns for the learner. No autograd graph is built (RLlib's
+        default `_forward_exploration` has the same `no_grad`)."""
         obs = batch[Columns.OBS]
         ended = batch.get(ENDED)
         if ended is None or not bool(ended.any()):
@@ -210,7 +215,12 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
         return torch.cat([ctx, pooled.flatten(1), frac, sm], -1).detach()
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
-        return self.value_head(self.value_inputs(batch[Columns.OBS])).squeeze(-1)
+        """V(obs); the batch's VALUE_INPUTS column when it has one (the same values: `value_inputs`
+        depends only on the observations and the normaliser buffers, which training never changes)."""
+        x = batch.get(VALUE_INPUTS)
+        if x is None:
+            x = self.value_inputs(batch[Columns.OBS])
+        return self.value_head(x).squeeze(-1)
 
 
 class MarkEndedEpisodes(ConnectorV2):

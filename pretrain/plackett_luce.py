@@ -71,6 +71,12 @@ def entropy_estimate(logits: torch.Tensor, k: int, samples: int = 8) -> torch.Te
     return total
 
 
+def skip_entropy_draws(logits: torch.Tensor, samples: int) -> None:
+    """Consume exactly the random draws `entropy_estimate(logits, k, samples)` takes (its prefixes'
+    Gumbel noise), without computing it: a caller that skips an estimate keeps the RNG stream."""
+    torch.rand((samples, *logits.shape), dtype=logits.dtype, device=logits.device)
+
+
 def kl_estimate(p_logits: torch.Tensor, q_logits: torch.Tensor, k: int, samples: int = 4) -> torch.Tensor:
     """KL(P || Q) between two top-k Plackett-Luce distributions, [...]; always >= 0, 0 when P == Q.
 

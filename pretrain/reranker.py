@@ -102,8 +102,9 @@ class WholePageReranker(nn.Module):
         # The lean form (a runtime switch, not part of the model or its checkpoint): the same scores
         # with less work on big batches, gradients equal up to float summation order. Each adapter
         # runs only on its own modality's items (`_adapt`; the standard form runs every adapter on
-        # every slot and gathers), and when gradients flow, the encoder layers are written out
-        # (`_encode_lean`). Pretraining and serving run the standard form, the RL policy the lean one.
+        # every slot and gathers), and the encoder layers are written out (`_encode_lean`; with or
+        # without gradient, so the RL policy samples and trains with one computation). Pretraining
+        # and serving run the standard form, the RL policy the lean one.
         self.lean = False
 
     # ------------------------------------------------------------------ normalisation
@@ -211,10 +212,8 @@ class WholePageReranker(nn.Module):
         if empty.any():
             key_pad = key_pad.clone()
             key_pad[empty, 0] = False
-        if self.lean and h0.requires_grad:  # a training step (else torch's fused inference path)
-            h = self._encode_lean(h0, key_pad)
-        else:
-            h = self.encoder(h0, src_key_padding_mask=key_pad)
+        # the lean form samples (without gradient) with training's computation too
+        h = self._encode_lean(h0, key_pad) if self.lean else self.encoder(h0, src_key_padding_mask=key_pad)
         scores = self.head(torch.cat([h0, h], dim=-1)).squeeze(-1)
         if self.offset_head is not None:
             offsets = self.offset_head(context)  # [B, M]

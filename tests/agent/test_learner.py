@@ -8,7 +8,7 @@ import pytest
 import torch
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
-from ray.rllib.core.learner.learner import DEFAULT_OPTIMIZER
+from ray.rllib.core.learner.learner import DEFAULT_OPTIMIZER, ENTROPY_KEY
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
 from agent.learner import (
@@ -241,6 +241,25 @@ def test_slate_ratio_loss_is_rllibs_ppo_loss(scored_env, make_learner):
     ours = learner.compute_loss_for_module(**kw)
     rllib = PPOTorchLearner.compute_loss_for_module(learner, **kw)
     assert float(ours.detach()) == pytest.approx(float(rllib.detach()), rel=1e-6, abs=1e-7)
+
+
+def test_unused_entropy_is_estimated_once_after_the_update_from_the_same_draws(scored_env, make_learner):
+    learner = make_learner(enabled=False)  # entropy_coeff 0: the entropy is only logged
+    _, batch, fwd = _ppo_batch(learner, _batch(scored_env))
+    kw = dict(module_id="default_policy", config=learner.config, batch=batch, fwd_out=fwd)
+    dist = (
+        learner.module["default_policy"]
+        .get_train_action_dist_cls()
+        .from_logits(fwd[Columns.ACTION_DIST_INPUTS])
+    )
+    torch.manual_seed(7)
+    expected = dist.entropy().mean().detach()
+    after_estimate = torch.rand(4)
+    torch.manual_seed(7)
+    learner.compute_loss_for_module(**kw)
+    assert torch.equal(torch.rand(4), after_estimate)  # the loss took exactly the estimate's draws
+    learner._log_deferred_entropy()
+    assert float(learner.metrics.peek(("default_policy", ENTROPY_KEY))) == float(expected)
 
 
 def test_position_ratio_loss_golden(scored_env, make_learner):

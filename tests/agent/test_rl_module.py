@@ -8,7 +8,8 @@ import torch
 from ray.rllib.core.columns import Columns
 
 from agent.distribution import PlackettLuceTopK
-from agent.rl_module import SCORES, RerankerPolicyModule, scratch_model_config
+from agent.learner_connectors import ValueInputs
+from agent.rl_module import SCORES, VALUE_INPUTS, RerankerPolicyModule, scratch_model_config
 from envs.serp_env import SerpEnv
 from pretrain import plackett_luce as pl
 from pretrain.checkpoint import CheckpointError, save_checkpoint
@@ -74,6 +75,21 @@ def test_value_head_is_outside_the_scoring_path(env, checkpoint):
     assert all(p.grad is None for p in module.reranker.parameters())
     out = module.forward_train(batch)
     assert SCORES in out and out[SCORES].requires_grad
+
+
+def test_value_inputs_column_and_sampling_without_graph_change_nothing(env, checkpoint):
+    module = _module(env, {"checkpoint": str(checkpoint[0])})
+    with torch.no_grad():
+        torch.nn.init.normal_(module.value_head[-1].weight)  # values that are not all 0
+    batch = _batch(env)
+    values = module.compute_values(batch)
+    cached = ValueInputs()(rl_module={"p": module}, batch={"p": dict(batch)}, episodes=[])["p"]
+    assert VALUE_INPUTS in cached and torch.equal(module.compute_values(cached), values)
+    # sampling builds no autograd graph, and its logits are the training forward's, bit for bit
+    sampled = module.forward_exploration(batch)[Columns.ACTION_DIST_INPUTS]
+    trained = module.forward_train(batch)[Columns.ACTION_DIST_INPUTS]
+    assert not sampled.requires_grad and trained.requires_grad
+    assert torch.equal(sampled, trained.detach())
 
 
 def test_scratch_modules_are_identical_on_every_worker(env, tiny_world):
