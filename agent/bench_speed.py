@@ -63,8 +63,9 @@ def speed_comparison(cfg, current: TrainConfig, out: Path) -> dict:
                 env=env,
                 capture_output=True,
                 text=True,
-                check=True,
             )
+            if proc.returncode:  # the child's own error, not only its exit status
+                raise RuntimeError(f"timed run of {name} tree failed:\n{proc.stderr[-3000:]}")
             line = next(x for x in proc.stdout.splitlines() if x.startswith("TIMED "))
             rec = json.loads(line[len("TIMED ") :])
             its = rec["iterations"][1:]
