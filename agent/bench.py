@@ -75,6 +75,7 @@ class AgentBenchConfig(JsonConfig):
     offset_lr_scale: float = TrainConfig.offset_lr_scale  # the modality-offset head (page layout) x lr
     body_lr_scale: float = TrainConfig.body_lr_scale  # the rest of the reranker x lr
     ratio: str = TrainConfig.ratio  # PPO importance ratio: slate, or position (position-level reward-to-go)
+    layout_ratio: str = TrainConfig.layout_ratio  # the layout's trust region: joint, or own
     reward: str = RewardConfig.name  # product reward by name (envs.reward.REWARD_NAMES)
     target_fraction: float = TrainConfig.target_fraction  # consistency target, x SMAR's consistency
     eval_every: int = 2
@@ -104,6 +105,8 @@ class AgentBenchConfig(JsonConfig):
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.ratio not in ("slate", "position"):
             raise ValueError(f"ratio must be slate or position, got {self.ratio!r}")
+        if self.layout_ratio not in ("joint", "own"):
+            raise ValueError(f"layout_ratio must be joint or own, got {self.layout_ratio!r}")
         if self.references not in REFERENCE_SETS:
             raise ValueError(f"references must be one of {REFERENCE_SETS}, got {self.references!r}")
         seed_part = self.part.startswith("seed:") and self.part[5:].isdigit()

@@ -72,6 +72,8 @@ EXPLAINED_VAR = "vf_explained_var"  # RLlib's own (PPOTorchLearner logs it)
 OFFSET_OPTIMIZER = "offset_head"  # a named optimizer (ConstraintConfig.offset_lr_scale != 1)
 BODY_OPTIMIZER = "reranker_body"  # a named optimizer (ConstraintConfig.body_lr_scale != 1)
 RATIOS = ("slate", "position")
+LAYOUT_RATIOS = ("joint", "own")
+LAYOUT_CLIP_FRACTION = "layout_clip_fraction"  # share of the layout ratios outside 1 +- clip
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,15 @@ class ConstraintConfig:
     #               centred per position over the batch (PositionAdvantages). PPO on the MDP whose
     #               steps are the K placements of a page.
     ratio: str = "slate"
+    # The page layout's trust region (with layout exploration, agent.layout_exploration):
+    #   "joint"  the layout's Gaussian log-ratio is part of the action's ratio (added to the slate's,
+    #            or to position 1's), so a sample whose item ratio left 1 +- clip teaches the layout
+    #            nothing either: at temperature 0.5 the item ratio saturates first
+    #   "own"    the layout has its own clipped surrogate, min(A r, A clip(r)) with r its Gaussian
+    #            ratio, beside the items' (the action factorises, pi = pi_layout x pi_items|layout;
+    #            the sum of the two surrogates has the joint surrogate's gradient at the old policy,
+    #            and each factor stays in its own trust region)
+    layout_ratio: str = "joint"
     # PPO's learner connector appends one artificial timestep to every episode chunk for the value
     # bootstrap (sessions are 1-3 pages, so that is ~40% of the rows) and masks it out of the loss.
     # True: drop those rows once GAE has used them, so a minibatch of `minibatch` rows is that many
@@ -114,6 +125,10 @@ class ConstraintConfig:
     def __post_init__(self) -> None:
         if self.ratio not in RATIOS:
             raise ValueError(f"ConstraintConfig.ratio must be one of {RATIOS}, got {self.ratio!r}")
+        if self.layout_ratio not in LAYOUT_RATIOS:
+            raise ValueError(
+                f"ConstraintConfig.layout_ratio must be one of {LAYOUT_RATIOS}, got {self.layout_ratio!r}"
+            )
         if self.target is not None and not 0.0 <= self.target <= 1.0:
             raise ValueError(f"ConstraintConfig.target must lie in [0, 1], got {self.target}")
         if not 0.0 < self.target_fraction <= 1.0:
@@ -282,11 +297,15 @@ class ConstrainedPPOLearner(PPOTorchLearner):
         layout_log_ratio = self._layout_log_ratio(module, batch, fwd_out)
         slate_log_ratio = step_logp.sum(-1) - batch[Columns.ACTION_LOGP] + layout_log_ratio
         lo, hi = 1.0 - config.clip_param, 1.0 + config.clip_param
+        own_layout = self.constraint.layout_ratio == "own" and torch.is_tensor(layout_log_ratio)
+        joint_log_ratio = slate_log_ratio  # the whole action's, for the trust-region statistics
+        if own_layout:  # the items' ratio without the layout's; the layout's is its own term below
+            slate_log_ratio = slate_log_ratio - layout_log_ratio
         if self.constraint.ratio == "position":
             with torch.no_grad():
                 old_step = pl.stepwise_log_probs(batch[Columns.ACTION_DIST_INPUTS], actions)
             log_ratio = step_logp - old_step
-            if torch.is_tensor(layout_log_ratio):  # the layout is drawn first: position 1 carries it
+            if torch.is_tensor(layout_log_ratio) and not own_layout:  # drawn first: position 1 carries it
                 log_ratio = torch.cat([log_ratio[:, :1] + layout_log_ratio[:, None], log_ratio[:, 1:]], -1)
             adv_k = batch.get(POSITION_ADVANTAGES)
             if adv_k is None:  # no position rewards in this batch: every position gets the page's
@@ -297,6 +316,9 @@ class ConstrainedPPOLearner(PPOTorchLearner):
             log_ratio = slate_log_ratio
             ratio = torch.exp(log_ratio)
             surrogate = torch.min(adv * ratio, adv * torch.clamp(ratio, lo, hi))
+        if own_layout:
+            layout_ratio = torch.exp(layout_log_ratio)
+            surrogate = surrogate + torch.min(adv * layout_ratio, adv * torch.clamp(layout_ratio, lo, hi))
 
         dist = module.get_train_action_dist_cls().from_logits(logits)
         entropy_coeff = self.entropy_coeff_schedulers_per_module[module_id].get_current_value()
@@ -318,10 +340,14 @@ class ConstrainedPPOLearner(PPOTorchLearner):
 
         with torch.no_grad():  # the trust region: clip shares and approximate KL to the sampling policy
             sel = (lambda x: x[rows]) if rows is not None else (lambda x: x)  # noqa: E731
-            stats = trust_region_stats(sel(slate_log_ratio), config.clip_param)
+            stats = trust_region_stats(sel(joint_log_ratio), config.clip_param)
             stats[SLATE_CLIP_FRACTION] = stats[CLIP_FRACTION]
-            if self.constraint.ratio != "slate":
+            if self.constraint.ratio != "slate" or own_layout:  # the objective's own item ratios
                 stats[CLIP_FRACTION] = trust_region_stats(sel(log_ratio), config.clip_param)[CLIP_FRACTION]
+            if torch.is_tensor(layout_log_ratio):
+                stats[LAYOUT_CLIP_FRACTION] = trust_region_stats(sel(layout_log_ratio), config.clip_param)[
+                    CLIP_FRACTION
+                ]
             for key, value in stats.items():
                 self.metrics.log_value((module_id, key), value, window=1)
             self.metrics.log_dict(

@@ -124,6 +124,7 @@ def build_ppo_config(
         offset_lr_scale=cfg.offset_lr_scale,
         body_lr_scale=cfg.body_lr_scale,
         ratio=cfg.ratio,
+        layout_ratio=cfg.layout_ratio,
         drop_bootstrap_rows=cfg.drop_bootstrap_rows,
     )
     lr: float | list = lr_schedule(cfg)
@@ -200,6 +201,7 @@ def ppo_options(args: Any) -> dict[str, Any]:
         "offset_lr_scale": args.offset_lr_scale,
         "body_lr_scale": args.body_lr_scale,
         "ratio": args.ratio,
+        "layout_ratio": args.layout_ratio,
         "target_fraction": args.target_fraction,
         "serp": SerpConfig(reward=RewardConfig(name=args.reward)),
     }

@@ -141,6 +141,11 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         return {Columns.ACTION_DIST_INPUTS: self.logits(batch[Columns.OBS])}
 
+    def layout_mean(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The policy's page layout [B, M]: its modality offsets relative to the first modality, the
+        mean of the Gaussian layout exploration (one definition for sampling and training)."""
+        return layout.relative(self.reranker.layout_offsets(obs["query"], obs["user"]))
+
     @torch.no_grad()
     def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         """Sampling. RLlib computes an action for every sub-env each step, also for those whose
@@ -161,7 +166,7 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
                 scores = scores.index_put((keep,), self.scores({k: v[keep] for k, v in obs.items()}))
         if not self.layout_noise:
             return {Columns.ACTION_DIST_INPUTS: self.logits(obs, scores)}
-        mean = layout.relative(self.reranker.layout_offsets(obs["query"], obs["user"]))
+        mean = self.layout_mean(obs)
         noise = layout.sample_noise(scores.shape[0], N_MODALITIES, self.layout_noise, scores)
         return {
             Columns.ACTION_DIST_INPUTS: self.logits(
@@ -189,7 +194,7 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
         out = {SCORES: scores}
         sampled = scores
         if self.layout_noise and layout.LAYOUT_NOISE in batch:
-            mean = layout.relative(self.reranker.layout_offsets(obs["query"], obs["user"]))
+            mean = self.layout_mean(obs)
             noise = layout.recentre(batch[layout.LAYOUT_MEAN], batch[layout.LAYOUT_NOISE], mean)
             sampled = layout.layout_scores(scores, noise, obs["modality"])
             out[layout.LAYOUT_LOGP] = layout.log_density(noise, self.layout_noise)

@@ -128,6 +128,9 @@ class TrainConfig:
     # PPO's importance ratio (agent.learner.ConstraintConfig.ratio): "slate" (one per ranking) or
     # "position" (one per placement, with position-level reward-to-go under the cascade)
     ratio: str = "slate"
+    # the page layout's trust region (agent.learner.ConstraintConfig.layout_ratio): "joint" (part of
+    # the action's ratio) or "own" (its own clipped surrogate beside the items')
+    layout_ratio: str = "joint"
     # agent.learner.ConstraintConfig.drop_bootstrap_rows: minibatches of real pages only (fewer,
     # larger updates per iteration; off: it trained worse on 2 of 2 paired seeds, README)
     drop_bootstrap_rows: bool = False

@@ -40,6 +40,7 @@ CSV_COLUMNS = (
     "ppo_kl",
     "clip_fraction",
     "slate_clip_fraction",
+    "layout_clip_fraction",
     "vf_explained_var",
     "select_reward",
     "select_consistency",
@@ -61,6 +62,7 @@ def metrics_row(
         CLIP_FRACTION,
         EXPLAINED_VAR,
         HINGE,
+        LAYOUT_CLIP_FRACTION,
         MULTIPLIER,
         REFERENCE_KL,
         SLATE_CLIP_FRACTION,
@@ -96,6 +98,7 @@ def metrics_row(
         "ppo_kl": f(lr.get(APPROX_KL)),  # approximate KL(pi_old || pi) of the last minibatch
         "clip_fraction": f(lr.get(CLIP_FRACTION)),
         "slate_clip_fraction": f(lr.get(SLATE_CLIP_FRACTION)),
+        "layout_clip_fraction": f(lr.get(LAYOUT_CLIP_FRACTION)),
         "vf_explained_var": f(lr.get(EXPLAINED_VAR)),
         "select_reward": float("nan"),  # filled in by best-iterate selection when it runs
         "select_consistency": float("nan"),

@@ -287,6 +287,46 @@ def test_position_ratio_loss_golden(scored_env, make_learner):
     assert ((r - 1).abs() > c).float().mean() < ((slate - 1).abs() > c).float().mean()
 
 
+@pytest.mark.parametrize("layout_ratio", ["joint", "own"])
+def test_layout_ratio_golden(scored_env, make_learner, layout_ratio):
+    """joint: the layout's Gaussian ratio multiplies the slate's inside one clipped surrogate; own: it
+    has its own clipped surrogate beside the slate's (the items' ratio alone)."""
+    from agent import layout_exploration as layout
+
+    learner = make_learner(enabled=False, layout_ratio=layout_ratio)
+    module = learner.module["default_policy"]
+    _, batch, fwd = _ppo_batch(learner, _batch(scored_env))
+    g = torch.Generator().manual_seed(3)
+    sigma, b = 2.0, len(batch[Columns.ACTIONS])
+    noise = torch.randn(b, 4, generator=g) * sigma
+    moved = noise - torch.randn(b, 4, generator=g) * 0.8  # the noise re-centred on a moved layout
+    batch[layout.LAYOUT_NOISE] = noise
+    fwd[layout.LAYOUT_LOGP] = layout.log_density(moved, sigma)
+    module.layout_noise = sigma
+    try:
+        got = learner._ppo_loss("default_policy", module, learner.config, batch, fwd, None)
+        values = module.compute_values(batch)
+    finally:
+        module.layout_noise = 0.0
+    adv, c = batch[Postprocessing.ADVANTAGES], learner.config.clip_param
+    r_items = (
+        pl.log_prob(fwd[Columns.ACTION_DIST_INPUTS], batch[Columns.ACTIONS]) - batch[Columns.ACTION_LOGP]
+    ).exp()
+    r_layout = (layout.log_density(moved, sigma) - layout.log_density(noise, sigma)).exp()
+
+    def clipped(r):
+        return torch.min(adv * r, adv * r.clamp(1 - c, 1 + c))
+
+    surrogate = (
+        clipped(r_items * r_layout) if layout_ratio == "joint" else clipped(r_items) + clipped(r_layout)
+    )
+    vf = (values - batch[Postprocessing.VALUE_TARGETS]).pow(2).clamp(0, learner.config.vf_clip_param)
+    expected = (-surrogate + learner.config.vf_loss_coeff * vf).mean()
+    assert float(got.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    with pytest.raises(ValueError, match="layout_ratio"):
+        ConstraintConfig(layout_ratio="both")
+
+
 def test_position_advantages_remove_the_reward_above_each_position():
     adv = torch.tensor([1.0, -1.0, 0.5])
     raw = torch.tensor([2.0, -2.0, 0.0])  # std 1.633
