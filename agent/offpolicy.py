@@ -35,6 +35,7 @@ from agent.objectives import Fit, dr_steps, ppo_epochs
 from envs.pages import Pages
 from envs.reward import RewardConfig, observed_satisfying
 from envs.user_model import UserModelConfig, satisfied_dwell_thresholds
+from envs.viewport import answer_viewport_threshold
 from pretrain.losses import LossConfig
 from pretrain.page import PageBatch, collate, from_arrow
 from pretrain.reranker import PAD_SCORE, WholePageReranker
@@ -104,13 +105,18 @@ def observed_reward(
     reward: RewardConfig,
     user: UserModelConfig | None = None,
     query_index: np.ndarray | int = 0,
+    viewport: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Per-position reward [n, K] from logged click/dwell of the shown items (what a production log
-    can see): the shared `envs.reward` definition on clicks whose dwell reached their modality's
-    satisfied-dwell threshold. A serve log has no session index, so each impression counts as a
-    first query unless `query_index` is given."""
+    """Per-position reward [n, K] from the logged click, dwell and answer viewport time of the shown
+    items (what a production log can see): the shared `envs.reward` definition on its satisfying
+    events (`envs.reward.observed_satisfying`: satisfied clicks, and unclicked answers whose viewport
+    reached the threshold; `viewport` None = an older log without it). A serve log has no session
+    index, so each impression counts as a first query unless `query_index` is given."""
+    user = user or UserModelConfig()
     click = np.clip(np.nan_to_num(click, nan=0.0), 0, 1) > 0
-    sat = observed_satisfying(click, dwell, modality, satisfied_dwell_thresholds(user or UserModelConfig()))
+    sat = observed_satisfying(
+        click, dwell, modality, satisfied_dwell_thresholds(user), viewport, answer_viewport_threshold(user)
+    )
     return reward.rewards(click, sat, query_index).astype(np.float64)
 
 
@@ -143,11 +149,14 @@ def logged_batch(
     pscore = np.array([p[:k] for p in t["pscore"].to_pylist()], np.float64).reshape(-1, k)
     click = np.array([c[:k] for c in t["click"].to_pylist()], np.float64).reshape(-1, k)
     dwell = np.array([d[:k] for d in t["dwell_s"].to_pylist()], np.float64).reshape(-1, k)
+    viewport = None
+    if "viewport_s" in t.column_names:  # NaN where unknown (older feedback files)
+        viewport = np.array([v[:k] for v in t["viewport_s"].to_pylist()], np.float64).reshape(-1, k)
     return LoggedBatch(
         pages=pages,
         ranking=ranking,
         logged_logp=np.log(np.clip(pscore, 1e-300, 1.0)),
-        reward=observed_reward(click, dwell, shown_modality(pages, ranking), reward),
+        reward=observed_reward(click, dwell, shown_modality(pages, ranking), reward, viewport=viewport),
         temperature=np.asarray(t["temperature"].to_numpy(zero_copy_only=False), np.float64),
         event_id=np.asarray(t["event_id"].to_pylist(), dtype=object),
         model_version=np.asarray(t["model_version"].to_pylist(), dtype=object),

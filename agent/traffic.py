@@ -2,13 +2,16 @@
 
 The users are the same model as the SERP environment (`envs.user_model.UserModel`): each session is a
 query's reformulation pages; for each page the user looks at the top-K of the ranking the endpoint
-actually returned, clicks and dwells, and the client posts that feedback. An unsatisfied user
-reformulates (next page of the session) or abandons, as in the environment.
+actually returned, clicks and dwells (and reads answer cards: their viewport time), and the client
+posts that feedback. An unsatisfied user reformulates (next page of the session) or abandons, as in
+the environment.
 
 Two rewards are reported per impression:
-  observed  what the logs can see and the online learner optimises: click and dwell-based satisfaction
-            (the shared `envs.reward` definition on satisfied clicks); an answer that satisfies without a click is invisible.
-  env       the environment's full reward (adds answer satisfaction), for comparison with `smar train`.
+  observed  what the logs can see and the online learner optimises: the shared `envs.reward` definition
+            on the logged evidence (`envs.reward.observed_satisfying`: satisfied clicks by dwell, answers
+            satisfied without a click by viewport time), with the session's query index.
+  env       the environment's reward from the simulator's truth, for comparison with `smar train`;
+            equal to `observed` (the evidence is exact in the simulator), kept as the check.
 Every failed request (transport error or HTTP status >= 400) is counted, never retried silently.
 
 With `batch` > 1 each client thread keeps that many sessions open and sends their current pages in one
@@ -31,8 +34,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from agent.evaluation import session_page_lists
-from envs.reward import RewardConfig
-from envs.user_model import UserModel, UserModelConfig
+from envs.pages import MODALITY_ID
+from envs.reward import RewardConfig, observed_satisfying
+from envs.user_model import UserModel, UserModelConfig, satisfied_dwell_thresholds
+from envs.viewport import answer_viewport_threshold
 from envs.world import Split
 
 
@@ -46,6 +51,7 @@ class TrafficStats:
     env_reward: float = 0.0  # mean per impression
     clicks: int = 0
     satisfied_clicks: int = 0
+    viewport_satisfied: int = 0  # unclicked answers whose logged viewport reached the threshold
     # Client-side wall time summed over threads: waiting on /rank, on /feedback, the rest (user model,
     # bodies); with several threads their sum exceeds the elapsed time.
     thread_seconds: dict[str, float] = field(default_factory=dict)
@@ -143,18 +149,26 @@ class _TrafficRun:
         index = {str(pages.item_id[t]): t for t in range(sl.start, sl.stop)}
         shown_ids = [r["item_id"] for r in res["ranking"][: self.slate_size]]
         shown = np.array([index[i] for i in shown_ids])
+        mod = pages.modality[shown].astype(np.int64)[None]
         out = self.model.simulate(
-            truth.relevance[shown][None],
-            truth.attractiveness[shown][None],
-            pages.modality[shown].astype(np.int64)[None],
-            None,
-            srng,
+            truth.relevance[shown][None], truth.attractiveness[shown][None], mod, None, srng
         )
-        items = [
-            {"item_id": i, "click": bool(out.click[0, k]), "dwell_s": float(out.dwell[0, k])}
-            for k, i in enumerate(shown_ids)
-        ]
-        observed = float(self.reward.rewards(out.click, out.satisfied_click, q).sum())
+        items = []
+        for k, i in enumerate(shown_ids):
+            item = {"item_id": i, "click": bool(out.click[0, k]), "dwell_s": float(out.dwell[0, k])}
+            if mod[0, k] == MODALITY_ID["answer"]:
+                item["viewport_s"] = float(out.viewport[0, k])
+            items.append(item)
+        c = self.model.config
+        sat = observed_satisfying(
+            out.click,
+            out.dwell,
+            mod,
+            satisfied_dwell_thresholds(c),
+            out.viewport,
+            answer_viewport_threshold(c),
+        )
+        observed = float(self.reward.rewards(out.click, sat, q).sum())
         with self.lock:
             self.impressions += 1
             self.totals["observed"] += observed
@@ -162,6 +176,7 @@ class _TrafficRun:
             self.totals["env"] += float(self.reward.item_rewards(out, q).sum())
             self.totals["clicks"] += int(out.click.sum())
             self.totals["satisfied"] += int(out.satisfied_click.sum())
+            self.totals["viewport_satisfied"] += int((sat & ~out.click).sum())
             versions = self.stats.versions
             versions[res["model_version"]] = versions.get(res["model_version"], 0) + 1
         return items, bool(out.satisfied[0] or out.abandon[0])
@@ -257,5 +272,6 @@ class _TrafficRun:
         stats.env_reward = totals["env"] / n
         stats.clicks = totals["clicks"]
         stats.satisfied_clicks = totals["satisfied"]
+        stats.viewport_satisfied = totals["viewport_satisfied"]
         stats.thread_seconds = {k: float(totals[f"t_{k}"]) for k in ("rank", "user", "feedback")}
         return stats

@@ -4,7 +4,8 @@ column, the off-policy estimators and the online update.
 Every reward is per shown position ([B, K]) so a page's reward is the sum over its positions and a
 log row carries its own share. The inputs are the user's observable events on a page (clicks, and
 which of them satisfied: a click whose dwell reached its modality's threshold, or a direct answer that
-satisfied without a click) plus the page's index in its session.
+satisfied without a click, which a log sees as the answer card's viewport time reaching its threshold;
+`observed_satisfying`) plus the page's index in its session.
 
 Named rewards:
 * ``success`` (default): session success discounted by effort. 1 for the session's first satisfying
@@ -28,6 +29,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from envs.config_io import JsonConfig, from_dict
+from envs.pages import MODALITY_ID
 
 RewardName = Literal["success", "clicks", "satisfied", "err"]
 REWARD_NAMES: tuple[str, ...] = get_args(RewardName)
@@ -99,12 +101,24 @@ class RewardConfig(JsonConfig):
 
 
 def observed_satisfying(
-    click: np.ndarray, dwell: np.ndarray, modality: np.ndarray, thresholds: np.ndarray
+    click: np.ndarray,
+    dwell: np.ndarray,
+    modality: np.ndarray,
+    thresholds: np.ndarray,
+    viewport: np.ndarray | None = None,
+    viewport_threshold: float = float("inf"),
 ) -> np.ndarray:
-    """Satisfied clicks as a log sees them: a click whose dwell reached its modality's threshold
-    (`envs.user_model.satisfied_dwell_thresholds`). An answer that satisfied without a click is
-    invisible to a click log."""
+    """Satisfying events as a log sees them: a click whose dwell reached its modality's threshold
+    (`envs.user_model.satisfied_dwell_thresholds`), or an unclicked direct answer whose viewport time
+    reached `viewport_threshold` (`envs.viewport.answer_viewport_threshold`: good abandonment, the
+    evidence production engines log for answers). On simulated outcomes this is exactly the
+    satisfaction `RewardConfig.item_rewards` counts. Unknown dwell or viewport (NaN, or no viewport
+    column in an older log: `viewport=None`) counts as not satisfying."""
     click = np.asarray(click, bool)
     dwell = np.nan_to_num(np.asarray(dwell, np.float64), nan=0.0)
     mod = np.asarray(modality, np.int64)
-    return click & (dwell >= np.asarray(thresholds, np.float64)[np.clip(mod, 0, len(thresholds) - 1)])
+    sat = click & (dwell >= np.asarray(thresholds, np.float64)[np.clip(mod, 0, len(thresholds) - 1)])
+    if viewport is None:
+        return sat
+    seen = np.nan_to_num(np.asarray(viewport, np.float64), nan=0.0)
+    return sat | (~click & (mod == MODALITY_ID["answer"]) & (seen >= viewport_threshold))

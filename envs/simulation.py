@@ -10,8 +10,9 @@ vectorised.
 Logged feedback (one row per shown item; Open Bandit Pipeline-like names):
   event_id, session_id, query_index, page_id, model_version (policy name), item_id, modality (name),
   position (1-based), action (item index within the page), score, pscore, pscore_cascade,
-  slate_logprob, click, dwell (seconds, 0 when not clicked), satisfied (satisfied click or an answer
-  that satisfied without a click), reward, and simulation-only truth: examined, relevance,
+  slate_logprob, click, dwell (seconds, 0 when not clicked), viewport (seconds an answer card was on
+  screen, 0 for other items; >= the threshold exactly when the answer satisfied without a click,
+  `envs.viewport`), satisfied (satisfied click or an answer that satisfied without a click), reward, and simulation-only truth: examined, relevance,
   attractiveness (analysis only; no learner may read them).
 
 Propensities, exact for every policy here:
@@ -306,6 +307,7 @@ def _feedback_columns(s: _Shown, session_ids: np.ndarray) -> dict[str, np.ndarra
         "slate_logprob": sl.slate_logprob[r].astype(np.float64),
         "click": out.click[r, c].astype(np.int8),
         "dwell": out.dwell[r, c],
+        "viewport": out.viewport[r, c],
         "satisfied": (out.satisfied_click | out.answer_satisfied)[r, c].astype(np.int8),
         "reward": s.item_reward[r, c],
         "examined": out.examined[r, c].astype(np.int8),

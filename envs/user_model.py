@@ -24,7 +24,8 @@ statistics (`envs.calibration` holds the targets, their sources and the fit):
   log-dwell centre is placed so that P(dwell >= threshold | grade) is exactly the per-grade
   satisfaction, so dwell is observable evidence and satisfaction does not depend on the modality.
 * **Good abandonment**: a relevant direct answer examined within the top `answer_max_position` slots
-  satisfies the user without a click with probability `answer_satisfy_prob[grade]`.
+  satisfies the user without a click with probability `answer_satisfy_prob[grade]`; a log sees it as
+  the card's viewport time reaching `answer_viewport_s` (`envs.viewport`, like the dwell threshold).
 * **Cascade / DBN stopping**: after a satisfying event the user stops scanning with probability
   `stop_after_satisfied`; later positions are then never examined.
 * **Session decision**: a satisfied user ends the session; an unsatisfied one reformulates (sees the
@@ -40,12 +41,14 @@ positions actually reached are those before the first stopping event (a cumulati
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from envs.config_io import JsonConfig
 from envs.pages import MAX_GRADE, MODALITY_ID, N_MODALITIES
+from envs.viewport import ViewportModel, answer_band_edges, recycled_uniform
 
 ANSWER = MODALITY_ID["answer"]
 
@@ -93,6 +96,10 @@ class UserModelConfig(JsonConfig):
     # a click with this probability per true grade 0..4.
     answer_max_position: int = 3
     answer_satisfy_prob: tuple[float, ...] = (0.0, 0.0, 0.1, 0.3, 0.6)
+    # Viewport time of answer cards, the logged evidence of that satisfaction (`envs.viewport`): these
+    # set only the scale and spread of the logged seconds, not which answers satisfy.
+    answer_viewport_s: float = 5.0
+    answer_viewport_sigma: float = 0.75
     # Session: an unsatisfied user reformulates with this probability, else abandons.
     reformulate_prob: float = 0.46
 
@@ -106,6 +113,8 @@ class UserModelConfig(JsonConfig):
         _per_modality("vertical_attention", self.vertical_attention, 0.0, 1.0)
         _per_modality("dwell_sigma", self.dwell_sigma, 1e-3, 10.0)
         _per_modality("satisfied_dwell_s", self.satisfied_dwell_s, 1e-3, 1e6)
+        if not (1e-3 <= self.answer_viewport_s <= 1e4 and 1e-3 <= self.answer_viewport_sigma <= 10.0):
+            raise ValueError("UserModelConfig.answer_viewport_s, _sigma outside [1e-3, 1e4], [1e-3, 10]")
         for name in ("attention_decay", "stop_after_satisfied", "reformulate_prob"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
@@ -149,6 +158,16 @@ class UserOutcome:
     good_abandon: np.ndarray  # [B] bool: satisfied by an answer with no click on the page
     abandon: np.ndarray  # [B] bool: left unsatisfied and will not reformulate
     reformulate: np.ndarray  # [B] bool: unsatisfied and issues the next query of the session
+    # `viewport`, or the function that draws it on first use (the RL env never reads it, pays nothing)
+    viewport_draw: np.ndarray | Callable[[], np.ndarray] = field(default=None, repr=False)
+
+    @property
+    def viewport(self) -> np.ndarray:
+        """[B, K] float32 seconds an answer card was on screen (>= answer_viewport_s exactly where
+        answer_satisfied); 0.0 on every other item."""
+        if callable(self.viewport_draw):
+            self.viewport_draw = self.viewport_draw()
+        return self.viewport_draw
 
     @property
     def n_clicks(self) -> np.ndarray:
@@ -245,6 +264,10 @@ def satisfied_dwell_thresholds(config: UserModelConfig) -> np.ndarray:
     return np.asarray(config.satisfied_dwell_s, np.float64)
 
 
+def _field(outcome: UserOutcome, name: str) -> np.ndarray:
+    return outcome.viewport if name == "viewport_draw" else getattr(outcome, name)
+
+
 class UserModel:
     """Vectorised simulated user over batches of shown slates.
 
@@ -274,6 +297,8 @@ class UserModel:
         self._sigma = table(sigma, 1.0)
         self._log_threshold = table(np.log(np.asarray(c.satisfied_dwell_s))[mod], 0.0)
         self._click_logit = table(c.click_bias + c.click_grade * grade, -30.0)
+        self._is_answer = np.append(mod == ANSWER, False)[:n_codes]
+        self._viewport = ViewportModel(c)
 
     def codes(self, relevance: np.ndarray, modality: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
         """Validated per-item table codes [B, K] (PAD_CODE on padding)."""
@@ -324,7 +349,7 @@ class UserModel:
             for i in range(0, b, self.CHUNK)
         ]
         return UserOutcome(
-            **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(UserOutcome)}
+            **{f.name: np.concatenate([_field(p, f.name) for p in parts]) for f in fields(UserOutcome)}
         )
 
     def _miss(self, code: np.ndarray) -> np.ndarray:
@@ -400,6 +425,17 @@ class UserModel:
         ans_any = ans.any(axis=0)
         satisfied = sat_click.any(axis=0) | ans_any
         reformulate = ~satisfied & (u_page < np.float32(c.reformulate_prob))
+
+        def draw_viewport() -> np.ndarray:  # recycles each answer's own uniform: no new draws
+            viewport = np.zeros((k, b), np.float32)
+            ia = np.flatnonzero(self._is_answer.take(code))
+            if ia.size:
+                edges = answer_band_edges(a.ravel()[ia], w.ravel()[ia], e.ravel()[ia], float(s))
+                r = recycled_uniform(u.ravel()[ia], edges)
+                grade = code.ravel()[ia] % (MAX_GRADE + 1)
+                viewport.ravel()[ia] = self._viewport.seconds(ans.ravel()[ia], grade, r)
+            return viewport.T
+
         return UserOutcome(
             examined=((u < e) & reached).T,
             click=click.T,
@@ -410,4 +446,5 @@ class UserModel:
             good_abandon=ans_any & ~click.any(axis=0),
             abandon=~satisfied & ~reformulate,
             reformulate=reformulate,
+            viewport_draw=draw_viewport,
         )

@@ -18,6 +18,7 @@ from envs.user_model import (
     click_probability,
     dwell_log_params,
 )
+from envs.viewport import viewport_seconds
 
 
 def simulate_reference(
@@ -88,4 +89,10 @@ def simulate_reference(
                 page["reformulate"][p] = True
             else:
                 page["abandon"][p] = True
-    return UserOutcome(dwell=dwell_out, **out, **page)
+    # Every answer card's viewport: the grade's log-normal, above the threshold iff it satisfied.
+    answer = val_a & (mod_a == ANSWER)
+    viewport = np.zeros((b, k), np.float32)
+    viewport[answer] = viewport_seconds(
+        out["answer_satisfied"][answer], rel_a[answer], rng.random(int(answer.sum())), c
+    )
+    return UserOutcome(dwell=dwell_out, viewport_draw=viewport, **out, **page)

@@ -77,7 +77,7 @@ class RerankerClient:
         return self._json(self.http.post("/rank", json=page))
 
     def feedback(self, event_id: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """POST /feedback; items: [{"item_id", "click", "dwell_s"}]."""
+        """POST /feedback; items: [{"item_id", "click", "dwell_s", optional "viewport_s"}]."""
         return self._json(self.http.post("/feedback", json={"event_id": event_id, "feedback": items}))
 
     def rank_batch(self, pages: list[dict[str, Any]] | bytes) -> list[dict[str, Any]]:
@@ -103,14 +103,19 @@ class RerankerClient:
 
 
 def feedback_items(
-    ranking: list[dict[str, Any]], clicks: dict[str, bool], dwell: dict[str, float]
+    ranking: list[dict[str, Any]],
+    clicks: dict[str, bool],
+    dwell: dict[str, float],
+    viewport: dict[str, float] | None = None,
 ) -> list[dict]:
-    """Feedback body items for every shown item (click False / dwell 0 unless given)."""
-    return [
-        {
-            "item_id": r["item_id"],
-            "click": bool(clicks.get(r["item_id"], False)),
-            "dwell_s": float(dwell.get(r["item_id"], 0.0)),
-        }
-        for r in ranking
-    ]
+    """Feedback body items for every shown item (click False / dwell 0 unless given; viewport_s only
+    for the items it is given for: an answer card's seconds on screen)."""
+    viewport = viewport or {}
+    items = []
+    for r in ranking:
+        i = r["item_id"]
+        item = {"item_id": i, "click": bool(clicks.get(i, False)), "dwell_s": float(dwell.get(i, 0.0))}
+        if i in viewport:
+            item["viewport_s"] = float(viewport[i])
+        items.append(item)
+    return items

@@ -271,7 +271,10 @@ def _dataset(log_dir: str | Path, kind: str) -> ds.Dataset | None:
     root = Path(log_dir) / kind
     if not root.exists():
         return None
-    return ds.dataset(root, format="parquet", schema=None, partitioning=PARTITIONING)
+    # The full schema, not the first file's: a column added later (viewport_s) reads as null from
+    # files written before it.
+    schema = SCHEMAS[kind].append(pa.field("model_version", pa.string())).append(pa.field("hour", pa.int32()))
+    return ds.dataset(root, format="parquet", schema=schema, partitioning=PARTITIONING)
 
 
 def _read(log_dir: str | Path, kind: str, since_ts_ms: int | None) -> pa.Table:
@@ -305,8 +308,8 @@ def read_logs(
     `since_version` keeps everything served since version V went live: impressions with ts >= the
     first impression logged under V (V itself and whatever came after it); empty if V never served.
     Both filters combine. Feedback columns are aligned with the shown positions: `click` (int8: 1/0,
-    -1 = the feedback did not mention that item; null list = no feedback yet), `dwell_s` (float32,
-    NaN = unknown), `feedback_ts`. Duplicate feedback rows for an event (possible only after a crash
+    -1 = the feedback did not mention that item; null list = no feedback yet), `dwell_s` and
+    `viewport_s` (float32, NaN = unknown, e.g. feedback files written before viewport_s), `feedback_ts`. Duplicate feedback rows for an event (possible only after a crash
     between writing and confirming) are collapsed to the earliest.
     """
     since_ms = _ts_ms(since_ts)
@@ -327,19 +330,22 @@ def read_logs(
 def _join(imps: pa.Table, fb: pa.Table) -> pa.Table:
     imps = imps.sort_by([("ts", "ascending"), ("event_id", "ascending")])
     # earliest feedback per event
-    by_event: dict[str, tuple[int, dict[str, tuple[bool, float]], Any]] = {}
+    by_event: dict[str, tuple[int, dict[str, tuple[bool, float, float]], Any]] = {}
     if fb.num_rows:
         fb = fb.sort_by([("ts", "ascending")])
-        for eid, ts, items, clicks, dwells in zip(
+        views = fb["viewport_s"].to_pylist() if "viewport_s" in fb.column_names else [None] * fb.num_rows
+        for eid, ts, items, clicks, dwells, view in zip(
             fb["event_id"].to_pylist(),
             fb["ts"].to_pylist(),
             fb["item_id"].to_pylist(),
             fb["click"].to_pylist(),
             fb["dwell_s"].to_pylist(),
+            views,
         ):
             if eid not in by_event:
-                by_event[eid] = (ts, dict(zip(items, zip(clicks, dwells))), None)
-    clicks_col, dwell_col, fts_col = [], [], []
+                view = [float("nan")] * len(items) if view is None else view
+                by_event[eid] = (ts, dict(zip(items, zip(clicks, dwells, view))), None)
+    clicks_col, dwell_col, view_col, fts_col = [], [], [], []
     for eid, items, action in zip(
         imps["event_id"].to_pylist(), imps["item_id"].to_pylist(), imps["action"].to_pylist()
     ):
@@ -347,23 +353,31 @@ def _join(imps: pa.Table, fb: pa.Table) -> pa.Table:
         if got is None:
             clicks_col.append(None)
             dwell_col.append(None)
+            view_col.append(None)
             fts_col.append(None)
             continue
         ts, fmap, _ = got
         shown = [items[a] for a in action]
         clicks_col.append([(1 if fmap[i][0] else 0) if i in fmap else -1 for i in shown])
         dwell_col.append([float(fmap[i][1]) if i in fmap else float("nan") for i in shown])
+        view_col.append([_nan_none(fmap[i][2]) if i in fmap else float("nan") for i in shown])
         fts_col.append(ts)
     out = imps.append_column("click", pa.array(clicks_col, pa.list_(pa.int8())))
     out = out.append_column("dwell_s", pa.array(dwell_col, pa.list_(f32)))
+    out = out.append_column("viewport_s", pa.array(view_col, pa.list_(f32)))
     return out.append_column("feedback_ts", pa.array(fts_col, TS))
+
+
+def _nan_none(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
 
 
 def explode_positions(logs: pa.Table) -> pa.Table:
     """OBP-style rows, one per (impression, shown position), from a `read_logs` table.
 
     Columns: event_id, ts, model_version, policy, position, action, item_id, modality, score, pscore
-    (per-position conditional propensity), slate_log_prob, reward (click 1/0, -1 unknown), dwell_s.
+    (per-position conditional propensity), slate_log_prob, reward (click 1/0, -1 unknown), dwell_s,
+    viewport_s.
     """
     n = np.array([len(a) for a in logs["action"].to_pylist()], np.int64)
     rep = np.repeat(np.arange(logs.num_rows), n)
@@ -390,16 +404,17 @@ def explode_positions(logs: pa.Table) -> pa.Table:
         np.concatenate([np.asarray(s, np.float64) for s in logs["pscore"].to_pylist()] or [np.zeros(0)])
     )
     clicks = logs["click"].to_pylist()
-    dwells = logs["dwell_s"].to_pylist()
     cols["reward"] = pa.array(
         [(-1 if clicks[r] is None else clicks[r][k]) for r, k in zip(rep, cols["position"].to_numpy() - 1)],
         pa.int8(),
     )
-    cols["dwell_s"] = pa.array(
-        [
-            (float("nan") if dwells[r] is None else dwells[r][k])
-            for r, k in zip(rep, cols["position"].to_numpy() - 1)
-        ],
-        f32,
-    )
+    for name in ("dwell_s", "viewport_s"):
+        per = logs[name].to_pylist()
+        cols[name] = pa.array(
+            [
+                (float("nan") if per[r] is None else per[r][k])
+                for r, k in zip(rep, cols["position"].to_numpy() - 1)
+            ],
+            f32,
+        )
     return pa.table(cols)

@@ -50,6 +50,9 @@ FEEDBACK_SCHEMA = pa.schema(
         ("item_id", pa.list_(pa.string())),
         ("click", pa.list_(pa.bool_())),
         ("dwell_s", pa.list_(f32)),
+        # seconds an answer card was on screen (the evidence of an answer that satisfied without a
+        # click, envs.viewport); NaN = not measured. Files written before it lack the column.
+        ("viewport_s", pa.list_(f32)),
     ]
 )
 SCHEMAS = {IMPRESSIONS: IMPRESSION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA}

@@ -73,6 +73,7 @@ class RankerFeedback:
             "item_id": [f.item_id for f in req.feedback],
             "click": [f.click for f in req.feedback],
             "dwell_s": [f.dwell_s for f in req.feedback],
+            "viewport_s": [float("nan") if f.viewport_s is None else f.viewport_s for f in req.feedback],
         }
 
     async def _write_feedback(self, rows: list[dict]) -> str | None:

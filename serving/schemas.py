@@ -20,6 +20,7 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 Modality = Literal[MODALITIES]  # type: ignore[valid-type]
 MAX_VECTOR = 4096  # hard cap on any feature vector, before the model's own contract is checked
 MAX_LIST = 4096  # hard cap on list lengths, before `max_candidates`
+MAX_VIEWPORT_S = 86400.0  # a day on screen: anything longer is a client bug, not a reading
 
 
 class FieldError(ValueError):
@@ -77,6 +78,8 @@ class ItemFeedback(_Strict):
     item_id: str = Field(min_length=1, max_length=512)
     click: bool
     dwell_s: Finite = Field(default=0.0, ge=0.0)
+    # seconds the item (an answer card) was on screen; None = not measured (logged as NaN)
+    viewport_s: Finite | None = Field(default=None, ge=0.0, le=MAX_VIEWPORT_S)
 
 
 class FeedbackRequest(_Strict):

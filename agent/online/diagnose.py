@@ -43,7 +43,8 @@ def simulated_batch(
     model, split: Split, temperature: float, sessions: int, seed: int, reward: RewardConfig, k: int = 10
 ) -> LoggedBatch:
     """`sessions` simulated sessions served by PL(model scores / temperature) on `split`, as the
-    LoggedBatch the loop builds from serve logs (observed reward from click and dwell, query 0)."""
+    LoggedBatch the loop builds from serve logs (observed reward from click, dwell and answer viewport,
+    query 0)."""
     from agent.simulate import score_policy
     from envs.simulation import SimulationConfig, simulate
 
@@ -65,10 +66,12 @@ def simulated_batch(
     logp = np.zeros((n, k))
     click = np.zeros((n, k))
     dwell = np.zeros((n, k))
+    viewport = np.zeros((n, k))
     ranking[inv, pos] = fb["action"].to_numpy()
     logp[inv, pos] = np.log(np.clip(fb["pscore"].to_numpy(), 1e-300, 1.0))
     click[inv, pos] = fb["click"].to_numpy()
     dwell[inv, pos] = fb["dwell"].to_numpy()
+    viewport[inv, pos] = fb["viewport"].to_numpy()
     page_ids = np.asarray(fb["page_id"].to_pylist(), object)[first]
     pidx = np.array([index[str(p)] for p in page_ids], np.int64)
     pages = split.pages.select(pidx)
@@ -77,7 +80,7 @@ def simulated_batch(
         pages=pages,
         ranking=ranking,
         logged_logp=logp,
-        reward=observed_reward(click, dwell, modality, reward),
+        reward=observed_reward(click, dwell, modality, reward, viewport=viewport),
         temperature=np.full(n, temperature),
         event_id=uniq.astype(object),
         model_version=np.full(n, "diag", object),

@@ -20,7 +20,8 @@ from envs.user_model import UserModelConfig
 
 COLUMNS = [
     "event_id", "session_id", "query_index", "page_id", "model_version", "item_id", "modality", "position",
-    "action", "score", "pscore", "pscore_cascade", "slate_logprob", "click", "dwell", "satisfied", "reward",
+    "action", "score", "pscore", "pscore_cascade", "slate_logprob", "click", "dwell", "viewport", "satisfied",
+    "reward",
     "examined", "relevance", "attractiveness",
 ]  # fmt: skip
 
@@ -54,6 +55,10 @@ def test_schema_and_rows(random_log, tiny_world):
     threshold = fb.modality.map(dict(zip(MODALITIES, UserModelConfig().satisfied_dwell_s)))
     clicked = fb.click == 1
     assert (fb.satisfied[clicked] == (fb.dwell[clicked] >= threshold[clicked])).all()
+    # An unclicked item satisfied exactly when it is an answer card viewed for the threshold or longer.
+    seen = (fb.modality == "answer") & (fb.viewport >= UserModelConfig().answer_viewport_s)
+    assert (fb.satisfied[~clicked] == seen[~clicked]).all() and seen[~clicked].any()
+    assert (fb.viewport[fb.modality != "answer"] == 0).all()
 
 
 def test_uniform_random_propensities_are_exact(random_log):

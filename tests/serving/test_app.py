@@ -241,6 +241,9 @@ def test_forged_unknown_expired_and_unshown_items_rejected(app):
     assert r.status_code == 422 and "dwell_s" in detail_text(r)
     r = feedback(app, out["event_id"], [{"item_id": ok_item, "click": "yes", "dwell_s": 1.0}])
     assert r.status_code == 422 and "click" in detail_text(r)
+    for bad in (-1.0, 1e9):  # an answer card's seconds on screen: negative or absurd is a client bug
+        r = feedback(app, out["event_id"], [{"item_id": ok_item, "click": False, "viewport_s": bad}])
+        assert r.status_code == 422 and "viewport_s" in detail_text(r)
     # none of the refusals consumed the event
     r = feedback(app, out["event_id"], one)
     assert r.status_code == 200 and r.json()["status"] == "accepted"

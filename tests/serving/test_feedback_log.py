@@ -156,3 +156,54 @@ def test_read_logs_since_ts_and_since_version(tmp_path):
     assert set(read_logs(tmp_path, since_version="v2")["event_id"].to_pylist()) == {e_v2, e_v3}
     assert read_logs(tmp_path, since_version="never").num_rows == 0
     assert read_logs(tmp_path / "nothing").num_rows == 0
+
+
+def test_viewport_logged_and_old_feedback_files_without_it_still_load(tmp_path):
+    """viewport_s is aligned with the shown positions like dwell_s; a feedback file written before the
+    column existed reads as NaN (unknown), which the observed reward counts as not satisfying."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from serving.log_schema import FEEDBACK_SCHEMA
+
+    wi = LogWriter(tmp_path, IMPRESSIONS, "r1", 1000, 1000)
+    e_old, e_new = new_event_id(), new_event_id()
+    wi.append([imp(e_old), imp(e_new)])
+    wi.close()
+    old_schema = pa.schema([f for f in FEEDBACK_SCHEMA if f.name != "viewport_s"])
+    old = fb(e_old, items=("c", "a"), clicks=(False, False), dwell=(0.0, 0.0))
+    old["ts"] = pa.scalar(old["ts"], pa.int64()).cast(pa.timestamp("ms", tz="UTC")).as_py()
+    part = tmp_path / FEEDBACK / "model_version=v1" / f"hour={hour_of(now_ms())}"
+    part.mkdir(parents=True)
+    pq.write_table(
+        pa.Table.from_pylist([{k: old[k] for k in old_schema.names}], old_schema), part / "part-0-old.parquet"
+    )
+    wf = LogWriter(tmp_path, FEEDBACK, "r2", 1000, 1000)
+    new = fb(e_new, items=("c", "a"), clicks=(False, True), dwell=(0.0, 3.0))
+    wf.append([{**new, "viewport_s": [7.5, float("nan")]}])
+    wf.close()
+    rows = {r["event_id"]: r for r in read_logs(tmp_path).to_pylist()}
+    assert all(np.isnan(v) for v in rows[e_old]["viewport_s"]) and rows[e_old]["click"] == [0, 0, -1]
+    assert rows[e_new]["viewport_s"][0] == 7.5 and np.isnan(rows[e_new]["viewport_s"][1])
+    flat = explode_positions(read_logs(tmp_path)).to_pylist()
+    assert sorted(r["viewport_s"] for r in flat if r["viewport_s"] == r["viewport_s"]) == [7.5]
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), 1e9, "7"])
+def test_feedback_viewport_must_be_a_plausible_number(bad):
+    from pydantic import ValidationError
+
+    from serving.schemas import FeedbackRequest
+
+    ok = {"event_id": "e", "feedback": [{"item_id": "a", "click": False, "viewport_s": 4.0}]}
+    assert FeedbackRequest.model_validate(ok).feedback[0].viewport_s == 4.0
+    assert (
+        FeedbackRequest.model_validate({"event_id": "e", "feedback": [{"item_id": "a", "click": False}]})
+        .feedback[0]
+        .viewport_s
+        is None
+    )
+    with pytest.raises(ValidationError, match="viewport_s"):
+        FeedbackRequest.model_validate(
+            {"event_id": "e", "feedback": [{"item_id": "a", "click": False, "viewport_s": bad}]}
+        )
