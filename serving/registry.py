@@ -57,8 +57,10 @@ class Registry:
 
     # ------------------------------------------------------------------ admin token
     def set_admin_token(self, token: str | None = None) -> str:
-        """Configure (or rotate) the admin token; returns it. Only its SHA-256 is stored."""
-        token = token or secrets.token_urlsafe(24)
+        """Configure (or rotate) the admin token; returns it. Only its SHA-256 is stored. A generated
+        token is hex (192 bits): a URL-safe one starts with "-" one time in 64, which a command line
+        (`--token -abc`) reads as an option."""
+        token = token or secrets.token_hex(24)
         self.root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.token_file, hashlib.sha256(token.encode()).hexdigest() + "\n")
         os.chmod(self.token_file, 0o600)

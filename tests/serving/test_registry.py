@@ -86,6 +86,14 @@ def test_admin_token(serving_ckpts, tmp_path):
     assert reg.rollback(token=token) == "v-a"
 
 
+def test_generated_admin_tokens_pass_a_command_line(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    tokens = {reg.set_admin_token() for _ in range(200)}
+    assert len(tokens) == 200
+    assert all(len(t) == 48 and not t.startswith("-") and int(t, 16) >= 0 for t in tokens)
+    reg.check_token(reg.set_admin_token("given"))  # a given token is kept as it is
+
+
 def test_cli_publish_requires_the_token(serving_ckpts, tmp_path, capsys):
     from agent.cli import command_parser
     from serving import cli
