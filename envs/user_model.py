@@ -48,7 +48,7 @@ import numpy as np
 
 from envs.config_io import JsonConfig
 from envs.pages import MAX_GRADE, MODALITY_ID, N_MODALITIES
-from envs.viewport import ViewportModel, answer_band_edges, recycled_uniform
+from envs.viewport import ViewportModel, answer_band_edges, probit, recycled_uniform
 
 ANSWER = MODALITY_ID["answer"]
 
@@ -222,21 +222,9 @@ def dwell_log_params(
     modality = np.asarray(modality, np.int64)
     relevance = np.asarray(relevance, np.int64)
     sigma = np.asarray(config.dwell_sigma)[modality]
-    z = np.array([_probit(p) for p in config.satisfaction_by_grade])[relevance]
+    z = probit(np.asarray(config.satisfaction_by_grade))[relevance]
     mu = np.log(np.asarray(config.satisfied_dwell_s))[modality] + sigma * z
     return mu, sigma
-
-
-def _probit(p: float) -> float:
-    """Phi^-1(p) by bisection on erfc (no scipy in the env package)."""
-    lo, hi = -10.0, 10.0
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        if 0.5 * math.erfc(-mid / math.sqrt(2.0)) < p:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
 
 
 def satisfied_click_probability(relevance: int, modality: int, config: UserModelConfig) -> float:
