@@ -45,7 +45,7 @@ from agent.bench_report import (
 )
 from agent.evaluation import evaluate_policy, random_scorer
 from agent.ppo_config import ppo_options
-from agent.reward_landscape import fresh_network, layout_gradient, reference_policies
+from agent.reward_landscape import fresh_network, intent_readability, layout_gradient, reference_policies
 from agent.train import TrainConfig, serp_config_for, train_policy
 from agent.train_log import upgrade_row
 from envs.atomic_io import write_json_atomic
@@ -216,6 +216,7 @@ def _references_part(cfg: AgentBenchConfig, s: _Setup) -> dict:
             attractiveness=cfg.references == "all",
         ),
         "layout_gradient": layout_gradients(s.run, s.smar, s.serp, cfg),
+        "intent_readability": intent_readability(s.run.split("traffic"), s.run.split("test")),
     }
 
 

@@ -44,11 +44,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from agent.evaluation import evaluate_policy, session_page_lists, session_returns
 from envs.pages import MODALITIES, N_MODALITIES, Pages, pad_items
 from envs.user_model import UserModel
-from envs.world import ItemTruth
+from envs.world import ItemTruth, Split
 
 OFFSET_GRID = (-5.0, 0.0, 2.0, 5.0, 10.0, 30.0)  # doc stays at 0; in units of the base score
 TRUTH_OFFSET_GRID = (0.0, 2.0, 5.0, 10.0)  # the grade's units (0..4)
@@ -316,8 +317,6 @@ def layout_gradient(
     offset per modality and page before the slate, whose score function (noise / sigma^2) carries the
     gradient; `page_reward` is then what that exploration earns.
     """
-    import torch
-
     from agent import layout_exploration as layout
     from pretrain import plackett_luce as pl
 
@@ -377,3 +376,34 @@ def layout_gradient(
         "temperature": float(temperature),
         "layout_noise": float(layout_noise),
     }
+
+
+def intent_readability(train: Split, test: Split, l2: float = 1e-3) -> dict[str, float]:
+    """How well a page's context (query and user features, what the policy sees) tells its true
+    intent: a multinomial logistic regression fitted on `train` pages (simulator truth as labels), its
+    accuracy on `test` pages. The per-intent reference reads the true intent; this says whether a
+    policy could read it too, so that the reference's gap is reachable in principle."""
+
+    def xy(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+        p = split.pages
+        x = np.concatenate([p.query_features, p.user_features, np.ones((len(p.page_id), 1))], axis=1)
+        return torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(
+            split.truth.preferred_modality, dtype=torch.long
+        )
+
+    x, y = xy(train)
+    xt, yt = xy(test)
+    w = torch.zeros(x.shape[1], N_MODALITIES, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w, y) + l2 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        acc = lambda a, b: float(((a @ w).argmax(1) == b).double().mean())  # noqa: E731
+        majority = float(torch.bincount(yt, minlength=N_MODALITIES).max()) / max(len(yt), 1)
+        return {"train_accuracy": acc(x, y), "test_accuracy": acc(xt, yt), "test_majority_share": majority}

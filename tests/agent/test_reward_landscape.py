@@ -134,3 +134,19 @@ def test_layout_gradient_points_to_the_modality_that_earns(tiny_run, layout_nois
     assert abs(grad.sum()) < 1e-6 and g["pages"] == 20 * len(split.pages)
     again = layout_gradient(flat, split.pages, truth, serp, **kw)
     assert again == g  # seeded
+
+
+def test_intent_readability_reads_the_intent_from_the_page_context():
+    from envs.world import WorldConfig, generate_world
+
+    w = generate_world(WorldConfig(seed=3, queries=150, candidates_per_modality=2, single_modal_queries=10))
+    got = rl.intent_readability(w.traffic, w.test)
+    assert got == rl.intent_readability(w.traffic, w.test)  # deterministic
+    assert got["test_accuracy"] > got["test_majority_share"] + 0.3  # the features carry the intent
+    # with the intents shuffled across the training pages, nothing is learnt beyond chance
+    t = w.traffic.truth
+    shuffled = ItemTruth(
+        t.relevance, t.attractiveness, np.random.default_rng(0).permutation(t.preferred_modality)
+    )
+    blind = rl.intent_readability(type(w.traffic)(w.traffic.pages, shuffled), w.test)
+    assert blind["test_accuracy"] < got["test_accuracy"] - 0.3
