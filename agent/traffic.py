@@ -34,7 +34,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from agent.evaluation import session_page_lists
-from envs.pages import MODALITY_ID
 from envs.reward import RewardConfig, observed_satisfying
 from envs.user_model import UserModel, UserModelConfig, satisfied_dwell_thresholds
 from envs.viewport import answer_viewport_threshold
@@ -144,6 +143,8 @@ class _TrafficRun:
     def respond(self, p: int, q: int, res: dict, srng: np.random.Generator) -> tuple[list[dict], bool]:
         """The simulated user's feedback items on the served ranking of page p (query q of its session),
         recorded in the totals; True if the session ends here (satisfied or abandoned)."""
+        from serving.client import feedback_items
+
         pages, truth = self.pages, self.truth
         sl = pages.item_slice(p)
         index = {str(pages.item_id[t]): t for t in range(sl.start, sl.stop)}
@@ -153,12 +154,7 @@ class _TrafficRun:
         out = self.model.simulate(
             truth.relevance[shown][None], truth.attractiveness[shown][None], mod, None, srng
         )
-        items = []
-        for k, i in enumerate(shown_ids):
-            item = {"item_id": i, "click": bool(out.click[0, k]), "dwell_s": float(out.dwell[0, k])}
-            if mod[0, k] == MODALITY_ID["answer"]:
-                item["viewport_s"] = float(out.viewport[0, k])
-            items.append(item)
+        items = feedback_items(shown_ids, out.click[0], out.dwell[0], mod[0], out.viewport[0])
         c = self.model.config
         sat = observed_satisfying(
             out.click,

@@ -103,19 +103,20 @@ class RerankerClient:
 
 
 def feedback_items(
-    ranking: list[dict[str, Any]],
-    clicks: dict[str, bool],
-    dwell: dict[str, float],
-    viewport: dict[str, float] | None = None,
+    item_ids: list[str],
+    click: np.ndarray,
+    dwell: np.ndarray,
+    modality: np.ndarray,
+    viewport: np.ndarray | None = None,
 ) -> list[dict]:
-    """Feedback body items for every shown item (click False / dwell 0 unless given; viewport_s only
-    for the items it is given for: an answer card's seconds on screen)."""
-    viewport = viewport or {}
+    """/feedback body items for the shown items, in shown order: click, dwell seconds, and for answer
+    cards their viewport seconds (`viewport_s`: how long the card was on screen, the evidence of an
+    answer that satisfied without a click) when `viewport` is given."""
+    answer = MODALITIES.index("answer")
     items = []
-    for r in ranking:
-        i = r["item_id"]
-        item = {"item_id": i, "click": bool(clicks.get(i, False)), "dwell_s": float(dwell.get(i, 0.0))}
-        if i in viewport:
-            item["viewport_s"] = float(viewport[i])
+    for k, i in enumerate(item_ids):
+        item = {"item_id": i, "click": bool(click[k]), "dwell_s": float(dwell[k])}
+        if viewport is not None and int(modality[k]) == answer:
+            item["viewport_s"] = float(viewport[k])
         items.append(item)
     return items

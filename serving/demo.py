@@ -31,7 +31,7 @@ def serving_demo(
 
     from envs.user_model import UserModel
     from serving import deploy
-    from serving.client import RerankerClient, page_request
+    from serving.client import RerankerClient, feedback_items, page_request
     from serving.feedback_log import read_logs
     from serving.registry import Registry
     from serving.settings import load_config, with_overrides
@@ -64,10 +64,8 @@ def serving_demo(
                 o = user.simulate(
                     truth.relevance[shown][None], truth.attractiveness[shown][None], mod[None], None, rng
                 )
-                items = [
-                    {"item_id": r["item_id"], "click": bool(o.click[0, k]), "dwell_s": float(o.dwell[0, k])}
-                    for k, r in enumerate(res["ranking"])
-                ]
+                ids = [r["item_id"] for r in res["ranking"]]
+                items = feedback_items(ids, o.click[0], o.dwell[0], mod, o.viewport[0])
                 ack = client.feedback(res["event_id"], items)
                 clicks += int(o.click.sum())
                 accepted += ack["status"] == "accepted"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import msgspec
+import numpy as np
 import pytest
 from fastapi.exceptions import RequestValidationError
 
@@ -63,3 +64,24 @@ def test_bad_inputs_get_pydantics_error(tiny_world, case):
     else:
         assert got == want
         assert any(field in map(str, loc) for loc, _, _ in got) or field == "body"
+
+
+def test_feedback_items_carry_viewport_for_answer_cards_only():
+    from envs.pages import MODALITIES
+    from serving.client import feedback_items
+    from serving.schemas import FeedbackRequest
+
+    doc, answer = MODALITIES.index("doc"), MODALITIES.index("answer")
+    items = feedback_items(
+        ["d", "a"],
+        np.array([True, False]),
+        np.array([31.5, 0.0]),
+        np.array([doc, answer]),
+        np.array([0.0, 7.25]),
+    )
+    assert items == [
+        {"item_id": "d", "click": True, "dwell_s": 31.5},
+        {"item_id": "a", "click": False, "dwell_s": 0.0, "viewport_s": 7.25},
+    ]
+    assert "viewport_s" not in feedback_items(["a"], [False], [0.0], [answer])[0]  # no viewport given
+    FeedbackRequest.model_validate({"event_id": "e", "feedback": items})  # the endpoint's own schema takes them
