@@ -394,7 +394,7 @@ def intent_readability(train: Split, test: Split, l2: float = 1e-3) -> dict[str,
     x, y = xy(train)
     xt, yt = xy(test)
     w = torch.zeros(x.shape[1], N_MODALITIES, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=500, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([w], max_iter=100, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
