@@ -107,14 +107,9 @@ class ConstraintConfig:
     #               centred per position over the batch (PositionAdvantages). PPO on the MDP whose
     #               steps are the K placements of a page.
     ratio: str = "slate"
-    # The page layout's trust region (with layout exploration, agent.layout_exploration):
-    #   "joint"  the layout's Gaussian log-ratio is part of the action's ratio (added to the slate's,
-    #            or to position 1's), so a sample whose item ratio left 1 +- clip teaches the layout
-    #            nothing either: at temperature 0.5 the item ratio saturates first
-    #   "own"    the layout has its own clipped surrogate, min(A r, A clip(r)) with r its Gaussian
-    #            ratio, beside the items' (the action factorises, pi = pi_layout x pi_items|layout;
-    #            the sum of the two surrogates has the joint surrogate's gradient at the old policy,
-    #            and each factor stays in its own trust region)
+    # The layout's trust region: "joint", its Gaussian log-ratio is part of the action's (the slate's or
+    # position 1's); "own", its own clipped surrogate beside the items' (the summed surrogates have the
+    # joint one's gradient at the old policy; a saturated item ratio no longer silences the layout)
     layout_ratio: str = "joint"
     # PPO's learner connector appends one artificial timestep to every episode chunk for the value
     # bootstrap (sessions are 1-3 pages, so that is ~40% of the rows) and masks it out of the loss.
@@ -123,12 +118,11 @@ class ConstraintConfig:
     drop_bootstrap_rows: bool = False
 
     def __post_init__(self) -> None:
-        if self.ratio not in RATIOS:
-            raise ValueError(f"ConstraintConfig.ratio must be one of {RATIOS}, got {self.ratio!r}")
-        if self.layout_ratio not in LAYOUT_RATIOS:
-            raise ValueError(
-                f"ConstraintConfig.layout_ratio must be one of {LAYOUT_RATIOS}, got {self.layout_ratio!r}"
-            )
+        for name, allowed in (("ratio", RATIOS), ("layout_ratio", LAYOUT_RATIOS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"ConstraintConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
         if self.target is not None and not 0.0 <= self.target <= 1.0:
             raise ValueError(f"ConstraintConfig.target must lie in [0, 1], got {self.target}")
         if not 0.0 < self.target_fraction <= 1.0:
@@ -345,9 +339,8 @@ class ConstrainedPPOLearner(PPOTorchLearner):
             if self.constraint.ratio != "slate" or own_layout:  # the objective's own item ratios
                 stats[CLIP_FRACTION] = trust_region_stats(sel(log_ratio), config.clip_param)[CLIP_FRACTION]
             if torch.is_tensor(layout_log_ratio):
-                stats[LAYOUT_CLIP_FRACTION] = trust_region_stats(sel(layout_log_ratio), config.clip_param)[
-                    CLIP_FRACTION
-                ]
+                layout_stats = trust_region_stats(sel(layout_log_ratio), config.clip_param)
+                stats[LAYOUT_CLIP_FRACTION] = layout_stats[CLIP_FRACTION]
             for key, value in stats.items():
                 self.metrics.log_value((module_id, key), value, window=1)
             self.metrics.log_dict(

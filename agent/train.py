@@ -102,9 +102,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     # Exploration, in two levels (agent.layout_exploration): first the page layout, a Gaussian offset
     # of sigma `layout_noise` per modality and page, then the items, logits = scores / temperature.
-    # The gap to the best constraint-feasible page is in the layout, and items' noise alone shows it
-    # only at a temperature (4) whose pages are nearly random; the layout's own noise shows it with a
-    # larger signal per batch at a fraction of that cost (reward_landscape.layout_gradient, RESULTS.md).
+    # Items' noise alone shows the layout's gradient only at a temperature (4) whose pages are nearly
+    # random; the layout's own noise shows more of it per batch, far cheaper (RESULTS.md).
     # Not the endpoint's (SERVING_TEMPERATURE). Export and evaluation are deterministic (no noise).
     temperature: float = 0.5
     layout_noise: float = 2.0  # 0: the items' Plackett-Luce noise only
@@ -128,9 +127,7 @@ class TrainConfig:
     # PPO's importance ratio (agent.learner.ConstraintConfig.ratio): "slate" (one per ranking) or
     # "position" (one per placement, with position-level reward-to-go under the cascade)
     ratio: str = "slate"
-    # the page layout's trust region (agent.learner.ConstraintConfig.layout_ratio): "joint" (part of
-    # the action's ratio) or "own" (its own clipped surrogate beside the items')
-    layout_ratio: str = "joint"
+    layout_ratio: str = "joint"  # the layout's trust region: joint or own (ConstraintConfig.layout_ratio)
     # agent.learner.ConstraintConfig.drop_bootstrap_rows: minibatches of real pages only (fewer,
     # larger updates per iteration; off: it trained worse on 2 of 2 paired seeds, README)
     drop_bootstrap_rows: bool = False
