@@ -252,10 +252,6 @@ def satisfied_dwell_thresholds(config: UserModelConfig) -> np.ndarray:
     return np.asarray(config.satisfied_dwell_s, np.float64)
 
 
-def _field(outcome: UserOutcome, name: str) -> np.ndarray:
-    return outcome.viewport if name == "viewport_draw" else getattr(outcome, name)
-
-
 class UserModel:
     """Vectorised simulated user over batches of shown slates.
 
@@ -336,8 +332,10 @@ class UserModel:
             self._simulate(code[i : i + self.CHUNK], att[i : i + self.CHUNK], padded, rng)
             for i in range(0, b, self.CHUNK)
         ]
+        eager = [f.name for f in fields(UserOutcome) if f.name != "viewport_draw"]  # the viewport stays lazy
         return UserOutcome(
-            **{f.name: np.concatenate([_field(p, f.name) for p in parts]) for f in fields(UserOutcome)}
+            **{name: np.concatenate([getattr(p, name) for p in parts]) for name in eager},
+            viewport_draw=lambda: np.concatenate([p.viewport for p in parts]),
         )
 
     def _miss(self, code: np.ndarray) -> np.ndarray:
