@@ -33,9 +33,8 @@ import torch
 from agent.constraint import Lagrangian, LagrangianConfig
 from agent.objectives import Fit, dr_steps, ppo_epochs
 from envs.pages import Pages
-from envs.reward import RewardConfig, observed_satisfying
-from envs.user_model import UserModelConfig, satisfied_dwell_thresholds
-from envs.viewport import answer_viewport_threshold
+from envs.reward import RewardConfig, logged_satisfying
+from envs.user_model import UserModelConfig
 from pretrain.losses import LossConfig
 from pretrain.page import PageBatch, collate, from_arrow
 from pretrain.reranker import PAD_SCORE, WholePageReranker
@@ -112,11 +111,8 @@ def observed_reward(
     events (`envs.reward.observed_satisfying`: satisfied clicks, and unclicked answers whose viewport
     reached the threshold; `viewport` None = an older log without it). A serve log has no session
     index, so each impression counts as a first query unless `query_index` is given."""
-    user = user or UserModelConfig()
     click = np.clip(np.nan_to_num(click, nan=0.0), 0, 1) > 0
-    sat = observed_satisfying(
-        click, dwell, modality, satisfied_dwell_thresholds(user), viewport, answer_viewport_threshold(user)
-    )
+    sat = logged_satisfying(user or UserModelConfig(), click, dwell, modality, viewport)
     return reward.rewards(click, sat, query_index).astype(np.float64)
 
 

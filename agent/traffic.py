@@ -34,9 +34,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from agent.evaluation import session_page_lists
-from envs.reward import RewardConfig, observed_satisfying
-from envs.user_model import UserModel, UserModelConfig, satisfied_dwell_thresholds
-from envs.viewport import answer_viewport_threshold
+from envs.reward import RewardConfig, logged_satisfying
+from envs.user_model import UserModel, UserModelConfig
 from envs.world import Split
 
 
@@ -155,15 +154,7 @@ class _TrafficRun:
             truth.relevance[shown][None], truth.attractiveness[shown][None], mod, None, srng
         )
         items = feedback_items(shown_ids, out.click[0], out.dwell[0], mod[0], out.viewport[0])
-        c = self.model.config
-        sat = observed_satisfying(
-            out.click,
-            out.dwell,
-            mod,
-            satisfied_dwell_thresholds(c),
-            out.viewport,
-            answer_viewport_threshold(c),
-        )
+        sat = logged_satisfying(self.model.config, out.click, out.dwell, mod, out.viewport)
         observed = float(self.reward.rewards(out.click, sat, q).sum())
         with self.lock:
             self.impressions += 1

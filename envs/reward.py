@@ -30,6 +30,8 @@ import numpy as np
 
 from envs.config_io import JsonConfig, from_dict
 from envs.pages import MODALITY_ID
+from envs.user_model import UserModelConfig, satisfied_dwell_thresholds
+from envs.viewport import answer_viewport_threshold
 
 RewardName = Literal["success", "clicks", "satisfied", "err"]
 REWARD_NAMES: tuple[str, ...] = get_args(RewardName)
@@ -122,3 +124,22 @@ def observed_satisfying(
         return sat
     seen = np.nan_to_num(np.asarray(viewport, np.float64), nan=0.0)
     return sat | (~click & (mod == MODALITY_ID["answer"]) & (seen >= viewport_threshold))
+
+
+def logged_satisfying(
+    config: UserModelConfig,
+    click: np.ndarray,
+    dwell: np.ndarray,
+    modality: np.ndarray,
+    viewport: np.ndarray | None = None,
+) -> np.ndarray:
+    """`observed_satisfying` at the thresholds of a user model (the satisfied dwell per
+    modality, the answer viewport): the satisfying events a log of these users shows."""
+    return observed_satisfying(
+        click,
+        dwell,
+        modality,
+        satisfied_dwell_thresholds(config),
+        viewport,
+        answer_viewport_threshold(config),
+    )
