@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from agent.constraint import Lagrangian
-from agent.ope import cascade_dr, cascade_tensors, logged_reward_model
+from agent.ope import cascade_dr, cascade_tensors, logged_reward_model, prefix_weights
 from pretrain import plackett_luce as pl
 
 if TYPE_CHECKING:
@@ -93,7 +93,8 @@ def dr_steps(fit: Fit) -> None:
         scores = fit.score(i)
         logits = pl.masked_logits(scores, pb.mask) / temp
         target_logp, q_shown, q_exp = cascade_tensors(logits, pb.modality, ranking, q_table)
-        d = cascade_dr(logged_logp, target_logp, reward, q_shown, q_exp, cfg.max_weight) - reward.sum(1)
+        w = prefix_weights(logged_logp, target_logp, cfg.max_weight)
+        d = cascade_dr(w, reward, q_shown, q_exp) - reward.sum(1)
         lower = d.mean() - cfg.pessimism * d.std() / np.sqrt(len(d))
         # the constraint's pairwise hinge is quadratic in the page size: a minibatch of it per step
         j = torch.from_numpy(rng.choice(len(batch), min(cfg.minibatch, len(batch)), replace=False))

@@ -50,24 +50,28 @@ class CascadeTerms:
     q_expected: np.ndarray  # E_{a ~ pi_e(.|a_<k)} q(a, k)
 
 
-def prefix_weights(logged_logp: np.ndarray, target_logp: np.ndarray, max_weight: float | None) -> np.ndarray:
-    w = np.exp(np.cumsum(target_logp - logged_logp, axis=1))
-    return np.minimum(w, max_weight) if max_weight is not None else w
+def prefix_weights(
+    logged_logp: torch.Tensor, target_logp: torch.Tensor, max_weight: float | None
+) -> torch.Tensor:
+    """The cascade's prefix importance weights prod_{j<=k} pi_e(a_j | a_<j) / pi_0(a_j | a_<j), [n, K],
+    clipped at `max_weight` (a clipped weight carries no gradient: clipping trades bias for variance)."""
+    w = torch.exp(torch.cumsum(target_logp - logged_logp, 1))
+    return w.clamp(max=max_weight) if max_weight is not None else w
 
 
 def per_impression(terms: CascadeTerms, max_weight: float | None) -> dict[str, np.ndarray]:
     """Per-impression contributions ("ips", "dr": [n]; SNIPS numerator and denominator: [n, K]), so
     estimates, bootstrap and paired differences share one computation."""
-    w = prefix_weights(terms.logged_logp, terms.target_logp, max_weight)
-    t = (
+    logged, target, reward, q_shown, q_expected = (
         torch.from_numpy(np.asarray(x, np.float64))
         for x in (terms.logged_logp, terms.target_logp, terms.reward, terms.q_shown, terms.q_expected)
     )
+    w = prefix_weights(logged, target, max_weight)
     return {
-        "ips": (w * terms.reward).sum(1),
-        "dr": cascade_dr(*t, max_weight).numpy(),
-        "snips_num": w * terms.reward,  # [n, K]
-        "snips_den": w,
+        "ips": (w * reward).sum(1).numpy(),
+        "dr": cascade_dr(w, reward, q_shown, q_expected).numpy(),
+        "snips_num": (w * reward).numpy(),  # [n, K]
+        "snips_den": w.numpy(),
     }
 
 
@@ -173,18 +177,10 @@ def cascade_tensors(
 
 
 def cascade_dr(
-    logged_logp: torch.Tensor,
-    target_logp: torch.Tensor,
-    reward: torch.Tensor,
-    q_shown: torch.Tensor,
-    q_expected: torch.Tensor,
-    max_weight: float | None,
+    w: torch.Tensor, reward: torch.Tensor, q_shown: torch.Tensor, q_expected: torch.Tensor
 ) -> torch.Tensor:
-    """Per-impression cascade DR contributions [n] (the module docstring's formula), differentiable in
-    the target terms; a clipped prefix weight carries no gradient (clipping trades bias for variance)."""
-    w = torch.exp(torch.cumsum(target_logp - logged_logp, 1))
-    if max_weight is not None:
-        w = w.clamp(max=max_weight)
+    """Per-impression cascade DR contributions [n] (the module docstring's formula) from the prefix
+    weights `w` (`prefix_weights`), differentiable in the target terms."""
     w_prev = torch.cat([torch.ones_like(w[:, :1]), w[:, :-1]], 1)
     return (w * (reward - q_shown) + w_prev * q_expected).sum(1)
 

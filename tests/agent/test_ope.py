@@ -63,8 +63,9 @@ def _logged_set(n: int, seed: int):
 def test_prefix_weights_golden() -> None:
     logged = np.log(np.array([[0.5, 0.25]]))
     target = np.log(np.array([[0.25, 0.5]]))
-    np.testing.assert_allclose(prefix_weights(logged, target, None), [[0.5, 1.0]])
-    np.testing.assert_allclose(prefix_weights(logged, target, 0.75), [[0.5, 0.75]])
+    logged, target = torch.from_numpy(logged), torch.from_numpy(target)
+    np.testing.assert_allclose(prefix_weights(logged, target, None).numpy(), [[0.5, 1.0]])
+    np.testing.assert_allclose(prefix_weights(logged, target, 0.75).numpy(), [[0.5, 0.75]])
 
 
 def test_same_policy_ips_equals_mean_reward() -> None:
