@@ -106,10 +106,7 @@ class RouteMetrics:
             version = _STATE["model_version"]
             key = (route, version, str(status["code"]))
             self._pending[key] = self._pending.get(key, 0) + 1
-            lat = self._latencies.get((route, version))
-            if lat is None:
-                lat = self._latencies[(route, version)] = []
-            lat.append(1000 * (time.perf_counter() - t0))
+            self._latencies.setdefault((route, version), []).append(1000 * (time.perf_counter() - t0))
             if self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
 
