@@ -49,6 +49,7 @@ from ray.rllib.utils.torch_utils import explained_variance
 from agent import layout_exploration as layout
 from agent.constraint import Lagrangian, LagrangianConfig, topk_agreement
 from agent.distribution import ENTROPY_SAMPLES
+from agent.env_runner import skip_nan_fill
 from agent.learner_connectors import POSITION_ADVANTAGES, DropBootstrapRows, PositionAdvantages, ValueInputs
 from agent.rl_module import SCORES
 from envs.config_io import from_dict
@@ -165,6 +166,7 @@ class ConstrainedPPOLearner(PPOTorchLearner):
         # Parsed before super().build(): configure_optimizers_for_module reads offset_lr_scale.
         self.constraint = ConstraintConfig.from_dict(self.config.learner_config_dict)
         super().build()
+        skip_nan_fill()  # RLlib's seeding (in Learner.__init__) turned on torch's NaN fill too
         if self._learner_connector is not None:  # the value inputs once, before GAE's value pass
             self._learner_connector.insert_before(GeneralAdvantageEstimation, ValueInputs())
         if self.constraint.ratio == "position" and self._learner_connector is not None:
