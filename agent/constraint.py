@@ -146,8 +146,11 @@ class Lagrangian:
             m, c = topk_agreement(scores.detach(), reference, modality, mask, self.k)
         self.mass += float(m)
         self.pairs += float(c)
-        hinge = self.hinge(scores, reference, modality, mask, self.cfg.margin)
         weight = self.multiplier if self.cfg.enabled else 0.0
+        # At lambda 0 (or disabled) the penalty's gradient is exactly zero: the hinge is then only
+        # measured, without an autograd graph, so no backward pass runs through its [B, N, N] pairs.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):
+            hinge = self.hinge(scores, reference, modality, mask, self.cfg.margin)
         return weight * hinge, hinge
 
     @property

@@ -164,3 +164,18 @@ def test_pooled_hinge_equals_the_hinge_in_value_and_gradient():
     torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-6, atol=1e-7)
     assert float(pooled_consistency_hinge(scores, ref, mod, torch.zeros_like(mask), 0.7)) == 0.0
+
+
+def test_penalty_at_multiplier_zero_is_measured_without_a_graph():
+    """At lambda 0 the hinge is the same value but has no graph (its gradient would be exact zeros),
+    and the scores' gradient through the rest of the loss is unchanged; at lambda > 0 it has one."""
+    scores = torch.tensor([[2.0, 1.9, 0.0, 0.5]], requires_grad=True)
+    zero = Lagrangian(LagrangianConfig(margin=0.25, multiplier_init=0.0), slate_size=4)
+    penalty, hinge = zero.penalty(scores, REF, MOD, MASK)
+    assert hinge.grad_fn is None and penalty.grad_fn is None
+    assert float(hinge) == pytest.approx(0.9) and float(penalty) == 0.0
+    (scores.pow(2).sum() + penalty).backward()
+    assert torch.equal(scores.grad, 2 * scores.detach())
+    two = Lagrangian(LagrangianConfig(margin=0.25, multiplier_init=2.0), slate_size=4)
+    penalty, hinge = two.penalty(scores, REF, MOD, MASK)
+    assert penalty.grad_fn is not None and float(hinge) == pytest.approx(0.9)
