@@ -50,7 +50,13 @@ from agent import layout_exploration as layout
 from agent.constraint import Lagrangian, LagrangianConfig, topk_agreement
 from agent.distribution import ENTROPY_SAMPLES
 from agent.env_runner import skip_nan_fill
-from agent.learner_connectors import POSITION_ADVANTAGES, DropBootstrapRows, PositionAdvantages, ValueInputs
+from agent.learner_connectors import (
+    POSITION_ADVANTAGES,
+    DropBootstrapRows,
+    PositionAdvantages,
+    SplitObservations,
+    ValueInputs,
+)
 from agent.rl_module import SCORES
 from envs.config_io import from_dict
 from envs.pages import Pages
@@ -167,7 +173,8 @@ class ConstrainedPPOLearner(PPOTorchLearner):
         self.constraint = ConstraintConfig.from_dict(self.config.learner_config_dict)
         super().build()
         skip_nan_fill()  # RLlib's seeding (in Learner.__init__) turned on torch's NaN fill too
-        if self._learner_connector is not None:  # the value inputs once, before GAE's value pass
+        if self._learner_connector is not None:  # the Dict observations and value inputs once, before GAE
+            self._learner_connector.insert_before(GeneralAdvantageEstimation, SplitObservations())
             self._learner_connector.insert_before(GeneralAdvantageEstimation, ValueInputs())
         if self.constraint.ratio == "position" and self._learner_connector is not None:
             # after RLlib's GAE (which PPOLearner.build appends last): per-position advantages

@@ -1,5 +1,6 @@
-"""The learner connector pieces of `agent.learner.ConstrainedPPOLearner`: the value function's inputs
-once per train batch (`ValueInputs`, before RLlib's GAE), and after GAE the per-position advantages
+"""The learner connector pieces of `agent.learner.ConstrainedPPOLearner`: the flat observations split
+back into their Dict (`SplitObservations`) and the value function's inputs once per train batch
+(`ValueInputs`), both before RLlib's GAE, and after GAE the per-position advantages
 of ratio "position" (`PositionAdvantages`) and the removal of PPO's value-bootstrap rows
 (`DropBootstrapRows`)."""
 
@@ -16,6 +17,20 @@ from agent.rl_module import VALUE_INPUTS
 
 POSITION_REWARDS = "position_rewards"  # batch column [B, K]: the page reward per shown position (env info)
 POSITION_ADVANTAGES = "position_advantages"  # batch column [B, K]: PositionAdvantages' output
+
+
+class SplitObservations(ConnectorV2):
+    """Learner connector piece (first of ours): a flat observation column (`agent.flat_obs`, as the
+    env runners sample it) back into the SerpEnv Dict of tensors, once per train batch, so the
+    minibatches, the loss and the value inputs see the Dict's leaves."""
+
+    @override(ConnectorV2)
+    def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
+        for mid, mb in batch.items():
+            module = rl_module[mid].unwrapped()
+            if Columns.OBS in mb and hasattr(module, "observations"):
+                mb[Columns.OBS] = module.observations(mb)
+        return batch
 
 
 class ValueInputs(ConnectorV2):

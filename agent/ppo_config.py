@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from gymnasium.vector.utils import batch_space
 
+from agent import flat_obs
 from envs.serp_env import SerpConfig, SerpEnv
 from envs.serp_vector_env import SerpVectorEnv
 
@@ -19,16 +21,24 @@ MODULE_ID = "default_policy"
 
 
 class RLlibSerpEnv(SerpEnv):
-    """SerpEnv built from an RLlib env config {"pages", "truth", "serp"} (RLlib calls `env_cls(config)`)."""
+    """SerpEnv built from an RLlib env config {"pages", "truth", "serp"} (RLlib calls `env_cls(config)`),
+    its observations flat (`agent.flat_obs`; `dict_observation_space` is SerpEnv's Dict)."""
 
     def __init__(self, config: dict | None = None) -> None:
         config = dict(config or {})
         super().__init__(pages=config.get("pages"), truth=config.get("truth"), config=config.get("serp"))
+        self.dict_observation_space = self.observation_space
+        self.observation_space = flat_obs.flat_space(self.observation_space)
+        self._flat = flat_obs.flatten(_page_arrays(self), batch_dims=1)  # [pages, W], once
+
+    def _obs(self, p: int) -> np.ndarray:
+        return self._flat[p]
 
 
 class RLlibSerpVectorEnv(SerpVectorEnv):
     """SerpVectorEnv from an RLlib env config {"pages", "truth", "serp", "num_envs"}: with
-    `gym_env_vectorize_mode="vector_entry_point"` RLlib builds `env_cls(env_config | {"num_envs": N})`."""
+    `gym_env_vectorize_mode="vector_entry_point"` RLlib builds `env_cls(env_config | {"num_envs": N})`.
+    Its observations are flat (`agent.flat_obs`): one gather of [num_envs, W] per step."""
 
     def __init__(self, config: dict | None = None) -> None:
         config = dict(config or {})
@@ -38,6 +48,18 @@ class RLlibSerpVectorEnv(SerpVectorEnv):
             truth=config.get("truth"),
             config=config.get("serp"),
         )
+        self.single_observation_space = flat_obs.flat_space(self.single_env.observation_space)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self._flat = flat_obs.flatten(_page_arrays(self.single_env), batch_dims=1)
+
+    def _obs(self) -> np.ndarray:
+        return self._flat[self._page]
+
+
+def _page_arrays(env: SerpEnv) -> dict[str, np.ndarray]:
+    """SerpEnv's padded per-page observation arrays, [pages, ...] per Dict key (what its `_obs` indexes)."""
+    arrays = {"features": env._features, "modality": env._modality, "mask": env._mask}
+    return arrays | {"single_modal_score": env._sm, "query": env._query, "user": env._user}
 
 
 class SharedEnvConfig(dict):
@@ -131,6 +153,8 @@ def build_ppo_config(
     mc = {k: v for k, v in model_config.items() if k != "reference_checkpoint"}
     mc["temperature"] = cfg.temperature
     mc["layout_noise"] = cfg.layout_noise
+    env = SerpEnv(pages=train_split.pages, truth=train_split.truth, config=serp)  # its Dict: the flat layout
+    mc[flat_obs.LAYOUT_KEY] = flat_obs.layout(env.observation_space)
     # The batched SerpVectorEnv steps all of a runner's envs in one user-model call; the old path
     # (cfg.vector_env False) stacks SerpEnvs in gymnasium's SyncVectorEnv.
     env_cls, vectorize = (

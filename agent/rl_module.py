@@ -21,6 +21,8 @@ model_config keys (a plain dict so it travels to every env runner and learner):
   temperature      logits = scores / temperature (exploration width; 1.0 = the reranker's own scale)
   layout_noise     sigma of the Gaussian layout exploration (agent.layout_exploration); 0: none
   value_hidden     width of the value MLP
+  obs_layout       with a flat Box observation space (`agent.flat_obs`, what `smar train` uses): the
+                   layout of the Dict leaves in the flat vector; without it the space is the SerpEnv Dict
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces as gym_spaces
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
@@ -37,6 +40,7 @@ from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from ray.rllib.utils.annotations import override
 from torch import nn
 
+from agent import flat_obs
 from agent import layout_exploration as layout
 from agent.distribution import plackett_luce_cls
 from envs.pages import N_MODALITIES, Pages
@@ -44,7 +48,7 @@ from pretrain import plackett_luce as pl
 from pretrain.checkpoint import load_checkpoint
 from pretrain.reranker import RerankerConfig, WholePageReranker, signed_log
 
-OBS_KEYS = ("features", "modality", "mask", "single_modal_score", "query", "user")
+OBS_KEYS = flat_obs.OBS_KEYS
 # Batch column of the env-to-module connector `MarkEndedEpisodes`: the row's episode has ended.
 ENDED = "episode_ended"
 SCORES = "reranker_scores"  # extra forward_train output: raw scores (before temperature) for the learner
@@ -104,11 +108,13 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
         self.reranker = build_reranker(mc)
         self.reranker.lean = True  # the same scores with less work (WholePageReranker.lean)
         obs = self.observation_space
+        self.obs_layout = mc.get(flat_obs.LAYOUT_KEY)
         if obs is not None:
-            missing = [k for k in OBS_KEYS if k not in obs.spaces]
+            shapes = self._obs_shapes(obs)
+            missing = [k for k in OBS_KEYS if k not in shapes]
             if missing:
                 raise ValueError(f"observation space lacks {missing}; expected the SerpEnv Dict {OBS_KEYS}")
-            d_obs = obs["features"].shape[-1]
+            d_obs = shapes["features"][-1]
             if d_obs != self.reranker.dmax:
                 raise ValueError(
                     f"observation 'features' width {d_obs} != reranker feature width {self.reranker.dmax}"
@@ -129,6 +135,24 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
         nn.init.zeros_(self.value_head[-1].bias)
         self.action_dist_cls = plackett_luce_cls(self.slate_size)
 
+    def _obs_shapes(self, space: Any) -> dict[str, tuple]:
+        """Leaf shapes of the observation space: the Dict's, or those of a flat Box's layout."""
+        if isinstance(space, gym_spaces.Dict):
+            return {k: tuple(v.shape) for k, v in space.spaces.items()}
+        if self.obs_layout is None:
+            raise ValueError("a flat observation space needs model_config['obs_layout'] (agent.flat_obs)")
+        width = sum(int(np.prod(shape)) for _, shape in self.obs_layout)
+        if tuple(space.shape) != (width,):
+            raise ValueError(
+                f"flat observation space {space.shape} does not match its layout (width {width})"
+            )
+        return {k: tuple(shape) for k, shape in self.obs_layout}
+
+    def observations(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The batch's observations as the SerpEnv Dict of tensors (split from a flat [B, W] tensor)."""
+        obs = batch[Columns.OBS]
+        return obs if isinstance(obs, dict) else flat_obs.unflatten(obs, self.obs_layout)
+
     # ------------------------------------------------------------------ policy
     def scores(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Raw reranker scores [B, N] (PAD_SCORE on padding)."""
@@ -139,7 +163,7 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
         return pl.masked_logits(s, obs["mask"], self.temperature)
 
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        return {Columns.ACTION_DIST_INPUTS: self.logits(batch[Columns.OBS])}
+        return {Columns.ACTION_DIST_INPUTS: self.logits(self.observations(batch))}
 
     def layout_mean(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The policy's page layout [B, M]: its modality offsets relative to the first modality, the
@@ -155,7 +179,7 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
         page's layout is explored too (`agent.layout_exploration`): the noise and the policy's own
         relative offsets become batch columns for the learner. No autograd graph is built (RLlib's
         default `_forward_exploration` has the same `no_grad`)."""
-        obs = batch[Columns.OBS]
+        obs = self.observations(batch)
         ended = batch.get(ENDED)
         if ended is None or not bool(ended.any()):
             scores = self.scores(obs)
@@ -183,7 +207,7 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
         finite policy, no gradient) instead of a reranker forward and backward pass. With layout
         exploration the sampled layout is re-centred on this policy's offsets (LAYOUT_LOGP: its
         Gaussian log-density, the first factor of the action's probability)."""
-        obs = batch[Columns.OBS]
+        obs = self.observations(batch)
         rows = batch.get(Columns.LOSS_MASK)
         if rows is None or bool(rows.all()):
             scores = self.scores(obs)
@@ -224,7 +248,7 @@ class RerankerPolicyModule(TorchRLModule, ValueFunctionAPI):
         depends only on the observations and the normaliser buffers, which training never changes)."""
         x = batch.get(VALUE_INPUTS)
         if x is None:
-            x = self.value_inputs(batch[Columns.OBS])
+            x = self.value_inputs(self.observations(batch))
         return self.value_head(x).squeeze(-1)
 
 
