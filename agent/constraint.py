@@ -142,16 +142,27 @@ class Lagrangian:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(lambda * hinge, hinge) on one minibatch; the minibatch's top-K agreement joins the period's."""
         mask = mask.bool()
-        with torch.no_grad():
-            m, c = topk_agreement(scores.detach(), reference, modality, mask, self.k)
-        self.mass += float(m)
-        self.pairs += float(c)
-        weight = self.multiplier if self.cfg.enabled else 0.0
+        self.measure(scores, reference, modality, mask)
+        weight = self.weight
         # At lambda 0 (or disabled) the penalty's gradient is exactly zero: the hinge is then only
         # measured, without an autograd graph, so no backward pass runs through its [B, N, N] pairs.
         with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):
             hinge = self.hinge(scores, reference, modality, mask, self.cfg.margin)
         return weight * hinge, hinge
+
+    @property
+    def weight(self) -> float:
+        """The penalty's factor: lambda, or 0 with the constraint disabled."""
+        return self.multiplier if self.cfg.enabled else 0.0
+
+    def measure(
+        self, scores: torch.Tensor, reference: torch.Tensor, modality: torch.Tensor, mask: torch.Tensor
+    ) -> None:
+        """The minibatch's top-K agreement joins the period's (what `penalty` does besides the hinge)."""
+        with torch.no_grad():
+            m, c = topk_agreement(scores.detach(), reference, modality, mask.bool(), self.k)
+        self.mass += float(m)
+        self.pairs += float(c)
 
     @property
     def agreement(self) -> float | None:

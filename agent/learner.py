@@ -183,6 +183,9 @@ class ConstrainedPPOLearner(PPOTorchLearner):
             self._learner_connector.append(DropBootstrapRows())
         self.lagrangians: dict[str, Lagrangian] = {}
         self._pending_entropy: dict[str, tuple] = {}  # _defer_entropy
+        # At lambda 0 the hinge is a logged statistic only, and RLlib keeps the last minibatch's
+        # (window 1): its inputs are kept and it is computed once, after the update (_log_deferred_hinge).
+        self._pending_hinge: dict[str, tuple] = {}
         self.targets: dict[str, float] = {}
         # The frozen SMAR policy: a plain attribute of the learner, NOT a submodule of the trained
         # RLModule (a parameter without gradient inside the trained module breaks RLlib's gradient
@@ -261,11 +264,17 @@ class ConstrainedPPOLearner(PPOTorchLearner):
         reference, modality = obs["single_modal_score"], obs["modality"].long()
 
         lag = self._lagrangian(module_id)
-        penalty, hinge = lag.penalty(scores, reference, modality, mask)
+        if lag.weight == 0.0:  # the penalty is exactly 0: the hinge is only logged (_defer_hinge)
+            lag.measure(scores, reference, modality, mask)
+            self._pending_hinge[module_id] = (scores.detach(), reference, modality, mask)
+        else:
+            penalty, hinge = lag.penalty(scores, reference, modality, mask)
+            total = total + penalty
+            self._pending_hinge.pop(module_id, None)
+            self.metrics.log_value((module_id, HINGE), hinge.detach(), window=1)
         if module_id not in self.targets:  # target_fraction x the first batch's agreement
             first = lag.agreement if lag.agreement is not None else 1.0
             self.targets[module_id] = c.target if c.target is not None else c.target_fraction * first
-        total = total + penalty
 
         if self._reference is not None:
             with torch.no_grad():
@@ -281,7 +290,6 @@ class ConstrainedPPOLearner(PPOTorchLearner):
             total = total + c.reference_kl_coeff * kl
             self.metrics.log_value((module_id, REFERENCE_KL), kl.detach(), window=1)
 
-        self.metrics.log_value((module_id, HINGE), hinge.detach(), window=1)
         return total
 
     def _ppo_loss(self, module_id, module, config, batch, fwd_out, rows) -> torch.Tensor:
@@ -395,11 +403,20 @@ class ConstrainedPPOLearner(PPOTorchLearner):
             self.metrics.log_value((module_id, ENTROPY_KEY), value, window=1)
         self._pending_entropy.clear()
 
+    def _log_deferred_hinge(self) -> None:
+        for module_id, (scores, reference, modality, mask) in self._pending_hinge.items():
+            lag = self.lagrangians[module_id]
+            with torch.no_grad():
+                hinge = lag.hinge(scores, reference, modality, mask.bool(), lag.cfg.margin)
+            self.metrics.log_value((module_id, HINGE), hinge, window=1)
+        self._pending_hinge.clear()
+
     # ------------------------------------------------------------------ dual ascent
     @override(PPOTorchLearner)
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().after_gradient_based_update(timesteps=timesteps)
         self._log_deferred_entropy()
+        self._log_deferred_hinge()  # before the dual step changes lambda
         for module_id, lag in self.lagrangians.items():
             agreement = lag.dual_step(self.targets[module_id])
             if agreement is None:

@@ -179,3 +179,39 @@ def test_penalty_at_multiplier_zero_is_measured_without_a_graph():
     two = Lagrangian(LagrangianConfig(margin=0.25, multiplier_init=2.0), slate_size=4)
     penalty, hinge = two.penalty(scores, REF, MOD, MASK)
     assert penalty.grad_fn is not None and float(hinge) == pytest.approx(0.9)
+
+
+def test_learner_at_multiplier_zero_logs_the_last_minibatchs_hinge(scored_env, make_learner):
+    """At lambda 0 the loss is the unconstrained one and the hinge is computed once, after the update,
+    for the last minibatch (RLlib keeps the last one's, window 1); with lambda > 0 it is logged as is."""
+    from agent.learner import HINGE
+
+    env = scored_env
+    env.reset(seed=0)
+    obs = [env.reset(options={"session": s})[0] for s in range(10)]
+    o = {k: torch.as_tensor(np.stack([x[k] for x in obs])) for k in obs[0]}
+    ref, mod, mask = o["single_modal_score"], o["modality"].long(), o["mask"].bool()
+    for multiplier in (0.0, 2.0):
+        learner = make_learner(margin=0.7, multiplier_init=multiplier, multiplier_lr=0.0, target=0.99)
+        off = make_learner(enabled=False, margin=0.7)
+        hinges = []
+        for seed in (3, 4):  # two minibatches
+            scores = torch.randn(o["mask"].shape, generator=torch.Generator().manual_seed(seed))
+            logits = pl.masked_logits(scores, o["mask"], 1.0)
+            actions = pl.greedy_topk(logits, 5)
+            batch = {
+                Columns.OBS: o,
+                Columns.ACTIONS: actions,
+                Columns.ACTION_DIST_INPUTS: logits,
+                Columns.ACTION_LOGP: pl.log_prob(logits, actions),
+                Postprocessing.ADVANTAGES: torch.zeros(10),
+                Postprocessing.VALUE_TARGETS: torch.zeros(10),
+            }
+            fwd = {Columns.ACTION_DIST_INPUTS: logits, SCORES: scores}
+            kw = {"module_id": "default_policy", "batch": batch, "fwd_out": fwd}
+            loss = learner.compute_loss_for_module(config=learner.config, **kw)
+            plain = off.compute_loss_for_module(config=off.config, **kw)
+            hinges.append(float(consistency_hinge(scores, ref, mod, mask, 0.7)))
+            assert float(loss - plain) == pytest.approx(multiplier * hinges[-1], rel=1e-5, abs=0.0)
+        learner.after_gradient_based_update(timesteps={})
+        assert float(learner.metrics.peek(("default_policy", HINGE))) == pytest.approx(hinges[1], rel=1e-5)
