@@ -167,8 +167,12 @@ class WholePageReranker(nn.Module):
         fills a zero gradient of the whole projection for each of the three. The same operations on
         the same values otherwise."""
         b, n, e = x.shape
-        mask = torch.zeros(key_pad.shape, dtype=x.dtype, device=x.device).masked_fill(key_pad, float("-inf"))
-        mask = mask[:, None, None, :]  # [B, 1, 1, N], as MultiheadAttention hands it to the kernel
+        mask = None  # no padded slot: the kernel's all-zero additive mask adds nothing (same values)
+        if bool(key_pad.any()):
+            mask = torch.zeros(key_pad.shape, dtype=x.dtype, device=x.device).masked_fill(
+                key_pad, float("-inf")
+            )
+            mask = mask[:, None, None, :]  # [B, 1, 1, N], as MultiheadAttention hands it to the kernel
         for layer in self.encoder.layers:
             attn = layer.self_attn
             heads = attn.num_heads

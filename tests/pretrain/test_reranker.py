@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pretrain.page import collate
@@ -52,14 +53,21 @@ def test_config_without_offsets_round_trips(tiny_world):
     assert WholePageReranker(cfg).offset_head is None
 
 
-def test_lean_form_gives_the_standard_scores_and_gradients(tiny_world):
+@pytest.mark.parametrize("padded", [True, False])
+def test_lean_form_gives_the_standard_scores_and_gradients(tiny_world, padded):
     """The lean form (each adapter only on its own modality's items, the encoder layers written
-    out; what the RL policy runs): the standard form's scores and gradients, with and without
-    gradients on; every adapter gets a gradient (zero) when its modality is absent."""
+    out, no attention mask without padding; what the RL policy runs): the standard form's scores
+    and gradients, with and without gradients on; every adapter gets a gradient (zero) when its
+    modality is absent."""
     pages = tiny_world.traffic.pages.select(slice(0, 12))
     net = _model(pages, modality_offsets=True).train()
     b = collate(pages)
-    b.mask[3, 5:] = False  # a partly padded page
+    if padded:
+        b.mask[3, 5:] = False  # a partly padded page
+    else:
+        keep = b.mask.all(-1)
+        b = type(b)(**{k: v[keep] for k, v in b.__dict__.items()})
+        assert len(b.mask) and b.mask.all()
     grads, scores = [], []
     for lean in (False, True):
         net.lean = lean
