@@ -162,7 +162,9 @@ def build_ppo_config(
     )
     config = (
         PPOConfig()
-        .environment(env_cls)
+        # RLlib unsquashes Box actions only; for the slate (MultiDiscrete) it would deep-copy every
+        # action into an identical env column each step
+        .environment(env_cls, normalize_actions=False)
         .env_runners(
             env_runner_cls=SerpEnvRunner,
             num_env_runners=cfg.env_runners,
