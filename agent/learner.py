@@ -247,6 +247,21 @@ class ConstrainedPPOLearner(PPOTorchLearner):
                 lr_or_lr_schedule=scaled_schedule(config.lr, scale),
             )
 
+    @override(PPOTorchLearner)
+    def apply_gradients(self, gradients_dict: dict) -> None:
+        """RLlib's, with its finiteness checks (two per parameter, each a host sync) done once over
+        all gradients: with every gradient finite RLlib's checks all pass, so they are skipped
+        (`torch_skip_nan_gradients` for this call); otherwise RLlib's own handling runs."""
+        grads = [g.reshape(-1) for g in gradients_dict.values() if g is not None]
+        if not grads or not bool(torch.isfinite(torch.cat(grads)).all()):
+            return super().apply_gradients(gradients_dict)
+        skip = self.config.torch_skip_nan_gradients
+        self.config.torch_skip_nan_gradients = True
+        try:
+            super().apply_gradients(gradients_dict)
+        finally:
+            self.config.torch_skip_nan_gradients = skip
+
     # ------------------------------------------------------------------ the loss
     @override(PPOTorchLearner)
     def compute_loss_for_module(

@@ -192,6 +192,25 @@ def test_body_lr_scale_zero_trains_the_layout_and_value_head_only(make_learner):
         ConstraintConfig(body_lr_scale=-1.0)
 
 
+def test_apply_gradients_checks_finiteness_once_and_keeps_rllibs_nan_handling(make_learner):
+    """Finite gradients: every optimizer steps (the parameters move), and RLlib's per-parameter
+    checks are skipped for that call only; a non-finite gradient still takes RLlib's path (set to
+    zero, so the step leaves no NaN)."""
+    for bad in (False, True):
+        learner = make_learner()
+        params = dict(learner._params)
+        before = {pid: p.detach().clone() for pid, p in params.items()}
+        grads = {pid: torch.full_like(p, 0.01) for pid, p in params.items()}
+        if bad:
+            first = next(iter(grads))
+            grads[first] = torch.full_like(grads[first], float("nan"))
+        learner.apply_gradients(grads)
+        assert learner.config.torch_skip_nan_gradients is False
+        for pid, p in params.items():
+            assert torch.isfinite(p).all()
+            assert not torch.equal(p.detach(), before[pid]) or (bad and pid is first)
+
+
 def test_trust_region_stats_are_the_clip_share_and_k3_kl():
     log_ratio = torch.log(torch.tensor([1.0, 1.1, 0.5, 2.0]))
     stats = trust_region_stats(log_ratio, 0.2)
