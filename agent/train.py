@@ -254,7 +254,7 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) one PPO policy as configured; export it; return where everything is."""
     import ray
 
-    from pretrain.runtime import torch_threads
+    from pretrain.runtime import frozen_heap, torch_threads
 
     t0 = time.time()
     s = _setup(cfg)  # 1. data, environment, start policy, constraint target
@@ -265,7 +265,8 @@ def train_policy(cfg: TrainConfig) -> TrainResult:
         try:
             t = _Training(cfg, s, algo, margin)
             initial_eval, rows, start_iter = _initial_evaluation(t)  # 2. (or where --resume continues)
-            rows, env_steps = _iterate(t, rows, start_iter)  # 3. PPO iterations, logged and checkpointed
+            with frozen_heap():  # the set-up's objects out of the garbage collector's full passes
+                rows, env_steps = _iterate(t, rows, start_iter)  # 3. PPO iterations, logged, checkpointed
             net = _best_iterate(t)  # 4. the policy to export
             final_eval = t.evaluate(cfg.final_eval_repeats, cfg.seed + 20_000, net)
         finally:
