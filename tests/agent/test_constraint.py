@@ -72,28 +72,38 @@ def test_margin_comes_from_the_checkpoint():
 
 
 # --------------------------------------------------------------------------- through both callers
+def _observations(env) -> dict[str, torch.Tensor]:
+    """Ten sessions' first observations of `env`, stacked as a learner batch's OBS."""
+    env.reset(seed=0)
+    obs = [env.reset(options={"session": s})[0] for s in range(10)]
+    return {k: torch.as_tensor(np.stack([x[k] for x in obs])) for k in obs[0]}
+
+
+def _greedy_batch(o: dict[str, torch.Tensor], seed: int) -> tuple[torch.Tensor, dict, dict]:
+    """(scores, batch, fwd_out) of a learner minibatch whose policy is random scores (seeded) and
+    whose actions are their greedy top-5, with zero advantages (so only the constraint moves the loss)."""
+    scores = torch.randn(o["mask"].shape, generator=torch.Generator().manual_seed(seed))
+    logits = pl.masked_logits(scores, o["mask"], 1.0)
+    actions = pl.greedy_topk(logits, 5)
+    batch = {
+        Columns.OBS: o,
+        Columns.ACTIONS: actions,
+        Columns.ACTION_DIST_INPUTS: logits,
+        Columns.ACTION_LOGP: pl.log_prob(logits, actions),
+        Postprocessing.ADVANTAGES: torch.zeros(10),
+        Postprocessing.VALUE_TARGETS: torch.zeros(10),
+    }
+    return scores, batch, {Columns.ACTION_DIST_INPUTS: logits, SCORES: scores}
+
+
 def test_learner_adds_lambda_hinge_and_takes_the_golden_dual_step(scored_env, make_learner):
-    env = scored_env
     losses = {}
     for enabled in (True, False):
         learner = make_learner(
             enabled=enabled, margin=0.7, multiplier_init=2.0, multiplier_lr=5.0, target=0.99
         )
-        env.reset(seed=0)
-        obs = [env.reset(options={"session": s})[0] for s in range(10)]
-        o = {k: torch.as_tensor(np.stack([x[k] for x in obs])) for k in obs[0]}
-        scores = torch.randn(o["mask"].shape, generator=torch.Generator().manual_seed(3))
-        logits = pl.masked_logits(scores, o["mask"], 1.0)
-        actions = pl.greedy_topk(logits, 5)
-        batch = {
-            Columns.OBS: o,
-            Columns.ACTIONS: actions,
-            Columns.ACTION_DIST_INPUTS: logits,
-            Columns.ACTION_LOGP: pl.log_prob(logits, actions),
-            Postprocessing.ADVANTAGES: torch.zeros(10),
-            Postprocessing.VALUE_TARGETS: torch.zeros(10),
-        }
-        fwd = {Columns.ACTION_DIST_INPUTS: logits, SCORES: scores}
+        o = _observations(scored_env)
+        scores, batch, fwd = _greedy_batch(o, 3)
         losses[enabled] = float(
             learner.compute_loss_for_module(
                 module_id="default_policy", config=learner.config, batch=batch, fwd_out=fwd
@@ -186,28 +196,14 @@ def test_learner_at_multiplier_zero_logs_the_last_minibatchs_hinge(scored_env, m
     for the last minibatch (RLlib keeps the last one's, window 1); with lambda > 0 it is logged as is."""
     from agent.learner import HINGE
 
-    env = scored_env
-    env.reset(seed=0)
-    obs = [env.reset(options={"session": s})[0] for s in range(10)]
-    o = {k: torch.as_tensor(np.stack([x[k] for x in obs])) for k in obs[0]}
+    o = _observations(scored_env)
     ref, mod, mask = o["single_modal_score"], o["modality"].long(), o["mask"].bool()
     for multiplier in (0.0, 2.0):
         learner = make_learner(margin=0.7, multiplier_init=multiplier, multiplier_lr=0.0, target=0.99)
         off = make_learner(enabled=False, margin=0.7)
         hinges = []
         for seed in (3, 4):  # two minibatches
-            scores = torch.randn(o["mask"].shape, generator=torch.Generator().manual_seed(seed))
-            logits = pl.masked_logits(scores, o["mask"], 1.0)
-            actions = pl.greedy_topk(logits, 5)
-            batch = {
-                Columns.OBS: o,
-                Columns.ACTIONS: actions,
-                Columns.ACTION_DIST_INPUTS: logits,
-                Columns.ACTION_LOGP: pl.log_prob(logits, actions),
-                Postprocessing.ADVANTAGES: torch.zeros(10),
-                Postprocessing.VALUE_TARGETS: torch.zeros(10),
-            }
-            fwd = {Columns.ACTION_DIST_INPUTS: logits, SCORES: scores}
+            scores, batch, fwd = _greedy_batch(o, seed)
             kw = {"module_id": "default_policy", "batch": batch, "fwd_out": fwd}
             loss = learner.compute_loss_for_module(config=learner.config, **kw)
             plain = off.compute_loss_for_module(config=off.config, **kw)
