@@ -333,7 +333,7 @@ def _join(imps: pa.Table, fb: pa.Table) -> pa.Table:
     by_event: dict[str, tuple[int, dict[str, tuple[bool, float, float]], Any]] = {}
     if fb.num_rows:
         fb = fb.sort_by([("ts", "ascending")])
-        views = fb["viewport_s"].to_pylist() if "viewport_s" in fb.column_names else [None] * fb.num_rows
+        views = fb["viewport_s"].to_pylist()  # _read gives the full schema: older files read as null
         for eid, ts, items, clicks, dwells, view in zip(
             fb["event_id"].to_pylist(),
             fb["ts"].to_pylist(),
