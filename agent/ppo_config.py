@@ -29,7 +29,7 @@ class RLlibSerpEnv(SerpEnv):
         super().__init__(pages=config.get("pages"), truth=config.get("truth"), config=config.get("serp"))
         self.dict_observation_space = self.observation_space
         self.observation_space = flat_obs.flat_space(self.observation_space)
-        self._flat = flat_obs.flatten(_page_arrays(self), batch_dims=1)  # [pages, W], once
+        self._flat = flat_obs.flatten(self.obs_arrays, batch_dims=1)  # [pages, W], once
 
     def _obs(self, p: int) -> np.ndarray:
         return self._flat[p]
@@ -50,16 +50,10 @@ class RLlibSerpVectorEnv(SerpVectorEnv):
         )
         self.single_observation_space = flat_obs.flat_space(self.single_env.observation_space)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self._flat = flat_obs.flatten(_page_arrays(self.single_env), batch_dims=1)
+        self._flat = flat_obs.flatten(self.single_env.obs_arrays, batch_dims=1)
 
     def _obs(self) -> np.ndarray:
         return self._flat[self._page]
-
-
-def _page_arrays(env: SerpEnv) -> dict[str, np.ndarray]:
-    """SerpEnv's padded per-page observation arrays, [pages, ...] per Dict key (what its `_obs` indexes)."""
-    arrays = {"features": env._features, "modality": env._modality, "mask": env._mask}
-    return arrays | {"single_modal_score": env._sm, "query": env._query, "user": env._user}
 
 
 class SharedEnvConfig(dict):

@@ -148,6 +148,16 @@ class SerpEnv(gym.Env):
         self._sm_raw = pad_items(pages, pages.single_modal_score.astype(np.float64), n, fill=np.nan)
         self._query = pages.query_features.astype(np.float32)
         self._user = pages.user_features.astype(np.float32)
+        # The observation's per-page arrays [pages, ...] by Dict key: what `_obs` indexes (and the
+        # batched and flat envs gather from)
+        self.obs_arrays = {
+            "features": self._features,
+            "modality": self._modality,
+            "mask": self._mask,
+            "single_modal_score": self._sm,
+            "query": self._query,
+            "user": self._user,
+        }
         self._rel = pad_items(pages, truth.relevance.astype(np.int8), n)
         self._att = pad_items(pages, truth.attractiveness.astype(np.float32), n)
         self._mod_int = pad_items(pages, pages.modality.astype(np.int8), n)
@@ -185,14 +195,7 @@ class SerpEnv(gym.Env):
         return int(self._session[self._t])
 
     def _obs(self, p: int) -> dict[str, np.ndarray]:
-        return {
-            "features": self._features[p],
-            "modality": self._modality[p],
-            "mask": self._mask[p],
-            "single_modal_score": self._sm[p],
-            "query": self._query[p],
-            "user": self._user[p],
-        }
+        return {key: arr[p] for key, arr in self.obs_arrays.items()}
 
     def validate_action(self, action: np.ndarray, p: int) -> np.ndarray:
         a = np.asarray(action)

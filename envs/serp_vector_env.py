@@ -68,14 +68,7 @@ class SerpVectorEnv(VectorEnv):
         self.observation_space = batch_space(env.observation_space, self.num_envs)
         self.action_space = batch_space(env.action_space, self.num_envs)
         self.user_model = env.user_model
-        self._obs_arrays = {
-            "features": env._features,
-            "modality": env._modality,
-            "mask": env._mask,
-            "single_modal_score": env._sm,
-            "query": env._query,
-            "user": env._user,
-        }
+        self._obs_arrays = env.obs_arrays
         n_sessions = env.n_sessions
         lengths = np.array([len(s) for s in env._sessions], np.int64)
         self._session_pages = np.zeros((n_sessions, int(lengths.max())), np.int64)
