@@ -56,28 +56,49 @@ def summarise(
 
 def drift_recovery(rounds: list[dict], heldout: Heldout, initial_version: str, drift: DriftConfig) -> dict:
     """The frozen initial policy's held-out loss from the drift, and the share of it each drifted round's
-    version (after its decision) recovered."""
-    before = np.mean(heldout(initial_version, "base")["deterministic"])
-    after = np.mean(heldout(initial_version, "drifted")["deterministic"])
-    lost = float(before - after)
-    recovery = [
-        {
-            "round": r["round"],
-            "rounds_after_change": r["round"] - drift.at_round + 1,
-            "online_minus_frozen": r["after_minus_frozen"],
-            "recovered_fraction": r["after_minus_frozen"]["mean"] / lost if lost > 0 else float("nan"),
-        }
-        for r in rounds
-        if r["world"] == "drifted"
-    ]
+    version (after its decision) recovered: for the ranking itself (deterministic top-K, the verdict) and
+    as served with the endpoint's exploration (what users of the exploring endpoint get; the frozen copy
+    explored the same way). The loop's updates and gate judge the served policy, so the two can differ."""
+    lost = {}
+    for kind in ("deterministic", "served"):
+        before = float(np.mean(heldout(initial_version, "base")[kind]))
+        after = float(np.mean(heldout(initial_version, "drifted")[kind]))
+        lost[kind] = (before, after, before - after)
+    frozen_served = heldout(initial_version, "drifted")["served"]
+
+    def share(gain: float, kind: str) -> float:
+        return gain / lost[kind][2] if lost[kind][2] > 0 else float("nan")
+
+    recovery = []
+    for r in rounds:
+        if r["world"] != "drifted":
+            continue
+        served = paired(heldout(r["published_version"] or r["version"], "drifted")["served"], frozen_served)
+        recovery.append(
+            {
+                "round": r["round"],
+                "rounds_after_change": r["round"] - drift.at_round + 1,
+                "online_minus_frozen": r["after_minus_frozen"],
+                "recovered_fraction": share(r["after_minus_frozen"]["mean"], "deterministic"),
+                "online_minus_frozen_served": served,
+                "recovered_fraction_served": share(served["mean"], "served"),
+            }
+        )
     within = [x for x in recovery if x["rounds_after_change"] <= 4]
+    before, after, lost_det = lost["deterministic"]
     return {
         "config": drift.to_json(),
-        "frozen_before": float(before),
-        "frozen_after": float(after),
-        "frozen_lost": lost,
+        "frozen_before": before,
+        "frozen_after": after,
+        "frozen_lost": lost_det,
+        "frozen_before_served": lost["served"][0],
+        "frozen_after_served": lost["served"][1],
+        "frozen_lost_served": lost["served"][2],
         "recovery": recovery,
         "best_recovered_fraction_within_4": max((x["recovered_fraction"] for x in within), default=None),
+        "best_recovered_fraction_served_within_4": max(
+            (x["recovered_fraction_served"] for x in within), default=None
+        ),
     }
 
 
@@ -174,6 +195,12 @@ def summary_lines(summ: dict) -> list[str]:
             f"drift: frozen lost {dr['frozen_lost']:.4f} ({dr['frozen_before']:.4f} -> {dr['frozen_after']:.4f}); "
             "recovered fraction by round after the change: "
             + ", ".join(f"{x['rounds_after_change']}: {x['recovered_fraction']:.2f}" for x in dr["recovery"])
+        )
+        lines.append(
+            f"drift, as served: frozen lost {dr['frozen_lost_served']:.4f}; recovered fraction by round: "
+            + ", ".join(
+                f"{x['rounds_after_change']}: {x['recovered_fraction_served']:.2f}" for x in dr["recovery"]
+            )
         )
     return lines
 

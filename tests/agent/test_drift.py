@@ -49,3 +49,51 @@ def test_drift_changes_one_modality_and_hurts_a_policy_that_ignores_it(tiny_run)
     base = deterministic_returns(video_first, split, hc).mean()
     worse = deterministic_returns(video_first, drifted, hc).mean()
     assert worse < base - 0.05
+
+
+def test_drift_recovery_golden() -> None:
+    """The recovered share of the frozen policy's loss, deterministic and as served, from per-session
+    held-out returns: frozen 0.5 -> 0.3 (lost 0.2) deterministic, 0.4 -> 0.3 (lost 0.1) as served; the
+    online version after round 1 earns 0.4 / 0.38 in the drifted world: 50 % and 80 %."""
+    from agent.online.heldout import paired
+    from agent.online.report import drift_recovery, summary_lines
+
+    returns = {
+        ("v0", "base"): {"deterministic": [0.4, 0.6], "served": [0.3, 0.5]},
+        ("v0", "drifted"): {"deterministic": [0.2, 0.4], "served": [0.2, 0.4]},
+        ("v1", "drifted"): {"deterministic": [0.3, 0.5], "served": [0.28, 0.48]},
+    }
+
+    def heldout(version: str, world: str) -> dict:
+        return {k: np.asarray(v) for k, v in returns[(version, world)].items()}
+
+    det = paired(heldout("v1", "drifted")["deterministic"], heldout("v0", "drifted")["deterministic"])
+    rounds = [
+        {"round": 0, "world": "base", "version": "v0", "published_version": None},
+        {
+            "round": 1,
+            "world": "drifted",
+            "version": "v0",
+            "published_version": "v1",
+            "after_minus_frozen": det,
+        },
+    ]
+    out = drift_recovery(rounds, heldout, "v0", DriftConfig(at_round=1))
+    assert out["frozen_lost"] == pytest.approx(0.2) and out["frozen_lost_served"] == pytest.approx(0.1)
+    (rec,) = out["recovery"]
+    assert rec["rounds_after_change"] == 1
+    assert rec["recovered_fraction"] == pytest.approx(0.5)
+    assert rec["recovered_fraction_served"] == pytest.approx(0.8)
+    assert out["best_recovered_fraction_served_within_4"] == pytest.approx(0.8)
+    summary = {
+        "final_minus_initial": det,
+        "initial_heldout": {"mean": 0.3},
+        "final_heldout": {"mean": 0.4},
+        "failed_requests": 0,
+        "published": 1,
+        "rounds": 2,
+        "consistency_min": 0.9,
+        "consistency_target": 0.8,
+        "drift": out,
+    }
+    assert "as served" in summary_lines(summary)[-1] and "1: 0.80" in summary_lines(summary)[-1]
