@@ -35,15 +35,18 @@ from typing import Any
 import numpy as np
 
 from agent.bench_report import (
+    FROM_SMAR,
     RL_METHODS,
     aggregate,
     checks,
     format_report,
     landscape,
+    layout_summary,
     plot_curves,
     plot_landscape,
 )
 from agent.evaluation import evaluate_policy, random_scorer
+from agent.layout_diagnosis import layout_decomposition
 from agent.ppo_config import ppo_options
 from agent.reward_landscape import fresh_network, intent_readability, layout_gradient, reference_policies
 from agent.train import TrainConfig, serp_config_for, train_policy
@@ -196,6 +199,10 @@ def _seed_part(cfg: AgentBenchConfig, seed: int, s: _Setup) -> dict:
             "steps_per_s": res.env_steps / train_s if train_s > 0 else float("nan"),
             "steps_per_cpu_s": res.env_steps / cpu_s if cpu_s > 0 else float("nan"),
         }
+        if method in FROM_SMAR:  # what its layout move is worth, per intent and page by page
+            part[method]["layout"] = layout_decomposition(
+                res.policy_path, s.smar, s.test, s.serp, seed=eval_seed, repeats=cfg.eval_repeats
+            )
         r = part[method]["eval"]
         print(
             f"seed {seed} {method:<18} reward {r['reward']:.4f} consistency {r['consistency']:.4f} "
@@ -292,6 +299,7 @@ def _report(cfg: AgentBenchConfig, s: _Setup, by_seed: list[dict], refs: dict, t
         "references": references,
         "landscape": landscape(methods, references),
         "layout_gradient": refs["layout_gradient"],
+        "layout_decomposition": layout_summary(by_seed),
         "checks": checks(methods, references),
         "setup": {
             "run": str(s.run.root),

@@ -32,6 +32,23 @@ def aggregate(by_seed: list[dict]) -> dict:
     return methods
 
 
+FROM_SMAR = ("ppo_unconstrained", "ppo_constrained")  # the RL methods that start from SMAR
+
+
+def layout_summary(by_seed: list[dict]) -> dict:
+    """`agent.layout_diagnosis.layout_decomposition`'s rewards over the seeds, per method that starts
+    from SMAR (a seed piece an older tree wrote without them is left out)."""
+    out = {}
+    for name in FROM_SMAR:
+        parts = [p[name]["layout"] for p in by_seed if "layout" in p.get(name, {})]
+        if parts:
+            keys = ("policy", "body_only", "smar_plus_move", "smar_plus_intent_mean")
+            out[name] = {k: stats([x[k] for x in parts]) for k in keys}
+            out[name]["intent_mean_move"] = np.mean([x["intent_mean_move"] for x in parts], 0).tolist()
+            out[name]["within_intent_sd"] = np.mean([x["within_intent_sd"] for x in parts], 0).tolist()
+    return out
+
+
 def plot_curves(histories: dict[str, list[list[dict]]], path: Path) -> Path:
     import matplotlib
 
@@ -191,6 +208,11 @@ def format_report(report: dict) -> str:
         z = " / ".join(f"{v:+.1f}" for v in g["z_per_batch"])
         lines.append(
             f"layout gradient at {name}: z per {g['batch']}-page batch (doc / image / video / answer) {z}"
+        )
+    for name, d in report.get("layout_decomposition", {}).items():
+        figs = ", ".join(f"{k} {d[k]['mean']:.4f}" for k in ("policy", "body_only", "smar_plus_move"))
+        lines.append(
+            f"layout of {name}: {figs}; SMAR + its per-intent mean move {d['smar_plus_intent_mean']['mean']:.4f}"
         )
     lines.append("")
     for key, value in report.get("landscape", {}).items():
