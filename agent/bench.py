@@ -46,7 +46,7 @@ from agent.bench_report import (
     plot_landscape,
 )
 from agent.evaluation import evaluate_policy, random_scorer
-from agent.layout_diagnosis import layout_decomposition
+from agent.layout_diagnosis import layout_decomposition, linear_layout_ceiling
 from agent.ppo_config import ppo_options
 from agent.reward_landscape import fresh_network, intent_readability, layout_gradient, reference_policies
 from agent.train import TrainConfig, serp_config_for, train_policy
@@ -213,14 +213,19 @@ def _seed_part(cfg: AgentBenchConfig, seed: int, s: _Setup) -> dict:
 
 
 def _references_part(cfg: AgentBenchConfig, s: _Setup) -> dict:
+    refs = reference_policies(
+        s.run, s.smar, s.serp, seed=1_000, repeats=cfg.eval_repeats, attractiveness=cfg.references == "all"
+    )
     return {
-        "references": reference_policies(
-            s.run,
+        "references": refs,
+        "linear_layout_ceiling": linear_layout_ceiling(
             s.smar,
+            s.run.split("traffic"),
+            s.test,
+            refs["smar_modality_intent_offsets"]["offsets"],
             s.serp,
             seed=1_000,
             repeats=cfg.eval_repeats,
-            attractiveness=cfg.references == "all",
         ),
         "layout_gradient": layout_gradients(s.run, s.smar, s.serp, cfg),
         "intent_readability": intent_readability(s.run.split("traffic"), s.run.split("test")),
@@ -300,6 +305,7 @@ def _report(cfg: AgentBenchConfig, s: _Setup, by_seed: list[dict], refs: dict, t
         "landscape": landscape(methods, references),
         "layout_gradient": refs["layout_gradient"],
         "layout_decomposition": layout_summary(by_seed),
+        "linear_layout_ceiling": refs.get("linear_layout_ceiling"),
         "checks": checks(methods, references),
         "setup": {
             "run": str(s.run.root),

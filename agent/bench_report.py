@@ -214,6 +214,17 @@ def format_report(report: dict) -> str:
         lines.append(
             f"layout of {name}: {figs}; SMAR + its per-intent mean move {d['smar_plus_intent_mean']['mean']:.4f}"
         )
+    ceiling = report.get("linear_layout_ceiling")
+    if ceiling:
+        fits = "; ".join(
+            f"{k} (R2 {v['test_r2']:.2f}) best {max(v['reward_by_scale'].values()):.4f}"
+            for k, v in ceiling.items()
+            if isinstance(v, dict)
+        )
+        lines.append(
+            f"layout ceiling: per-intent reference {ceiling['reference_with_true_intent']:.4f}; {fits}; "
+            f"through an intent classifier {ceiling['intent_classifier_mixture']:.4f}"
+        )
     lines.append("")
     for key, value in report.get("landscape", {}).items():
         lines.append(

@@ -14,6 +14,9 @@ the rest. A diagnostic (the intent is simulator truth); no policy uses it.
   smar_plus_intent_mean  SMAR's scores + the mean of that move over each true intent's pages
   intent_mean_move       per intent (doc, image, video, answer) the mean move of image, video, answer
                          relative to doc; within_intent_sd the standard deviation of the move there
+
+`linear_layout_ceiling` asks the question one level up: how much of the per-intent reference any layout
+of the head's form (linear in the context) can express.
 """
 
 from __future__ import annotations
@@ -76,3 +79,74 @@ def layout_decomposition(
         "intent_mean_move": means[:, 1:].tolist(),
         "within_intent_sd": sds[:, 1:].tolist(),
     }
+
+
+def linear_layout_ceiling(
+    smar: WholePageReranker,
+    train: Split,
+    test: Split,
+    intent_offsets: Any,
+    serp: Any,
+    seed: int,
+    repeats: int,
+    scales: tuple[float, ...] = (0.25, 0.5, 1.0),
+) -> dict[str, Any]:
+    """What a layout linear in the page context can express of the per-intent reference: its offsets
+    (`intent_offsets` [intent, M], simulator truth as labels) fitted by least squares on `train` pages
+    from SMAR's context embedding (what the offset head reads) and from the raw query and user
+    features, each fit played on `test` at every scale (SMAR + scale x fit), beside the same offsets
+    mixed by a logistic intent classifier on the raw features (a non-linear map of the same inputs).
+    Why: the policy's offset head is one linear map of the context embedding; if no linear map, fitted
+    with the answer known, earns the reward the criterion asks, the head's form bounds what RL can
+    earn through it."""
+    ref = np.asarray(intent_offsets, np.float64)
+    ref = ref - ref[:, :1]
+
+    def inputs(split: Split, kind: str) -> np.ndarray:
+        p = split.pages
+        q, u = (torch.tensor(np.asarray(x, np.float32)) for x in (p.query_features, p.user_features))
+        if kind == "context_embedding":
+            with torch.no_grad():
+                x = smar.context_embedding(q, u).numpy().astype(np.float64)
+        else:
+            x = torch.cat([q, u], 1).numpy().astype(np.float64)
+        return np.c_[x, np.ones(len(x))]
+
+    def intents(split: Split) -> np.ndarray:
+        return np.asarray(split.truth.preferred_modality, np.int64)
+
+    base = np.asarray(smar.score_pages(test.pages), np.float64)
+
+    def reward(layout: np.ndarray) -> float:
+        s = (base + per_item(test.pages, layout)).astype(np.float32)
+        return evaluate_policy(lambda _p: s, test.pages, test.truth, seed=seed, repeats=repeats, serp=serp)[
+            "reward"
+        ]
+
+    out: dict[str, Any] = {"reference_with_true_intent": reward(ref[intents(test)])}
+    target = ref[intents(test)]
+    for kind in ("context_embedding", "raw_context"):
+        x, xt = inputs(train, kind), inputs(test, kind)
+        w = np.linalg.lstsq(x, ref[intents(train)], rcond=None)[0]
+        fit = xt @ w
+        r2 = 1.0 - float(((fit - target) ** 2).sum() / max(((target - target.mean(0)) ** 2).sum(), 1e-12))
+        out[f"linear_in_{kind}"] = {
+            "test_r2": r2,
+            "reward_by_scale": {str(a): reward(a * fit) for a in scales},
+        }
+    x, xt = (torch.as_tensor(inputs(s, "raw_context")) for s in (train, test))
+    y = torch.as_tensor(intents(train))
+    w = torch.zeros(x.shape[1], N_MODALITIES, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w, y) + 1e-3 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        prob = torch.softmax(xt @ w, 1).numpy()
+    out["intent_classifier_mixture"] = reward(prob @ ref)
+    return out

@@ -57,3 +57,22 @@ def test_per_item_reads_each_items_modality(tiny_run):
     sl = pages.item_slice(p)
     assert np.array_equal(items[sl], layout[p, pages.modality[sl].astype(np.int64)])
     assert relative_layout(_smar(tiny_run), pages)[:, 0].max() == 0.0
+
+
+def test_linear_layout_ceiling_of_no_move_is_smar(tiny_run):
+    """Zero per-intent offsets: every fit is zero, so every figure is SMAR's own reward; a real offset
+    table gives finite figures and an R2 of at most 1."""
+    from agent.layout_diagnosis import linear_layout_ceiling
+
+    smar, train, test = _smar(tiny_run), tiny_run.split("traffic"), tiny_run.split("test")
+    own = evaluate_policy(smar, test.pages, test.truth, seed=3, repeats=2, serp=SERP)["reward"]
+    zero = linear_layout_ceiling(smar, train, test, np.zeros((4, 4)), SERP, seed=3, repeats=2, scales=(1.0,))
+    assert zero["reference_with_true_intent"] == pytest.approx(own)
+    assert zero["intent_classifier_mixture"] == pytest.approx(own)
+    for kind in ("linear_in_context_embedding", "linear_in_raw_context"):
+        assert zero[kind]["reward_by_scale"]["1.0"] == pytest.approx(own)
+    table = np.array([[0, -5, -5, 0], [0, 5, 0, -5], [0, -5, 10, 10], [0, -5, 0, 5]], np.float64)
+    some = linear_layout_ceiling(smar, train, test, table, SERP, seed=3, repeats=2, scales=(0.5, 1.0))
+    assert some["linear_in_raw_context"]["test_r2"] <= 1.0
+    assert set(some["linear_in_context_embedding"]["reward_by_scale"]) == {"0.5", "1.0"}
+    assert np.isfinite(some["intent_classifier_mixture"])
