@@ -199,7 +199,7 @@ def _seed_part(cfg: AgentBenchConfig, seed: int, s: _Setup) -> dict:
             "steps_per_s": res.env_steps / train_s if train_s > 0 else float("nan"),
             "steps_per_cpu_s": res.env_steps / cpu_s if cpu_s > 0 else float("nan"),
         }
-        if method in FROM_SMAR:  # what its layout move is worth, per intent and page by page
+        if method in FROM_SMAR and s.smar.offset_head is not None:  # its layout move, per intent and page
             part[method]["layout"] = layout_decomposition(
                 res.policy_path, s.smar, s.test, s.serp, seed=eval_seed, repeats=cfg.eval_repeats
             )
