@@ -54,3 +54,19 @@ def recentre(mean_old: torch.Tensor, noise_old: torch.Tensor, mean_new: torch.Te
 def layout_scores(scores: torch.Tensor, noise: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
     """Item scores (which already carry the policy's own offsets nu) moved by the page's layout noise."""
     return scores + noise.gather(1, modality.long().clamp(0, noise.shape[1] - 1))
+
+
+def at_sampled_layout(
+    scores: torch.Tensor, own_layout: torch.Tensor, batch: dict, modality: torch.Tensor
+) -> torch.Tensor:
+    """Scores of a policy whose own relative layout is `own_layout` [B, M], moved to each page's sampled
+    layout d = nu + eps of the batch: how that policy would have ranked the page under the same layout
+    (the second factor of its action density at the sampled first factor)."""
+    d = batch[LAYOUT_MEAN] + batch[LAYOUT_NOISE]
+    return layout_scores(scores, d - own_layout, modality)
+
+
+def gaussian_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, sigma: float) -> torch.Tensor:
+    """KL(N(mean_p, sigma^2) || N(mean_q, sigma^2)) of the layouts, per row [B], over the free modalities:
+    the first factor of the two-level action's KL."""
+    return 0.5 * ((mean_p[:, 1:] - mean_q[:, 1:]) / sigma).pow(2).sum(-1)

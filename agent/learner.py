@@ -296,10 +296,16 @@ class ConstrainedPPOLearner(PPOTorchLearner):
                 ref_scores = self._reference(
                     obs["features"], obs["modality"], obs["mask"], obs["query"], obs["user"]
                 )
+                ref_layout = None  # with layout exploration: SMAR's slate at the page's sampled layout
+                if module.layout_noise and layout.LAYOUT_NOISE in batch:
+                    ref_layout = layout.relative(self._reference.layout_offsets(obs["query"], obs["user"]))
+                    ref_scores = layout.at_sampled_layout(ref_scores, ref_layout, batch, obs["modality"])
                 ref_logits = pl.masked_logits(ref_scores, obs["mask"], module.temperature)
             kl = pl.kl_estimate(
                 ref_logits, fwd_out[Columns.ACTION_DIST_INPUTS], module.slate_size, c.kl_samples
             )
+            if ref_layout is not None:  # plus the layouts' own KL: the action's density factorises
+                kl = kl + layout.gaussian_kl(ref_layout, module.layout_mean(obs), module.layout_noise)
             keep = mask.any(-1)
             kl = kl[keep].mean() if keep.any() else kl.sum() * 0.0
             total = total + c.reference_kl_coeff * kl

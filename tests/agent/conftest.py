@@ -55,16 +55,18 @@ def scored_env(tiny_world):
 @pytest.fixture(scope="module")
 def make_learner(scored_env, tiny_world):
     """Builds a ConstrainedPPOLearner for `scored_env` on a small scratch reranker: `make_learner(offsets,
-    **ConstraintConfig fields)` (offsets: with the modality-offset head)."""
+    layout_noise, **ConstraintConfig fields)` (offsets: with the modality-offset head; layout_noise: the
+    module's Gaussian layout exploration)."""
     from ray.rllib.algorithms.ppo import PPOConfig
 
     from agent.learner import ConstrainedPPOLearner, ConstraintConfig
     from agent.rl_module import module_spec, scratch_model_config
 
-    def build(offsets: bool = False, **constraint) -> ConstrainedPPOLearner:
+    def build(offsets: bool = False, layout_noise: float = 0.0, **constraint) -> ConstrainedPPOLearner:
         mc = scratch_model_config(
             tiny_world.traffic.pages, seed=0, hidden=16, heads=2, layers=1, modality_offsets=offsets
         )
+        mc["layout_noise"] = layout_noise
         cfg = (
             PPOConfig()
             .environment(observation_space=scored_env.observation_space, action_space=scored_env.action_space)

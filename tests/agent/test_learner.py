@@ -371,3 +371,60 @@ def test_drop_bootstrap_rows_keeps_the_real_rows_of_every_column():
     assert Columns.LOSS_MASK not in out
     assert out[Postprocessing.ADVANTAGES].tolist() == [0.0, 2.0, 3.0]
     assert out[Columns.OBS]["mask"].tolist() == [[0.0, 1.0], [4.0, 5.0], [6.0, 7.0]]
+
+
+def test_reference_kl_with_layout_exploration_is_zero_at_smar_and_the_layouts_kl_after_a_shift(
+    scored_env, make_learner, tiny_world, tmp_path
+):
+    """Golden: with layout exploration the KL to SMAR compares SMAR's slate at the page's sampled
+    layout with the policy's, plus the Gaussian layouts' KL. At the SMAR weights it is 0; shifting the
+    offset head's bias by delta leaves every slate as it was at the same layout and adds
+    |delta_rel|^2 / (2 sigma^2) per page."""
+    from agent import layout_exploration as layout
+    from agent.rl_module import build_reranker
+    from pretrain.checkpoint import save_checkpoint
+
+    sigma = 2.0
+    mc = scratch_model_config(
+        tiny_world.traffic.pages, seed=0, hidden=16, heads=2, layers=1, modality_offsets=True
+    )
+    save_checkpoint(build_reranker(mc), tmp_path / "smar")
+    learner = make_learner(
+        offsets=True,
+        layout_noise=sigma,
+        reference_checkpoint=str(tmp_path / "smar"),
+        reference_kl_coeff=1.0,
+        kl_samples=2,
+    )
+    module = learner.module["default_policy"].unwrapped()
+    o = _batch(scored_env)
+    delta = torch.tensor([0.3, 1.0, -0.5, 0.0])
+
+    def reference_kl() -> float:
+        with torch.no_grad():
+            scores = module.scores(o)
+            mean = module.layout_mean(o)
+            noise = layout.sample_noise(len(scores), 4, sigma, scores)
+            logits = module.logits(o, layout.layout_scores(scores, noise, o["modality"]))
+        actions = pl.greedy_topk(logits, module.slate_size)
+        batch = {
+            Columns.OBS: o,
+            Columns.ACTIONS: actions,
+            Columns.ACTION_DIST_INPUTS: logits,
+            Columns.ACTION_LOGP: pl.log_prob(logits, actions) + layout.log_density(noise, sigma),
+            Postprocessing.ADVANTAGES: torch.zeros(len(scores)),
+            Postprocessing.VALUE_TARGETS: torch.zeros(len(scores)),
+            layout.LAYOUT_MEAN: mean,
+            layout.LAYOUT_NOISE: noise,
+        }
+        fwd = module._forward_train(batch)
+        learner.compute_loss_for_module(
+            module_id="default_policy", config=learner.config, batch=batch, fwd_out=fwd
+        )
+        return float(learner.metrics.peek(("default_policy", "reference_kl")))
+
+    assert reference_kl() == pytest.approx(0.0, abs=1e-5)
+    with torch.no_grad():
+        module.reranker.offset_head.bias += delta
+    rel = delta[1:] - delta[0]
+    assert reference_kl() == pytest.approx(float((rel**2).sum()) / (2 * sigma**2), rel=1e-4)
