@@ -59,7 +59,7 @@ def fault_load(
     from serving.malformed import mixed_specs
 
     specs = write_specs(out / "fault_specs.json", mixed_specs(bodies, n_max))
-    proc = loadgen(url, specs, concurrency, duration_s=seconds, warmup=0)
+    proc = loadgen(url, specs, concurrency, duration_s=seconds, warmup=0, cover=True)  # every class sent
     t0 = time.monotonic()
     swaps = []
     for k, version in enumerate(swap_versions):

@@ -46,6 +46,7 @@ def loadgen(
     requests: int | None = None,
     duration_s: float | None = None,
     warmup: int = 20,
+    cover: bool = False,
 ) -> subprocess.Popen:
     """Start `serving/loadgen.py` (its own process); `finish(proc)` waits for and parses its report
     (written to a file next to the specs: uvloop leaves stdout non-blocking, so a large report could be
@@ -62,7 +63,7 @@ def loadgen(
         str(concurrency),
     ]
     cmd += ["--requests", str(requests)] if requests is not None else ["--duration", str(duration_s)]
-    cmd += ["--warmup", str(warmup), "--out", str(report)]
+    cmd += ["--warmup", str(warmup), "--out", str(report)] + (["--cover"] if cover else [])
     proc = subprocess.Popen(cmd)
     proc.report = report  # type: ignore[attr-defined]
     return proc

@@ -9,7 +9,9 @@ Input: a JSON file with a list of requests {"method", "path", "body" (text), "cl
 connection cycles through, starting at a different offset. Output (stdout, one JSON object):
 per class the status counts, latencies of every answered request, connection errors, wall and CPU
 time. `--requests N` stops after N requests (after `--warmup` unmeasured ones), `--duration S`
-after S seconds.
+after S seconds; with `--cover` a connection stops at the duration only once it has sent its share of
+the list (the connections' shares together are the whole list), so every listed request is sent at
+least once however slow the server is (the fault bench's every-class check depends on it).
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ async def run(
     duration_s: float | None,
     warmup: int,
     timeout_s: float,
+    cover: bool = False,
 ) -> dict:
     u = urlsplit(url)
     host, port = u.hostname, u.port or 80
@@ -148,15 +151,18 @@ async def run(
         nonlocal issued
         conn = await connect()
         i = (k * len(raws)) // concurrency  # the connections start spread evenly over the requests
+        share = ((k + 1) * len(raws)) // concurrency - i if cover else 0  # this connection's part of the list
+        sent = 0
         while True:
             if measured:
                 if n_total is not None and issued >= n_total:
                     break
-                if stop_at is not None and time.perf_counter() >= stop_at:
+                if stop_at is not None and time.perf_counter() >= stop_at and sent >= share:
                     break
             elif issued >= n_total:
                 break
             issued += 1
+            sent += measured
             raw, cls = raws[i], classes[i]
             i = (i + 1) % len(raws)
             t = time.perf_counter()
@@ -205,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument(
+        "--cover", action="store_true", help="with --duration: send every listed request at least once"
+    )
     p.add_argument("--out", help="write the JSON here instead of stdout")
     a = p.parse_args(argv)
     if (a.requests is None) == (a.duration is None):
@@ -217,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
-    res = asyncio.run(run(a.url, specs, a.concurrency, a.requests, a.duration, a.warmup, a.timeout))
+    res = asyncio.run(run(a.url, specs, a.concurrency, a.requests, a.duration, a.warmup, a.timeout, a.cover))
     text = json.dumps(res)
     if a.out:
         with open(a.out, "w") as fh:
