@@ -85,7 +85,10 @@ class Ranker(RankerRanking, RankerFeedback):
             self.replica = f"pid{os.getpid()}"
         runtime = RuntimeConfig()
         self.batcher = Batcher(
-            self._rank_items, runtime.max_batch_size, runtime.batch_wait_timeout_s, runtime.batch_settle_rounds
+            self._rank_items,
+            runtime.max_batch_size,
+            runtime.batch_wait_timeout_s,
+            runtime.batch_settle_rounds,
         )
         self._register_queue: list[tuple[str, str, list[str]]] = []
         self._register_task: asyncio.Future | None = None
@@ -126,7 +129,9 @@ class Ranker(RankerRanking, RankerFeedback):
                 raise
             self.last_reload_error = f"{type(e).__name__}: {e}"
             return
-        self.batcher.configure(runtime.max_batch_size, runtime.batch_wait_timeout_s, runtime.batch_settle_rounds)
+        self.batcher.configure(
+            runtime.max_batch_size, runtime.batch_wait_timeout_s, runtime.batch_settle_rounds
+        )
         self.scorer, self.runtime, self.last_reload_error = scorer, runtime, None  # the swap
         set_model_version(scorer.version)
 

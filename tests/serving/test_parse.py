@@ -84,4 +84,6 @@ def test_feedback_items_carry_viewport_for_answer_cards_only():
         {"item_id": "a", "click": False, "dwell_s": 0.0, "viewport_s": 7.25},
     ]
     assert "viewport_s" not in feedback_items(["a"], [False], [0.0], [answer])[0]  # no viewport given
-    FeedbackRequest.model_validate({"event_id": "e", "feedback": items})  # the endpoint's own schema takes them
+    FeedbackRequest.model_validate(
+        {"event_id": "e", "feedback": items}
+    )  # the endpoint's own schema takes them
