@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from agent import layout_exploration as layout
 from agent.evaluation import evaluate_policy
+from agent.reward_landscape import context_matrix, fit_intent_classifier
 from envs.pages import N_MODALITIES, Pages
 from envs.world import Split
 from pretrain.checkpoint import load_checkpoint
@@ -37,14 +39,20 @@ def relative_layout(net: WholePageReranker, pages: Pages) -> np.ndarray:
     """The network's modality offsets of every page relative to the first modality's, [pages, M]."""
     with torch.no_grad():
         q, u = (torch.tensor(np.asarray(x, np.float32)) for x in (pages.query_features, pages.user_features))
-        o = net.layout_offsets(q, u)
-    o = o.numpy().astype(np.float64)
-    return o - o[:, :1]
+        return layout.relative(net.layout_offsets(q, u).double()).numpy()
 
 
 def per_item(pages: Pages, layout: np.ndarray) -> np.ndarray:
     """A per-page layout [pages, M] as each item's offset (its page's entry for its modality), [items]."""
     return np.repeat(layout, pages.sizes, axis=0)[np.arange(pages.n_items), pages.modality.astype(np.int64)]
+
+
+def _reward(scores: np.ndarray, split: Split, serp: Any, seed: int, repeats: int) -> float:
+    """The session reward of fixed item scores on `split`, played like the bench's methods."""
+    s = np.asarray(scores, np.float32)
+    return evaluate_policy(lambda _p: s, split.pages, split.truth, seed=seed, repeats=repeats, serp=serp)[
+        "reward"
+    ]
 
 
 def layout_decomposition(
@@ -67,9 +75,7 @@ def layout_decomposition(
     scores = np.asarray(net.score_pages(pages), np.float64)
 
     def reward(s: np.ndarray) -> float:
-        return evaluate_policy(
-            lambda _p: s.astype(np.float32), pages, split.truth, seed=seed, repeats=repeats, serp=serp
-        )["reward"]
+        return _reward(s, split, serp, seed, repeats)
 
     return {
         "policy": reward(scores),
@@ -103,13 +109,12 @@ def linear_layout_ceiling(
     ref = ref - ref[:, :1]
 
     def inputs(split: Split, kind: str) -> np.ndarray:
+        if kind == "raw_context":
+            return context_matrix(split).numpy()
         p = split.pages
         q, u = (torch.tensor(np.asarray(x, np.float32)) for x in (p.query_features, p.user_features))
-        if kind == "context_embedding":
-            with torch.no_grad():
-                x = smar.context_embedding(q, u).numpy().astype(np.float64)
-        else:
-            x = torch.cat([q, u], 1).numpy().astype(np.float64)
+        with torch.no_grad():
+            x = smar.context_embedding(q, u).numpy().astype(np.float64)
         return np.c_[x, np.ones(len(x))]
 
     def intents(split: Split) -> np.ndarray:
@@ -117,11 +122,8 @@ def linear_layout_ceiling(
 
     base = np.asarray(smar.score_pages(test.pages), np.float64)
 
-    def reward(layout: np.ndarray) -> float:
-        s = (base + per_item(test.pages, layout)).astype(np.float32)
-        return evaluate_policy(lambda _p: s, test.pages, test.truth, seed=seed, repeats=repeats, serp=serp)[
-            "reward"
-        ]
+    def reward(offsets: np.ndarray) -> float:
+        return _reward(base + per_item(test.pages, offsets), test, serp, seed, repeats)
 
     out: dict[str, Any] = {"reference_with_true_intent": reward(ref[intents(test)])}
     target = ref[intents(test)]
@@ -134,19 +136,7 @@ def linear_layout_ceiling(
             "test_r2": r2,
             "reward_by_scale": {str(a): reward(a * fit) for a in scales},
         }
-    x, xt = (torch.as_tensor(inputs(s, "raw_context")) for s in (train, test))
-    y = torch.as_tensor(intents(train))
-    w = torch.zeros(x.shape[1], N_MODALITIES, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ w, y) + 1e-3 * (w**2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        prob = torch.softmax(xt @ w, 1).numpy()
+    w = fit_intent_classifier(train, max_iter=200)
+    prob = torch.softmax(context_matrix(test) @ w, 1).numpy()
     out["intent_classifier_mixture"] = reward(prob @ ref)
     return out

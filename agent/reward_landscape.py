@@ -378,23 +378,20 @@ def layout_gradient(
     }
 
 
-def intent_readability(train: Split, test: Split, l2: float = 1e-3) -> dict[str, float]:
-    """How well a page's context (query and user features, what the policy sees) tells its true
-    intent: a multinomial logistic regression fitted on `train` pages (simulator truth as labels), its
-    accuracy on `test` pages. The per-intent reference reads the true intent; this says whether a
-    policy could read it too, so that the reference's gap is reachable in principle."""
+def context_matrix(split: Split) -> torch.Tensor:
+    """A page's context as the policy sees it (query and user features) plus a constant, [pages, D+1]."""
+    p = split.pages
+    x = np.concatenate([p.query_features, p.user_features, np.ones((len(p.page_id), 1))], axis=1)
+    return torch.as_tensor(x, dtype=torch.float64)
 
-    def xy(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-        p = split.pages
-        x = np.concatenate([p.query_features, p.user_features, np.ones((len(p.page_id), 1))], axis=1)
-        return torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(
-            split.truth.preferred_modality, dtype=torch.long
-        )
 
-    x, y = xy(train)
-    xt, yt = xy(test)
+def fit_intent_classifier(train: Split, l2: float = 1e-3, max_iter: int = 100) -> torch.Tensor:
+    """Multinomial logistic regression of the true intent (simulator truth) on `context_matrix`,
+    L2-penalised, by L-BFGS: its weights [D+1, M]."""
+    x = context_matrix(train)
+    y = torch.as_tensor(train.truth.preferred_modality, dtype=torch.long)
     w = torch.zeros(x.shape[1], N_MODALITIES, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=100, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([w], max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -403,7 +400,24 @@ def intent_readability(train: Split, test: Split, l2: float = 1e-3) -> dict[str,
         return loss
 
     opt.step(closure)
-    with torch.no_grad():
-        acc = lambda a, b: float(((a @ w).argmax(1) == b).double().mean())  # noqa: E731
-        majority = float(torch.bincount(yt, minlength=N_MODALITIES).max()) / max(len(yt), 1)
-        return {"train_accuracy": acc(x, y), "test_accuracy": acc(xt, yt), "test_majority_share": majority}
+    return w.detach()
+
+
+def intent_readability(train: Split, test: Split, l2: float = 1e-3) -> dict[str, float]:
+    """How well a page's context (query and user features, what the policy sees) tells its true
+    intent: `fit_intent_classifier` on `train` pages, its accuracy on `test` pages. The per-intent
+    reference reads the true intent; this says whether a policy could read it too, so that the
+    reference's gap is reachable in principle."""
+    w = fit_intent_classifier(train, l2)
+
+    def accuracy(split: Split) -> float:
+        y = torch.as_tensor(split.truth.preferred_modality, dtype=torch.long)
+        return float(((context_matrix(split) @ w).argmax(1) == y).double().mean())
+
+    yt = torch.as_tensor(test.truth.preferred_modality, dtype=torch.long)
+    majority = float(torch.bincount(yt, minlength=N_MODALITIES).max()) / max(len(yt), 1)
+    return {
+        "train_accuracy": accuracy(train),
+        "test_accuracy": accuracy(test),
+        "test_majority_share": majority,
+    }
