@@ -146,9 +146,19 @@ class Lagrangian:
         weight = self.weight
         # At lambda 0 (or disabled) the penalty's gradient is exactly zero: the hinge is then only
         # measured, without an autograd graph, so no backward pass runs through its [B, N, N] pairs.
-        with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):
+        if torch.is_grad_enabled() and weight != 0.0:
             hinge = self.hinge(scores, reference, modality, mask, self.cfg.margin)
+        else:
+            hinge = self.hinge_value(scores, reference, modality, mask)
         return weight * hinge, hinge
+
+    def hinge_value(
+        self, scores: torch.Tensor, reference: torch.Tensor, modality: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The hinge at the configured margin without an autograd graph: its value, for logging (what
+        `penalty` returns when its gradient is zero, and what the PPO learner logs once per update)."""
+        with torch.no_grad():
+            return self.hinge(scores, reference, modality, mask.bool(), self.cfg.margin)
 
     @property
     def weight(self) -> float:

@@ -426,9 +426,7 @@ class ConstrainedPPOLearner(PPOTorchLearner):
 
     def _log_deferred_hinge(self) -> None:
         for module_id, (scores, reference, modality, mask) in self._pending_hinge.items():
-            lag = self.lagrangians[module_id]
-            with torch.no_grad():
-                hinge = lag.hinge(scores, reference, modality, mask.bool(), lag.cfg.margin)
+            hinge = self.lagrangians[module_id].hinge_value(scores, reference, modality, mask)
             self.metrics.log_value((module_id, HINGE), hinge, window=1)
         self._pending_hinge.clear()
 
