@@ -23,9 +23,25 @@ from envs.world import Split
 @dataclass(frozen=True)
 class HeldoutConfig:
     split: str = "test"  # the pretrain run's whole-page split used as held-out sessions
-    repeats: int = 4  # plays of every session per figure
-    served_samples: int = 2  # Plackett-Luce samples per page for the served figure (x repeats plays)
+    # Plays of every session per figure (the served figure too: up to `served_samples` Plackett-Luce
+    # samples per page, each played repeats // samples times). Within a fixed set of sessions the users'
+    # randomness is what makes a figure noisy, so plays are cheap precision (RESULTS.md, held-out plays).
+    repeats: int = 32
+    served_samples: int = 16
     seed: int = 7919
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1 or self.served_samples < 1:
+            raise ValueError(
+                f"heldout needs repeats >= 1 and served_samples >= 1, got repeats {self.repeats}, "
+                f"served_samples {self.served_samples}"
+            )
+
+    def served_plan(self) -> tuple[int, int]:
+        """(Plackett-Luce samples per page, plays of each) of the served figure: `repeats` plays in all
+        when `served_samples` divides it."""
+        samples = min(self.served_samples, self.repeats)
+        return samples, self.repeats // samples
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -48,7 +64,8 @@ def deterministic_returns(policy: Any, split: Split, cfg: HeldoutConfig, serp: A
 def served_returns(
     policy: Any, split: Split, temperature: float, cfg: HeldoutConfig, serp: Any = None
 ) -> np.ndarray:
-    """Per-session mean return of the policy served with exploration at `temperature`."""
+    """Per-session mean return of the policy served with exploration at `temperature` (seeded
+    Plackett-Luce slates per page, `HeldoutConfig.served_plan`)."""
     from agent.evaluation import as_scorer
 
     base = as_scorer(policy)
@@ -57,16 +74,17 @@ def served_returns(
     def fixed(pages):
         return scores
 
+    samples, plays = cfg.served_plan()
     runs = [
         session_returns(
             explored_scorer(fixed, temperature, cfg.seed + s),
             split.pages,
             split.truth,
             seed=cfg.seed + s,
-            repeats=cfg.repeats // 2 or 1,
+            repeats=plays,
             serp=serp,
         ).mean(0)
-        for s in range(cfg.served_samples)
+        for s in range(samples)
     ]
     return np.mean(runs, axis=0)
 
