@@ -11,9 +11,12 @@ plays; deterministic top-K and as served), say how much a ranker *could* regain:
   video_offset  the policy's scores with the drifted modality demoted by d, d chosen by the simulator
                 on the drifted *traffic* sessions (an oracle of the one number the loop's update moves
                 most), then measured on the held-out sessions
+  modality_offsets  one score shift per modality (the four numbers the loop's update moves), chosen
+                by coordinate ascent with the simulator on the drifted traffic sessions: the best the
+                loop's update family can reach, found with knowledge the loop does not have
   refit         the run's SMAR reranker trained again by the run's own pretrain config on the drifted
                 world's whole-page annotations (the same budget): what a new annotation campaign buys
-  refit_all     the same with every pool page annotated (method sft, no single-modal terms)
+  refit_all     the same with the whole pool open to annotation (budget 1.0): the budget is not the limit
   truth         the drifted true grades as scores: no ranker has them (the features do not change), so
                 this says how much of the loss the drifted world itself still allows back
 
@@ -42,6 +45,7 @@ from envs.world import Split
 from serving.settings import SERVING_TEMPERATURE
 
 OFFSETS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0)
+SHIFTS = (-3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 
 
 def recovered(value: float, before: float, after: float) -> float:
@@ -66,7 +70,7 @@ class Measure:
 
 def refit_reranker(run, drift: DriftConfig, all_labels: bool, progress: bool = True):
     """The run's reranker trained again on the drifted world's pool (its pretrain config; `all_labels`:
-    every pool page annotated, method sft). Single-modal rankers and their scores stay the run's own."""
+    annotation budget 1.0). Single-modal rankers and their scores stay the run's own."""
     from pretrain.config import PretrainConfig
     from pretrain.reranker_fit import train_reranker
     from pretrain.train import ScoredData, annotate_pool, consistency_pages
@@ -74,7 +78,7 @@ def refit_reranker(run, drift: DriftConfig, all_labels: bool, progress: bool = T
 
     cfg = PretrainConfig.from_json(run.config)
     if all_labels:
-        cfg = replace(cfg, method="sft")
+        cfg = replace(cfg, annotation=replace(cfg.annotation, budget=1.0))
     pool = drift_split(run.split("pool"), drift)
     valid = drift_split(run.split("valid"), drift)
     prep = ScoredData(load_world(run.world_dir), run.rankers(), {}, None, {})  # type: ignore[arg-type]
@@ -83,7 +87,7 @@ def refit_reranker(run, drift: DriftConfig, all_labels: bool, progress: bool = T
         valid.pages,
         cfg,
         progress,
-        desc=f"refit {cfg.method} (drifted)",
+        desc=f"refit {cfg.method} {cfg.annotation.budget:.0%} (drifted)",
         single_modal=consistency_pages(prep, cfg),
     )
     return model
@@ -100,6 +104,39 @@ def best_offset(scores: np.ndarray, split: Split, modality: str, measure: Measur
     return {"chosen": d, "reward_by_offset": {str(k): v for k, v in rewards.items()}}
 
 
+def best_modality_shifts(
+    scores: np.ndarray, split: Split, first: str, measure: Measure, sweeps: int = 2
+) -> dict:
+    """Per-modality score shifts (each from SHIFTS) maximising the deterministic reward on `split`, by
+    coordinate ascent from no shift (modality `first` first); a move is kept only if it is better."""
+    mid = split.pages.modality.astype(np.int64)
+    order = [MODALITIES.index(first)] + [i for i in range(len(MODALITIES)) if MODALITIES[i] != first]
+    seen: dict[tuple, float] = {}
+
+    def value(shift: tuple) -> float:
+        if shift not in seen:
+            s = scores + np.asarray(shift)[mid]
+            seen[shift] = measure(lambda pages: s, split, served=False)["deterministic"]
+        return seen[shift]
+
+    best = (0.0,) * len(MODALITIES)
+    for _ in range(sweeps):
+        moved = False
+        for m in order:
+            for v in SHIFTS:
+                cand = best[:m] + (v,) + best[m + 1 :]
+                if value(cand) > value(best):
+                    best, moved = cand, True
+        if not moved:
+            break
+    return {
+        "shifts": dict(zip(MODALITIES, best, strict=True)),
+        "reward": value(best),
+        "no_shift_reward": value((0.0,) * len(MODALITIES)),
+        "evaluations": len(seen),
+    }
+
+
 def policy_references(
     name: str, model, test: Split, drifted_test: Split, drifted_traffic: Split, drift, measure, refits
 ) -> dict:
@@ -113,6 +150,14 @@ def policy_references(
     mask = (drifted_test.pages.modality == MODALITIES.index(drift.modality)).astype(np.float64)
     scores_test = np.asarray(as_scorer(model)(drifted_test.pages), np.float64) - pick["chosen"] * mask
     rows["video_offset"] = {**measure(lambda pages: scores_test, drifted_test), "choice": pick}
+    choose = Measure(replace(measure.cfg, repeats=8, served_samples=1, seed=measure.cfg.seed + 1), 1.0)
+    shifts = best_modality_shifts(scores_traffic, drifted_traffic, drift.modality, choose)
+    mid = drifted_test.pages.modality.astype(np.int64)
+    shifted = (
+        np.asarray(as_scorer(model)(drifted_test.pages), np.float64)
+        + np.asarray([shifts["shifts"][m] for m in MODALITIES])[mid]
+    )
+    rows["modality_offsets"] = {**measure(lambda pages: shifted, drifted_test), "choice": shifts}
     for ref, fig in refits.items():
         rows[ref] = dict(fig)
     for key, row in rows.items():

@@ -52,11 +52,11 @@ def test_ceiling_end_to_end_on_a_tiny_run(tiny_run, tmp_path) -> None:
     assert rc == 0
     res = json.loads(out.read_text())
     smar = res["policies"]["smar"]
-    assert set(smar) == {"frozen", "video_offset", "refit", "refit_all", "truth"}
+    assert set(smar) == {"frozen", "video_offset", "modality_offsets", "refit", "refit_all", "truth"}
     lost = smar["frozen"]["lost"]["deterministic"]
     before, after = smar["frozen"]["before"]["deterministic"], smar["frozen"]["after"]["deterministic"]
     assert math.isclose(lost, before - after)
-    for ref in ("video_offset", "refit", "refit_all", "truth"):
+    for ref in ("video_offset", "modality_offsets", "refit", "refit_all", "truth"):
         r = smar[ref]
         assert math.isclose(r["recovered"]["deterministic"], (r["deterministic"] - after) / lost)
     # The oracle's choice includes d = 0, so on the traffic it chose on it is never below no demotion.
@@ -64,3 +64,19 @@ def test_ceiling_end_to_end_on_a_tiny_run(tiny_run, tmp_path) -> None:
     assert by[str(smar["video_offset"]["choice"]["chosen"])] >= by["0.0"]
     assert res["truth"]["after"]["deterministic"] >= smar["frozen"]["after"]["deterministic"]
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_best_modality_shifts_undo_a_bonus_on_the_drifted_modality(tiny_run) -> None:
+    """Scores with a +2 bonus on videos after videos lost every grade: the ascent shifts videos down by
+    at least the bonus and never ends below no shift."""
+    from pretrain.run import PretrainRun
+
+    run = PretrainRun.open(tiny_run.root)
+    split = drift_split(run.split("traffic"), DriftConfig(relevance_shift=-4))
+    video = (split.pages.modality == MODALITIES.index("video")).astype(np.float64)
+    measure = dc.Measure(HeldoutConfig(repeats=2, served_samples=1), temperature=0.5)
+    scores = split.truth.relevance.astype(np.float64) + 2.0 * video
+    res = dc.best_modality_shifts(scores, split, "video", measure)
+    assert res["shifts"]["video"] <= -2.0
+    assert res["reward"] >= res["no_shift_reward"]
+    assert set(res["shifts"]) == set(MODALITIES)
