@@ -207,7 +207,12 @@ def plot(res: dict, path: Path) -> Path:
     ax.axhline(0.5, color="k", ls="--", lw=1, label="half the loss")
     ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, [Path(n).parent.name or n for n in names])
     ax.set_ylabel("recovered share of frozen loss")
-    ax.set_title(f"what a ranker could regain after drift {res['drift']}", fontsize=9)
+    d = res["drift"]
+    ax.set_title(
+        f"what a ranker could regain: {d['modality']} grades {d['relevance_shift']:+d}, "
+        f"attractiveness x{d['attractiveness_scale']:g}",
+        fontsize=9,
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
