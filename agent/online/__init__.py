@@ -9,6 +9,8 @@ heldout      the serving version's reward on held-out sessions no round trains o
 drift        a changing simulated population (`--online.drift`)
 gate_suite   the gate's false- and true-publish rates on candidates of known value
 diagnose     what the update learns from simulated logs (propensities, a known answer, drift)
+drift_ceiling  what any ranker could regain after a drift (oracle offsets, a refit, the true grades)
+across_runs  drift recovery and last-vs-initial checks as means over several runs (seeds)
 traffic_bench  simulated-traffic throughput, one page per request vs batched
 """
 
