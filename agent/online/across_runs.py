@@ -36,7 +36,7 @@ def load_report(run: str | Path) -> dict:
     return report
 
 
-def _mean_se(x: list[float]) -> dict[str, float]:
+def mean_se(x: list[float]) -> dict[str, float]:
     a = np.asarray(x, np.float64)
     se = float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
     return {"mean": float(a.mean()), "se": se, "min": float(a.min()), "max": float(a.max()), "runs": len(a)}
@@ -61,7 +61,7 @@ def drift_table(reports: dict[str, dict], rounds_after: int = 4) -> dict:
                 continue
             row[kind] = {
                 "per_run": {n: x[share] for n, x in recs.items()},
-                **_mean_se([x[share] for x in recs.values()]),
+                **mean_se([x[share] for x in recs.values()]),
                 "pooled": float(
                     sum(x[gain]["mean"] for x in recs.values()) / sum(drifted[n][lost] for n in recs)
                 ),
@@ -77,8 +77,8 @@ def drift_table(reports: dict[str, dict], rounds_after: int = 4) -> dict:
         }
         best = {n: b for n, b in best.items() if b is not None}
         if best:
-            out[f"best_within_{rounds_after}_{kind}"] = {"per_run": best, **_mean_se(list(best.values()))}
-    out["frozen_lost"] = _mean_se([d["frozen_lost"] for d in drifted.values()])
+            out[f"best_within_{rounds_after}_{kind}"] = {"per_run": best, **mean_se(list(best.values()))}
+    out["frozen_lost"] = mean_se([d["frozen_lost"] for d in drifted.values()])
     return out
 
 

@@ -138,27 +138,28 @@ def best_modality_shifts(
 
 
 def policy_references(
-    name: str, model, test: Split, drifted_test: Split, drifted_traffic: Split, drift, measure, refits
+    name: str, model, test: Split, drifted_test: Split, drifted_traffic: Split, drift, measure, shared
 ) -> dict:
-    """One policy's before/after figures and each reference's recovered share of its loss."""
+    """One policy's before/after figures and each reference's recovered share of its loss (`shared`:
+    the figures of the references that do not depend on the policy)."""
     from agent.evaluation import as_scorer
 
-    before, after = measure(model, test), measure(model, drifted_test)
+    scorer = as_scorer(model)
+    scores_test = np.asarray(scorer(drifted_test.pages), np.float64)
+    before, after = measure(scorer, test), measure(lambda pages: scores_test, drifted_test)
     rows = {"frozen": {"before": before, "after": after}}
-    scores_traffic = np.asarray(as_scorer(model)(drifted_traffic.pages), np.float64)
+    scores_traffic = np.asarray(scorer(drifted_traffic.pages), np.float64)
     pick = best_offset(scores_traffic, drifted_traffic, drift.modality, measure)
-    mask = (drifted_test.pages.modality == MODALITIES.index(drift.modality)).astype(np.float64)
-    scores_test = np.asarray(as_scorer(model)(drifted_test.pages), np.float64) - pick["chosen"] * mask
-    rows["video_offset"] = {**measure(lambda pages: scores_test, drifted_test), "choice": pick}
-    choose = Measure(replace(measure.cfg, repeats=8, served_samples=1, seed=measure.cfg.seed + 1), 1.0)
-    shifts = best_modality_shifts(scores_traffic, drifted_traffic, drift.modality, choose)
     mid = drifted_test.pages.modality.astype(np.int64)
-    shifted = (
-        np.asarray(as_scorer(model)(drifted_test.pages), np.float64)
-        + np.asarray([shifts["shifts"][m] for m in MODALITIES])[mid]
+    demoted = scores_test - pick["chosen"] * (mid == MODALITIES.index(drift.modality))
+    rows["video_offset"] = {**measure(lambda pages: demoted, drifted_test), "choice": pick}
+    choose = Measure(
+        replace(measure.cfg, repeats=8, served_samples=1, seed=measure.cfg.seed + 1), measure.temperature
     )
+    shifts = best_modality_shifts(scores_traffic, drifted_traffic, drift.modality, choose)
+    shifted = scores_test + np.asarray([shifts["shifts"][m] for m in MODALITIES])[mid]
     rows["modality_offsets"] = {**measure(lambda pages: shifted, drifted_test), "choice": shifts}
-    for ref, fig in refits.items():
+    for ref, fig in shared.items():
         rows[ref] = dict(fig)
     for key, row in rows.items():
         if key == "frozen":
@@ -180,14 +181,15 @@ def policy_references(
 
 def summarise(policies: dict[str, dict]) -> dict:
     """Mean and standard error over policies of each reference's recovered share."""
+    from agent.online.across_runs import mean_se
+
     refs = [k for k in next(iter(policies.values())) if k != "frozen"]
     out = {}
     for ref in refs:
         out[ref] = {}
         for kind in ("deterministic", "served"):
-            x = np.array([p[ref]["recovered"][kind] for p in policies.values()], np.float64)
-            se = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
-            out[ref][kind] = {"mean": float(x.mean()), "se": se, "per_policy": x.tolist()}
+            x = [float(p[ref]["recovered"][kind]) for p in policies.values()]
+            out[ref][kind] = {**mean_se(x), "per_policy": x}
     return out
 
 
@@ -240,21 +242,21 @@ def run_ceiling(
     drifted_test = drift_split(test, drift)
     drifted_traffic = drift_split(run.split("traffic"), drift)
     measure = Measure(heldout, temperature)
-    refits = {}
+    shared = {}
     for ref, all_labels in (("refit", False), ("refit_all", True)):
         model = refit_reranker(run, drift, all_labels, progress)
-        refits[ref] = measure(model, drifted_test)
-        print(f"{ref}: drifted held-out {refits[ref]} ({time.time() - t0:.0f} s)", flush=True)
+        shared[ref] = measure(model, drifted_test)
+        print(f"{ref}: drifted held-out {shared[ref]} ({time.time() - t0:.0f} s)", flush=True)
     truth = {
         "before": measure(lambda pages: test.truth.relevance.astype(np.float64), test),
         "after": measure(lambda pages: drifted_test.truth.relevance.astype(np.float64), drifted_test),
     }
-    refits["truth"] = truth["after"]
+    shared["truth"] = truth["after"]
     print(f"truth: before {truth['before']}, after {truth['after']} ({time.time() - t0:.0f} s)", flush=True)
     smar, _ = run.reranker()
     models = {"smar": smar, **{p: load_checkpoint(p)[0] for p in policies}}
     rows = {
-        name: policy_references(name, m, test, drifted_test, drifted_traffic, drift, measure, refits)
+        name: policy_references(name, m, test, drifted_test, drifted_traffic, drift, measure, shared)
         for name, m in models.items()
     }
     res = {
